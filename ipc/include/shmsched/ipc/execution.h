@@ -1,0 +1,59 @@
+// What the queue stores about an execution, as seen by producers and the consumer.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "shmsched/core/admission.h"
+#include "shmsched/core/priority.h"
+
+namespace shmsched::ipc {
+
+using Metadata = std::vector<std::pair<std::string, std::string>>;
+
+struct SubmitRequest {
+  std::string_view execution_id;  // 1..64 bytes, unique among queued and active executions
+  std::string_view user_id;       // 1..64 bytes
+  Priority priority = Priority::kNormal;
+  std::span<const std::byte> payload;  // opaque, at most max_payload_bytes
+  std::vector<std::string> required_capabilities;
+  Metadata metadata;
+  std::uint32_t timeout_seconds = 0;
+  std::uint32_t attempt = 1;
+  std::int64_t enqueued_at_ns = 0;  // 0 means now (CLOCK_REALTIME)
+};
+
+struct SubmitResult {
+  Admission admission = Admission::kInvalid;
+  // The true rank at the moment of the enqueue: how many entries will be dequeued before it.
+  std::uint64_t queue_position = 0;
+  // For people: why it was rejected.
+  std::string message;
+
+  bool accepted() const { return admission == Admission::kAccepted; }
+};
+
+enum class ExecutionState : std::uint8_t { kQueued, kActive };
+
+// A snapshot of one execution, copied out of the segment.
+struct ExecutionRecord {
+  std::string execution_id;
+  std::string user_id;
+  Priority priority = Priority::kNormal;
+  ExecutionState state = ExecutionState::kQueued;
+  std::int64_t enqueued_at_ns = 0;
+  std::uint32_t attempt = 1;
+  std::uint32_t timeout_seconds = 0;
+  std::vector<std::byte> payload;
+  std::vector<std::string> required_capabilities;
+  Metadata metadata;
+  std::optional<std::uint64_t> queue_position;  // when queued
+};
+
+}  // namespace shmsched::ipc

@@ -1,0 +1,174 @@
+// The shared-memory priority queue: the C++ API of producers and of the single consumer.
+//
+// Any process that can open the segment (its file mode decides) makes a Producer and submits;
+// the supervisor makes the one Consumer. Each Producer or Consumer object registers one
+// participant entry in the segment and must be used by one thread at a time; create it after
+// fork(), not before. Operations take no lock and make no system call on their fast path.
+// docs/architecture.md explains the algorithms, their progress guarantees and crash recovery.
+#pragma once
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shmsched/core/priority.h"
+#include "shmsched/ipc/execution.h"
+#include "shmsched/ipc/segment.h"
+
+namespace shmsched::ipc {
+
+enum class CancelOutcome {
+  kCancelled,  // it was queued; it will never be dequeued, and its counts were given back
+  kNotFound,   // no queued or active execution has that id
+  kActive,     // it has been dequeued; the consumer must release it (Consumer::release)
+};
+
+struct QueueStats {
+  std::array<std::uint64_t, kPriorityLevels> depth{};  // queued entries per priority
+  std::uint64_t queued = 0;
+  std::uint64_t active = 0;
+  std::uint64_t capacity = 0;  // max_queue_size
+  std::uint64_t participants = 0;
+  bool consumer_sleeping = false;  // the consumer is (about to be) asleep on the wake-up word
+  std::uint64_t enqueued = 0;
+  std::uint64_t rejected_queue_full = 0;
+  std::uint64_t rejected_user_limit = 0;
+  std::uint64_t rejected_duplicate = 0;
+  std::uint64_t rejected_payload_too_large = 0;
+  std::uint64_t rejected_invalid = 0;
+  std::uint64_t dequeued = 0;
+  std::uint64_t cancelled = 0;
+  std::uint64_t expired = 0;
+  std::uint64_t released = 0;
+  std::uint64_t maintenance_runs = 0;     // recoveries and compactions
+  std::uint64_t reclaimed_slots = 0;      // slots given back by maintenance
+  std::uint64_t reaped_participants = 0;  // dead producers/consumers cleaned up
+};
+
+// What producers and the consumer share: registration in the segment, cancel, status, stats.
+class QueueHandle {
+ public:
+  QueueHandle(const QueueHandle&) = delete;
+  QueueHandle& operator=(const QueueHandle&) = delete;
+  virtual ~QueueHandle();
+
+  // Cancels a queued execution by id in O(1) (plus O(log capacity) for the rank index).
+  CancelOutcome cancel(std::string_view execution_id);
+
+  // A snapshot of a queued or active execution, with its exact queue position when queued.
+  std::optional<ExecutionRecord> status(std::string_view execution_id);
+
+  // The current rank of a queued execution: how many entries will be dequeued before it.
+  std::optional<std::uint64_t> queue_position(std::string_view execution_id);
+
+  // Current per-user count (queued + active) of `user_id`.
+  std::uint64_t user_count(std::string_view user_id);
+
+  QueueStats stats() const;
+
+  const std::shared_ptr<Segment>& segment() const { return segment_; }
+
+  // Rebuilds all derived state from the slots, once every other participant is outside its
+  // operation: returns what dead participants held and compacts cancelled entries. Runs by itself
+  // when needed; exposed for tools and tests.
+  void run_maintenance();
+
+ protected:
+  QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role);
+
+  // Brackets every operation that touches shared state (see "Maintenance" in the docs).
+  void enter();
+  void leave();
+  // Waits for a running maintenance to finish, taking it over if its owner died.
+  void wait_for_maintenance(std::uint64_t seen);
+  bool participant_alive(std::uint32_t index) const;
+  void count(std::size_t counter, std::uint64_t n = 1);
+  void fold_counters(std::uint32_t index);
+
+  std::shared_ptr<Segment> segment_;
+  const detail::SegmentView* view_;
+  std::uint32_t self_ = 0;
+
+ private:
+  void maintain_as_owner();
+  bool acquire_maintenance();
+};
+
+class Producer : public QueueHandle {
+ public:
+  // Registers in the segment. Throws SegmentError when all participant entries are taken.
+  explicit Producer(std::shared_ptr<Segment> segment);
+
+  // Admission (capacity, per-user cap, duplicate id, payload size) and enqueue, as one step.
+  SubmitResult submit(const SubmitRequest& request);
+};
+
+// A dispatched execution, held in the segment until released.
+struct ActiveRef {
+  std::uint32_t slot = 0;
+  std::uint32_t generation = 0;
+};
+
+// Zero-copy view of a dequeued execution, valid until it is released.
+struct ExecutionView {
+  std::string_view execution_id;
+  std::string_view user_id;
+  Priority priority = Priority::kNormal;
+  std::int64_t enqueued_at_ns = 0;
+  std::uint32_t attempt = 1;
+  std::uint32_t timeout_seconds = 0;
+  std::span<const std::byte> payload;
+  std::span<const std::byte> extras;  // encoded capabilities and metadata (see decode_extras)
+};
+
+class Consumer : public QueueHandle {
+ public:
+  // Registers as the segment's only consumer, taking over from a dead one (after recovering what
+  // it left). Throws SegmentError if a live consumer is attached.
+  explicit Consumer(std::shared_ptr<Segment> segment);
+  ~Consumer() override;
+
+  // The next execution in priority order (FIFO within a priority), now active; or nullopt.
+  std::optional<ActiveRef> dequeue();
+
+  // The dequeued execution's data, in place.
+  std::optional<ExecutionView> view(ActiveRef ref) const;
+  // The same, copied out.
+  std::optional<ExecutionRecord> record(ActiveRef ref) const;
+
+  // Finishes an active execution (completed, failed, cancelled while running): gives back its
+  // user's count and its slot. False if the reference is stale.
+  bool release(ActiveRef ref);
+
+  // All executions currently active, e.g. after taking over from a dead consumer.
+  std::vector<ActiveRef> active() const;
+
+  // Removes queued entries older than `timeout` (enqueue time before now - timeout) and returns
+  // them. Entries are swept from the head of each priority.
+  std::vector<ExecutionRecord> sweep_stale(std::chrono::seconds timeout,
+                                           std::int64_t now_ns = 0);
+
+  // Sleeps until something is queued or `timeout` passes. True if something is queued.
+  bool wait_for_work(std::chrono::nanoseconds timeout);
+
+  // Checks every participant for liveness and reclaims what dead ones held. Call it
+  // periodically; returns the number of dead participants found.
+  std::uint64_t reap_dead();
+
+  bool has_work() const;
+};
+
+// Capabilities and metadata of an execution, as stored in the segment.
+std::vector<std::byte> encode_extras(const std::vector<std::string>& capabilities,
+                                     const Metadata& metadata);
+// False if `bytes` is not a valid encoding.
+bool decode_extras(std::span<const std::byte> bytes, std::vector<std::string>& capabilities,
+                   Metadata& metadata);
+
+}  // namespace shmsched::ipc

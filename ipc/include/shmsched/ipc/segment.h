@@ -1,0 +1,67 @@
+// A named shared-memory segment holding one shmsched queue. The owner (the supervisor) creates
+// it from a SegmentConfig; producers and the consumer attach to it by name. Attaching checks
+// the magic, the layout version and the sizes, and refuses a segment it cannot use with a
+// message that says what is wrong and what to do.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "shmsched/ipc/segment_config.h"
+
+namespace shmsched::ipc {
+
+namespace detail {
+struct SegmentView;
+}
+
+// Thrown when a segment cannot be created or attached; the message names the cause and the fix.
+class SegmentError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+class Segment {
+ public:
+  // Creates a new segment named `name` (a POSIX shm name without the leading '/', for example
+  // "shmsched"), laid out for `config`. Throws SegmentError if one already exists.
+  static std::shared_ptr<Segment> create(const std::string& name, const SegmentConfig& config);
+
+  // Attaches to an existing segment. Throws SegmentError if there is none, or if it has another
+  // layout version or inconsistent sizes.
+  static std::shared_ptr<Segment> attach(const std::string& name);
+
+  // Attaches if the segment exists and was laid out for the same sizes as `config`; creates it
+  // if it does not exist. Throws SegmentError if it exists with other sizes (say which).
+  static std::shared_ptr<Segment> open_or_create(const std::string& name,
+                                                 const SegmentConfig& config);
+
+  // Removes the name; processes already attached keep their mapping. False if it did not exist.
+  static bool remove(const std::string& name);
+
+  ~Segment();
+  Segment(const Segment&) = delete;
+  Segment& operator=(const Segment&) = delete;
+
+  const std::string& name() const { return name_; }
+  // The sizes the segment was created with (per_user_limit reflects the current setting).
+  SegmentConfig config() const;
+  std::uint64_t size_bytes() const;
+
+  // The per-user cap is a run-time setting of the owner.
+  void set_max_executions_per_user(std::uint64_t limit);
+
+  const detail::SegmentView& view() const { return *view_; }
+
+ private:
+  struct Mapping;
+  Segment(std::string name, std::unique_ptr<Mapping> mapping);
+
+  std::string name_;
+  std::unique_ptr<Mapping> mapping_;
+  std::unique_ptr<detail::SegmentView> view_;
+};
+
+}  // namespace shmsched::ipc

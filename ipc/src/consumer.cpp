@@ -1,0 +1,284 @@
+// The single consumer: dequeue in priority order, release, stale sweep, sleep/wake, reaping.
+#include <time.h>
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "futex.h"
+#include "queue_internals.h"
+#include "shmsched/core/stable_hash.h"
+#include "shmsched/ipc/queue.h"
+#include "slot_text.h"
+
+namespace shmsched::ipc {
+
+using namespace detail;
+
+namespace {
+
+std::int64_t realtime_ns() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000 + ts.tv_nsec;
+}
+
+// The consumer passes a tombstone cell at the head of `level`: it frees the slot, or leaves that
+// to a canceller still giving counts back.
+void pass_tombstone(const SegmentView& v, std::size_t level, std::uint64_t pos,
+                    std::uint32_t index) {
+  RingRef ring = ring_of(v, level);
+  if (!ring.pop_at(pos, index)) return;
+  v.level(level).tombstones.fetch_sub(1, std::memory_order_acq_rel);
+  rank_of(v, level).add(pos, -1);
+  Slot& s = v.slot(index);
+  std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
+  for (;;) {
+    if (ctrl_state(c) == SlotState::kCancelling) {
+      if (s.ctrl.compare_exchange_weak(c, ctrl_make(ctrl_gen(c), ctrl_owner(c), SlotState::kOrphaned),
+                                       std::memory_order_acq_rel)) {
+        return;  // the canceller frees it when done
+      }
+      continue;
+    }
+    free_slot(v, index);
+    return;
+  }
+}
+
+ExecutionView make_view(const SegmentView& v, std::uint32_t index) {
+  Slot& s = v.slot(index);
+  ExecutionView out;
+  const auto* id = reinterpret_cast<const char*>(s.id_words);
+  const auto* user = reinterpret_cast<const char*>(s.user_words);
+  out.execution_id = std::string_view(id, std::min<std::size_t>(s.id_len, kMaxIdBytes));
+  out.user_id = std::string_view(user, std::min<std::size_t>(s.user_len, kMaxIdBytes));
+  out.priority = static_cast<Priority>(s.priority % kLevels);
+  out.enqueued_at_ns = s.enqueued_at_ns;
+  out.attempt = s.attempt;
+  out.timeout_seconds = s.timeout_seconds;
+  const std::uint32_t plen = std::min<std::uint32_t>(s.payload_len, v.geo->max_payload_bytes);
+  const std::uint32_t elen = std::min<std::uint32_t>(s.extras_len, v.geo->max_extras_bytes);
+  const std::byte* data = v.slot_data(index);
+  out.payload = std::span<const std::byte>(data, plen);
+  out.extras = std::span<const std::byte>(data + plen, elen);
+  return out;
+}
+
+}  // namespace
+
+Consumer::Consumer(std::shared_ptr<Segment> segment)
+    : QueueHandle(std::move(segment), static_cast<std::uint32_t>(ParticipantRole::kConsumer)) {
+  const SegmentView& v = *view_;
+  auto& consumer = v.hdr->consumer;
+  for (;;) {
+    std::uint32_t current = consumer.load(std::memory_order_acquire);
+    if (current != 0 && participant_alive(current - 1)) {
+      throw SegmentError("shared memory segment /dev/shm/" + segment_->name() +
+                         " already has a live consumer (pid " +
+                         std::to_string(v.participant(current - 1).pid.load()) +
+                         "): only one supervisor may schedule from a queue");
+    }
+    if (consumer.compare_exchange_strong(current, self_ + 1, std::memory_order_acq_rel)) break;
+  }
+  // Whatever a previous consumer (or any dead producer) left half done is repaired before we
+  // start: a rebuild from the slots.
+  run_maintenance();
+}
+
+Consumer::~Consumer() {
+  std::uint32_t me = self_ + 1;
+  view_->hdr->consumer.compare_exchange_strong(me, 0, std::memory_order_acq_rel);
+}
+
+bool Consumer::has_work() const {
+  const SegmentView& v = *view_;
+  for (std::size_t l = 0; l < kLevels; ++l) {
+    if (!ring_of(v, l).empty()) return true;
+  }
+  return false;
+}
+
+std::optional<ActiveRef> Consumer::dequeue() {
+  const SegmentView& v = *view_;
+  enter();
+  for (std::size_t level = 0; level < kLevels; ++level) {
+    RingRef ring = ring_of(v, level);
+    for (;;) {
+      std::uint64_t pos = 0;
+      const auto index = ring.peek(&pos);
+      if (!index) break;
+      Slot& s = v.slot(*index);
+      std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
+      const SlotState st = ctrl_state(c);
+      if (st == SlotState::kQueued || st == SlotState::kPending) {
+        // A pending slot in the ring is committed; its producer has only to mark it queued, and
+        // we may do that for it.
+        if (!s.ctrl.compare_exchange_strong(c, ctrl_make(ctrl_gen(c), 0, SlotState::kActive),
+                                            std::memory_order_acq_rel)) {
+          continue;  // a canceller or the producer changed it: look again
+        }
+        s.ring_pos.store(pos, std::memory_order_relaxed);
+        ring.pop_at(pos, *index);
+        v.hdr->queued.fetch_sub(1, std::memory_order_acq_rel);
+        v.hdr->active.fetch_add(1, std::memory_order_acq_rel);
+        count(kDequeued);
+        leave();
+        return ActiveRef{*index, ctrl_gen(c)};
+      }
+      if (st == SlotState::kCancelled || st == SlotState::kCancelling) {
+        pass_tombstone(v, level, pos, *index);
+        continue;
+      }
+      // Any other state cannot be in a ring; drop the cell rather than stall on it.
+      v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
+      ring.pop_at(pos, *index);
+    }
+  }
+  leave();
+  return std::nullopt;
+}
+
+std::optional<ExecutionView> Consumer::view(ActiveRef ref) const {
+  const SegmentView& v = *view_;
+  if (ref.slot >= v.geo->slot_count) return std::nullopt;
+  const std::uint64_t c = v.slot(ref.slot).ctrl.load(std::memory_order_acquire);
+  if (ctrl_state(c) != SlotState::kActive || ctrl_gen(c) != ref.generation) return std::nullopt;
+  return make_view(v, ref.slot);
+}
+
+std::optional<ExecutionRecord> Consumer::record(ActiveRef ref) const {
+  const auto view = this->view(ref);
+  if (!view) return std::nullopt;
+  ExecutionRecord r;
+  r.execution_id = std::string(view->execution_id);
+  r.user_id = std::string(view->user_id);
+  r.priority = view->priority;
+  r.state = ExecutionState::kActive;
+  r.enqueued_at_ns = view->enqueued_at_ns;
+  r.attempt = view->attempt;
+  r.timeout_seconds = view->timeout_seconds;
+  r.payload.assign(view->payload.begin(), view->payload.end());
+  if (!view->extras.empty()) decode_extras(view->extras, r.required_capabilities, r.metadata);
+  return r;
+}
+
+bool Consumer::release(ActiveRef ref) {
+  const SegmentView& v = *view_;
+  if (ref.slot >= v.geo->slot_count) return false;
+  enter();
+  Slot& s = v.slot(ref.slot);
+  const std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
+  if (ctrl_state(c) != SlotState::kActive || ctrl_gen(c) != ref.generation) {
+    leave();
+    return false;
+  }
+  // Identity first, then counts, then the slot: once the slot is free it may be reused at once.
+  DedupIndex{&v}.remove(s.id_hash.load(std::memory_order_relaxed), ref.slot);
+  if (!UserTable{&v}.release(s.user_entry)) {
+    v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
+  }
+  v.hdr->active.fetch_sub(1, std::memory_order_acq_rel);
+  free_slot(v, ref.slot);
+  count(kReleased);
+  leave();
+  return true;
+}
+
+std::vector<ActiveRef> Consumer::active() const {
+  const SegmentView& v = *view_;
+  std::vector<ActiveRef> out;
+  const std::uint64_t used = std::min(v.hdr->fresh_next.load(), v.geo->slot_count);
+  for (std::uint32_t i = 0; i < used; ++i) {
+    const std::uint64_t c = v.slot(i).ctrl.load(std::memory_order_acquire);
+    if (ctrl_state(c) == SlotState::kActive) out.push_back(ActiveRef{i, ctrl_gen(c)});
+  }
+  return out;
+}
+
+std::vector<ExecutionRecord> Consumer::sweep_stale(std::chrono::seconds timeout,
+                                                   std::int64_t now_ns) {
+  const SegmentView& v = *view_;
+  if (now_ns == 0) now_ns = realtime_ns();
+  const std::int64_t cutoff =
+      now_ns - std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
+  std::vector<ExecutionRecord> expired;
+  enter();
+  for (std::size_t level = 0; level < kLevels; ++level) {
+    RingRef ring = ring_of(v, level);
+    for (;;) {
+      std::uint64_t pos = 0;
+      const auto index = ring.peek(&pos);
+      if (!index) break;
+      Slot& s = v.slot(*index);
+      std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
+      const SlotState st = ctrl_state(c);
+      if (st == SlotState::kCancelled || st == SlotState::kCancelling) {
+        pass_tombstone(v, level, pos, *index);
+        continue;
+      }
+      // FIFO within a level: the first entry that is not stale ends the sweep of that level.
+      if ((st != SlotState::kQueued && st != SlotState::kPending) || s.enqueued_at_ns >= cutoff) {
+        break;
+      }
+      if (!s.ctrl.compare_exchange_strong(c, ctrl_make(ctrl_gen(c), 0, SlotState::kExpired),
+                                          std::memory_order_acq_rel)) {
+        continue;
+      }
+      ExecutionRecord rec;
+      const ExecutionView view = make_view(v, *index);
+      rec.execution_id = std::string(view.execution_id);
+      rec.user_id = std::string(view.user_id);
+      rec.priority = view.priority;
+      rec.enqueued_at_ns = view.enqueued_at_ns;
+      rec.attempt = view.attempt;
+      rec.timeout_seconds = view.timeout_seconds;
+      rec.payload.assign(view.payload.begin(), view.payload.end());
+      if (!view.extras.empty()) decode_extras(view.extras, rec.required_capabilities, rec.metadata);
+      expired.push_back(std::move(rec));
+      ring.pop_at(pos, *index);
+      DedupIndex{&v}.remove(s.id_hash.load(std::memory_order_relaxed), *index);
+      if (!UserTable{&v}.release(s.user_entry)) {
+        v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
+      }
+      v.hdr->queued.fetch_sub(1, std::memory_order_acq_rel);
+      free_slot(v, *index);
+      count(kExpired);
+    }
+  }
+  leave();
+  return expired;
+}
+
+bool Consumer::wait_for_work(std::chrono::nanoseconds timeout) {
+  if (has_work()) return true;
+  Header& hdr = *view_->hdr;
+  hdr.consumer_sleeping.store(1, std::memory_order_seq_cst);
+  const std::uint32_t seq = hdr.wake_seq.load(std::memory_order_seq_cst);
+  if (!has_work()) futex_wait(&hdr.wake_seq, seq, timeout);
+  hdr.consumer_sleeping.store(0, std::memory_order_seq_cst);
+  return has_work();
+}
+
+std::uint64_t Consumer::reap_dead() {
+  const SegmentView& v = *view_;
+  std::uint64_t dead = 0;
+  bool needs_rebuild = false;
+  for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
+    if (i == self_) continue;
+    Participant& p = v.participant(i);
+    const std::uint32_t pid = p.pid.load(std::memory_order_acquire);
+    if (pid == 0 || pid == UINT32_MAX || participant_alive(i)) continue;
+    ++dead;
+    // A participant that died between operations held nothing: free its entry. One that died
+    // inside an operation may have left anything half done: rebuild.
+    if (p.busy.load(std::memory_order_seq_cst) != 0) {
+      needs_rebuild = true;
+    } else {
+      reap_participant(v, i);
+    }
+  }
+  if (needs_rebuild) run_maintenance();
+  return dead;
+}
+
+}  // namespace shmsched::ipc

@@ -1,0 +1,126 @@
+// Execution id -> slot, for duplicate detection, cancel by id and status, in O(1).
+//
+// Buckets of 8 words (one cache line); word = tag << 32 | (slot index + 1), 0 = empty. An id
+// lives in its first bucket, or in its second when the first is full (the first then carries an
+// overflow mark so lookups know to look there too). Insert claims an empty word by CAS and then
+// re-scans: if another live entry for the same id appeared meanwhile, the inserter withdraws.
+// So two concurrent inserts of one id never both succeed (in a narrow race both may withdraw,
+// which reports "duplicate" for an id that is not queued: safe, and the client may retry).
+// Removal is one CAS back to 0.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "segment_view.h"
+#include "slot_text.h"
+
+namespace shmsched::ipc::detail {
+
+struct DedupIndex {
+  const SegmentView* seg;
+
+  static constexpr std::size_t kWays = 8;
+
+  enum class Insert { kInserted, kDuplicate, kFull };
+
+  std::uint64_t mask() const { return seg->geo->dedup_buckets - 1; }
+  std::uint64_t first_bucket(std::uint64_t h) const { return h & mask(); }
+  std::uint64_t second_bucket(std::uint64_t h) const {
+    return ((h >> 29) ^ (h * 0x9e3779b97f4a7c15ULL >> 35)) & mask();
+  }
+  static std::uint64_t word_of(std::uint64_t h, std::uint32_t slot) {
+    return (h >> 32) << 32 | (std::uint64_t{slot} + 1);
+  }
+  std::atomic<std::uint64_t>* bucket(std::uint64_t b) const { return seg->dedup() + b * kWays; }
+
+  // Does the entry `w` refer to a live execution with this id?
+  bool matches(std::uint64_t w, std::uint64_t h, std::string_view id) const {
+    if (w == 0 || (w >> 32) != (h >> 32)) return false;
+    const std::uint32_t index = static_cast<std::uint32_t>(w) - 1;
+    if (index >= seg->geo->slot_count) return false;
+    Slot& s = seg->slot(index);
+    const std::uint64_t c1 = s.ctrl.load(std::memory_order_acquire);
+    const SlotState st = ctrl_state(c1);
+    if (st != SlotState::kPending && st != SlotState::kQueued && st != SlotState::kActive) {
+      return false;
+    }
+    if (s.id_hash.load(std::memory_order_acquire) != h) return false;
+    const std::size_t len = std::atomic_ref<std::uint8_t>(s.id_len).load(std::memory_order_relaxed);
+    const bool same = text_equals(s.id_words, len, id);
+    return same && s.ctrl.load(std::memory_order_acquire) == c1;
+  }
+
+  // The slot holding the live execution with this id.
+  std::optional<std::uint32_t> find(std::uint64_t h, std::string_view id,
+                                    std::uint64_t ignore_word = 0) const {
+    const std::uint64_t b1 = first_bucket(h);
+    for (int pass = 0; pass < 2; ++pass) {
+      const std::uint64_t b = pass == 0 ? b1 : second_bucket(h);
+      if (pass == 1 && seg->dedup_overflow()[b1].load(std::memory_order_acquire) == 0) break;
+      auto* words = bucket(b);
+      for (std::size_t i = 0; i < kWays; ++i) {
+        const std::uint64_t w = words[i].load(std::memory_order_acquire);
+        if (w != ignore_word && matches(w, h, id)) return static_cast<std::uint32_t>(w) - 1;
+      }
+    }
+    return std::nullopt;
+  }
+
+  Insert insert(std::uint64_t h, std::string_view id, std::uint32_t slot) const {
+    if (find(h, id)) return Insert::kDuplicate;
+    const std::uint64_t mine = word_of(h, slot);
+    const std::uint64_t b1 = first_bucket(h);
+    std::atomic<std::uint64_t>* placed = claim_empty(bucket(b1), mine);
+    if (!placed) {
+      seg->dedup_overflow()[b1].store(1, std::memory_order_seq_cst);
+      placed = claim_empty(bucket(second_bucket(h)), mine);
+      if (!placed) return Insert::kFull;
+    }
+    if (find(h, id, mine)) {
+      std::uint64_t expected = mine;
+      placed->compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
+      return Insert::kDuplicate;
+    }
+    return Insert::kInserted;
+  }
+
+  // Removes the entry of `slot` for hash h (no-op if absent).
+  void remove(std::uint64_t h, std::uint32_t slot) const {
+    const std::uint64_t mine = word_of(h, slot);
+    for (std::uint64_t b : {first_bucket(h), second_bucket(h)}) {
+      auto* words = bucket(b);
+      for (std::size_t i = 0; i < kWays; ++i) {
+        std::uint64_t expected = mine;
+        if (words[i].compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) return;
+      }
+    }
+  }
+
+  // Single-threaded rebuild helper (maintenance).
+  void clear() const {
+    for (std::uint64_t i = 0; i < seg->geo->dedup_buckets * kWays; ++i) {
+      seg->dedup()[i].store(0, std::memory_order_relaxed);
+    }
+    for (std::uint64_t b = 0; b < seg->geo->dedup_buckets; ++b) {
+      seg->dedup_overflow()[b].store(0, std::memory_order_relaxed);
+    }
+  }
+
+ private:
+  static std::atomic<std::uint64_t>* claim_empty(std::atomic<std::uint64_t>* words,
+                                                 std::uint64_t mine) {
+    for (std::size_t i = 0; i < kWays; ++i) {
+      std::uint64_t expected = 0;
+      if (words[i].load(std::memory_order_relaxed) == 0 &&
+          words[i].compare_exchange_strong(expected, mine, std::memory_order_seq_cst)) {
+        return &words[i];
+      }
+    }
+    return nullptr;
+  }
+};
+
+}  // namespace shmsched::ipc::detail

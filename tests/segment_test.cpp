@@ -1,0 +1,120 @@
+// Creating and attaching segments: sizes, permissions, and the refusals with their messages.
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "queue_test_support.h"
+
+namespace shmsched::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
+
+TEST(Segment, CreateAttachAndConfigRoundTrip) {
+  auto cfg = small_config();
+  cfg.mode = 0640;
+  TempSegment seg(cfg);
+  auto again = ipc::Segment::attach(seg.name());
+  const auto have = again->config();
+  EXPECT_EQ(have.max_queue_size, cfg.max_queue_size);
+  EXPECT_EQ(have.max_payload_bytes, cfg.max_payload_bytes);
+  EXPECT_EQ(have.max_users, cfg.max_users);
+  EXPECT_EQ(have.mode, 0640u);
+  struct stat st {};
+  ASSERT_EQ(::stat(("/dev/shm/" + seg.name()).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0640u) << "the configured mode must win over the umask";
+  // Anything enqueued through one mapping is visible through the other.
+  ipc::Producer p(seg.segment());
+  ASSERT_TRUE(submit(p, "x", "u").accepted());
+  ipc::Producer q(again);
+  EXPECT_EQ(q.status("x")->user_id, "u");
+}
+
+TEST(Segment, AttachToMissingSegmentSaysToStartTheSupervisor) {
+  EXPECT_THAT(error_of([] { ipc::Segment::attach(unique_segment_name("missing")); }),
+              HasSubstr("start the supervisor"));
+}
+
+TEST(Segment, CreateRefusesAnExistingSegment) {
+  TempSegment seg;
+  EXPECT_THAT(error_of([&] { ipc::Segment::create(seg.name(), small_config()); }),
+              HasSubstr("already exists"));
+}
+
+TEST(Segment, OpenOrCreateRefusesOtherSizesAndNamesThem) {
+  TempSegment seg;
+  auto other = small_config();
+  other.max_queue_size = 128;
+  EXPECT_THAT(error_of([&] { ipc::Segment::open_or_create(seg.name(), other); }),
+              HasSubstr("max_queue_size=64"));
+  EXPECT_NO_THROW(ipc::Segment::open_or_create(seg.name(), small_config()));
+}
+
+TEST(Segment, AttachRefusesAnotherLayoutVersion) {
+  TempSegment seg;
+  // Poke the version field (right after the 8-byte magic) as a newer build would have it.
+  const int fd = ::shm_open(("/" + seg.name()).c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  std::uint32_t version = 99;
+  ASSERT_EQ(::pwrite(fd, &version, sizeof version, 8), static_cast<ssize_t>(sizeof version));
+  ::close(fd);
+  const auto msg = error_of([&] { ipc::Segment::attach(seg.name()); });
+  EXPECT_THAT(msg, HasSubstr("layout version 99"));
+  EXPECT_THAT(msg, HasSubstr("remove it"));
+}
+
+TEST(Segment, AttachRefusesATruncatedOrForeignFile) {
+  const std::string name = unique_segment_name("foreign");
+  const int fd = ::shm_open(("/" + name).c_str(), O_RDWR | O_CREAT | O_EXCL, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 100), 0);
+  EXPECT_THAT(error_of([&] { ipc::Segment::attach(name); }), HasSubstr("too small"));
+  ASSERT_EQ(::ftruncate(fd, 1 << 20), 0);
+  EXPECT_THAT(error_of([&] { ipc::Segment::attach(name); }), HasSubstr("not initialised"));
+  std::uint64_t junk = 0x1234;
+  ASSERT_EQ(::pwrite(fd, &junk, sizeof junk, 0), static_cast<ssize_t>(sizeof junk));
+  EXPECT_THAT(error_of([&] { ipc::Segment::attach(name); }), HasSubstr("not a shmsched queue"));
+  ::close(fd);
+  ipc::Segment::remove(name);
+}
+
+TEST(Segment, InvalidConfigurationNamesTheKey) {
+  auto cfg = small_config();
+  cfg.max_queue_size = 0;
+  EXPECT_THAT(error_of([&] { cfg.validate(); }), HasSubstr("max_queue_size = 0"));
+  cfg = small_config();
+  cfg.mode = 0444;
+  EXPECT_THAT(error_of([&] { cfg.validate(); }), HasSubstr("mode"));
+}
+
+TEST(Segment, OnlyOneLiveConsumer) {
+  TempSegment seg;
+  ipc::Consumer first(seg.segment());
+  EXPECT_THAT(error_of([&] { ipc::Consumer second(seg.segment()); }),
+              HasSubstr("already has a live consumer"));
+}
+
+TEST(Segment, ParticipantTableFullIsReported) {
+  auto cfg = small_config();
+  cfg.max_participants = 2;
+  TempSegment seg(cfg);
+  ipc::Producer a(seg.segment());
+  ipc::Producer b(seg.segment());
+  EXPECT_THAT(error_of([&] { ipc::Producer c(seg.segment()); }), HasSubstr("max_participants"));
+}
+
+}  // namespace
+}  // namespace shmsched::test
