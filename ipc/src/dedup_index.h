@@ -36,21 +36,30 @@ struct DedupIndex {
   }
   std::atomic<std::uint64_t>* bucket(std::uint64_t b) const { return seg->dedup() + b * kWays; }
 
-  // Does the entry `w` refer to a live execution with this id?
+  static bool live(std::uint64_t ctrl) {
+    const SlotState st = ctrl_state(ctrl);
+    return st == SlotState::kPending || st == SlotState::kQueued || st == SlotState::kActive;
+  }
+
+  // Does the entry `w` refer to a live execution with this id? A slot's identity is fixed for
+  // one generation, so a state change within the generation (pending -> queued -> active) does
+  // not matter; a new generation means the slot was reused and is read again.
   bool matches(std::uint64_t w, std::uint64_t h, std::string_view id) const {
     if (w == 0 || (w >> 32) != (h >> 32)) return false;
     const std::uint32_t index = static_cast<std::uint32_t>(w) - 1;
     if (index >= seg->geo->slot_count) return false;
     Slot& s = seg->slot(index);
-    const std::uint64_t c1 = s.ctrl.load(std::memory_order_acquire);
-    const SlotState st = ctrl_state(c1);
-    if (st != SlotState::kPending && st != SlotState::kQueued && st != SlotState::kActive) {
-      return false;
+    for (int attempt = 0; attempt < 4; ++attempt) {
+      const std::uint64_t c1 = s.ctrl.load(std::memory_order_acquire);
+      if (!live(c1)) return false;
+      const bool same =
+          s.id_hash.load(std::memory_order_acquire) == h &&
+          text_equals(s.id_words,
+                      std::atomic_ref<std::uint8_t>(s.id_len).load(std::memory_order_relaxed), id);
+      const std::uint64_t c2 = s.ctrl.load(std::memory_order_acquire);
+      if (ctrl_gen(c2) == ctrl_gen(c1)) return same && live(c2);
     }
-    if (s.id_hash.load(std::memory_order_acquire) != h) return false;
-    const std::size_t len = std::atomic_ref<std::uint8_t>(s.id_len).load(std::memory_order_relaxed);
-    const bool same = text_equals(s.id_words, len, id);
-    return same && s.ctrl.load(std::memory_order_acquire) == c1;
+    return false;
   }
 
   // The slot holding the live execution with this id.

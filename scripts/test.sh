@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite: installs dependencies, then builds and runs ctest three times:
+#   build/       RelWithDebInfo, every test (except the long kill storm)
+#   build-asan/  ASan + UBSan, every test (except the long kill storm)
+#   build-tsan/  TSan, the tests labelled "tsan" (threads racing on the queue)
+# Usage: scripts/test.sh [--quick]   (--quick: only the first build)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+quick=0
+[[ "${1:-}" == "--quick" ]] && quick=1
+
+scripts/install-deps.sh
+jobs=$(nproc)
+
+run_suite() {
+  local dir=$1 sanitize=$2 label_args=("${@:3}")
+  echo "=== ${dir} (sanitizer: ${sanitize:-none}) ==="
+  cmake -S . -B "$dir" -DSHMSCHED_SANITIZE="$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$dir" -j "$jobs"
+  (cd "$dir" && ctest --output-on-failure -j "$jobs" "${label_args[@]}")
+}
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
+
+run_suite build "" -LE long
+if ((quick == 0)); then
+  run_suite build-asan address -LE long
+  run_suite build-tsan thread -L tsan
+fi
