@@ -47,8 +47,9 @@ struct RingRef {
         }
         continue;
       }
-      if (cell_lap(c) == l && cell_index1(c) != 0) {
-        // Filled at this lap: the tail lags (its owner may have died). Help it on.
+      if ((cell_lap(c) == l && cell_index1(c) != 0) || c == make(l + 1, 0)) {
+        // Filled at this lap, or filled and already taken by the consumer: the tail lags (its
+        // owner may have died between the two CASes). Help it on.
         std::uint64_t expected = t;
         tail->compare_exchange_strong(expected, t + 1, std::memory_order_release);
         continue;

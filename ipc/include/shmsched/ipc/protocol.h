@@ -1,0 +1,100 @@
+// The wire protocol of the ingress (docs/protocol.md): msgpack maps with string keys.
+// decode_request() turns one request frame into a typed operation, or an error message for an
+// `invalid` reply; it never throws and never trusts a length, a type or a key.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "shmsched/core/priority.h"
+#include "shmsched/ipc/execution.h"
+
+namespace shmsched::ipc::protocol {
+
+struct SubmitOp {
+  std::string user_id;
+  Priority priority = Priority::kNormal;
+  std::vector<std::byte> payload;
+  std::string execution_id;  // empty: the server generates a UUID
+  std::vector<std::string> required_capabilities;
+  Metadata metadata;
+  std::uint32_t timeout_seconds = 0;
+};
+struct CancelOp {
+  std::string execution_id;
+  std::string reason;
+};
+struct StatusOp {
+  std::string execution_id;
+};
+struct ListOp {
+  std::optional<std::string> state;
+  std::optional<std::string> user_id;
+  std::uint64_t limit = 100;
+};
+struct StatsOp {};
+struct CompleteOp {
+  std::string execution_id;
+  std::optional<std::string> worker_id;
+  std::optional<std::int64_t> exit_code;
+  std::vector<std::byte> result;
+};
+struct FailOp {
+  std::string execution_id;
+  std::string error;
+  std::optional<std::string> worker_id;
+  bool retry = false;
+};
+// Worker operations (register_worker, heartbeat, unregister_worker, claim, report_blocker):
+// recognised, answered `invalid` until workers are implemented.
+struct WorkerOp {
+  std::string op;
+};
+
+using Request = std::variant<SubmitOp, CancelOp, StatusOp, ListOp, StatsOp, CompleteOp, FailOp,
+                             WorkerOp>;
+
+struct DecodeError {
+  std::string message;
+};
+
+std::variant<Request, DecodeError> decode_request(std::span<const std::byte> frame);
+
+// ---- Encoding of replies and events ------------------------------------------------------
+
+// A msgpack map built field by field (keys in insertion order).
+class MapBuilder {
+ public:
+  MapBuilder& str(std::string_view key, std::string_view value);
+  MapBuilder& integer(std::string_view key, std::int64_t value);
+  MapBuilder& boolean(std::string_view key, bool value);
+  MapBuilder& bin(std::string_view key, std::span<const std::byte> value);
+  MapBuilder& strings(std::string_view key, const std::vector<std::string>& values);
+  MapBuilder& string_map(std::string_view key, const Metadata& values);
+  MapBuilder& int_map(std::string_view key,
+                      const std::vector<std::pair<std::string, std::int64_t>>& values);
+  // A nested map (already encoded by another MapBuilder).
+  MapBuilder& raw(std::string_view key, std::vector<std::byte> encoded);
+  MapBuilder& raw_array(std::string_view key, const std::vector<std::vector<std::byte>>& items);
+  std::vector<std::byte> finish() const;
+
+ private:
+  struct Field {
+    std::string key;
+    std::vector<std::byte> value;  // encoded msgpack value
+  };
+  std::vector<Field> fields_;
+};
+
+// {ok: false, error: code, message: text}
+std::vector<std::byte> error_reply(std::string_view code, std::string_view message);
+
+// A new random (version 4) UUID, for submissions without an execution_id.
+std::string new_uuid();
+
+}  // namespace shmsched::ipc::protocol

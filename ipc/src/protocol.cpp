@@ -1,0 +1,329 @@
+// Request decoding and reply/event encoding with msgpack-cxx. Every field is checked for presence
+// and type; anything else is a DecodeError whose message names the field.
+#include "shmsched/ipc/protocol.h"
+
+#include <msgpack.hpp>
+#include <random>
+
+namespace shmsched::ipc::protocol {
+namespace {
+
+using msgpack::object;
+
+// Looks up a key in a map object; nullptr when absent.
+const object* field(const object& map, std::string_view key) {
+  for (const auto& kv : map.via.map) {
+    if (kv.key.type == msgpack::type::STR &&
+        std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == key) {
+      return &kv.val;
+    }
+  }
+  return nullptr;
+}
+
+struct Reader {
+  const object& map;
+  std::string error;
+
+  bool fail(std::string message) {
+    if (error.empty()) error = std::move(message);
+    return false;
+  }
+
+  bool string(std::string_view key, std::string& out, bool required, std::size_t max = 65536) {
+    const object* o = field(map, key);
+    if (!o || o->type == msgpack::type::NIL) {
+      return required ? fail("missing field '" + std::string(key) + "' (string)") : true;
+    }
+    if (o->type != msgpack::type::STR) return fail("field '" + std::string(key) + "' must be a string");
+    if (o->via.str.size > max) {
+      return fail("field '" + std::string(key) + "' is longer than " + std::to_string(max) +
+                  " bytes");
+    }
+    out.assign(o->via.str.ptr, o->via.str.size);
+    return true;
+  }
+
+  bool opt_string(std::string_view key, std::optional<std::string>& out) {
+    std::string s;
+    const object* o = field(map, key);
+    if (!o || o->type == msgpack::type::NIL) return true;
+    if (!string(key, s, true)) return false;
+    out = std::move(s);
+    return true;
+  }
+
+  bool integer(std::string_view key, std::optional<std::int64_t>& out) {
+    const object* o = field(map, key);
+    if (!o || o->type == msgpack::type::NIL) return true;
+    if (o->type == msgpack::type::POSITIVE_INTEGER) {
+      if (o->via.u64 > static_cast<std::uint64_t>(INT64_MAX)) {
+        return fail("field '" + std::string(key) + "' is out of range");
+      }
+      out = static_cast<std::int64_t>(o->via.u64);
+      return true;
+    }
+    if (o->type == msgpack::type::NEGATIVE_INTEGER) {
+      out = o->via.i64;
+      return true;
+    }
+    return fail("field '" + std::string(key) + "' must be an integer");
+  }
+
+  bool boolean(std::string_view key, bool& out) {
+    const object* o = field(map, key);
+    if (!o || o->type == msgpack::type::NIL) return true;
+    if (o->type != msgpack::type::BOOLEAN) return fail("field '" + std::string(key) + "' must be a boolean");
+    out = o->via.boolean;
+    return true;
+  }
+
+  // bin, or str (accepted on input).
+  bool bytes(std::string_view key, std::vector<std::byte>& out, bool required) {
+    const object* o = field(map, key);
+    if (!o || o->type == msgpack::type::NIL) {
+      return required ? fail("missing field '" + std::string(key) + "' (bin)") : true;
+    }
+    const char* p = nullptr;
+    std::size_t n = 0;
+    if (o->type == msgpack::type::BIN) {
+      p = o->via.bin.ptr;
+      n = o->via.bin.size;
+    } else if (o->type == msgpack::type::STR) {
+      p = o->via.str.ptr;
+      n = o->via.str.size;
+    } else {
+      return fail("field '" + std::string(key) + "' must be bin (or str)");
+    }
+    const auto* b = reinterpret_cast<const std::byte*>(p);
+    out.assign(b, b + n);
+    return true;
+  }
+
+  bool strings(std::string_view key, std::vector<std::string>& out) {
+    const object* o = field(map, key);
+    if (!o || o->type == msgpack::type::NIL) return true;
+    if (o->type != msgpack::type::ARRAY) return fail("field '" + std::string(key) + "' must be an array of strings");
+    for (const auto& item : o->via.array) {
+      if (item.type != msgpack::type::STR) return fail("field '" + std::string(key) + "' must be an array of strings");
+      out.emplace_back(item.via.str.ptr, item.via.str.size);
+    }
+    return true;
+  }
+
+  bool string_map(std::string_view key, Metadata& out) {
+    const object* o = field(map, key);
+    if (!o || o->type == msgpack::type::NIL) return true;
+    if (o->type != msgpack::type::MAP) return fail("field '" + std::string(key) + "' must be a map of strings");
+    for (const auto& kv : o->via.map) {
+      if (kv.key.type != msgpack::type::STR || kv.val.type != msgpack::type::STR) {
+        return fail("field '" + std::string(key) + "' must map strings to strings");
+      }
+      out.emplace_back(std::string(kv.key.via.str.ptr, kv.key.via.str.size),
+                       std::string(kv.val.via.str.ptr, kv.val.via.str.size));
+    }
+    return true;
+  }
+};
+
+std::variant<Request, DecodeError> decode_map(const object& root) {
+  Reader r{root, {}};
+  std::string op;
+  if (!r.string("op", op, true, 64)) return DecodeError{r.error};
+  if (op == "submit") {
+    SubmitOp s;
+    r.string("user_id", s.user_id, true, 256);
+    r.string("execution_id", s.execution_id, false, 256);
+    r.bytes("payload", s.payload, true);
+    r.strings("required_capabilities", s.required_capabilities);
+    r.string_map("metadata", s.metadata);
+    std::optional<std::int64_t> timeout;
+    r.integer("timeout_seconds", timeout);
+    if (timeout) {
+      if (*timeout < 0 || *timeout > UINT32_MAX) r.fail("field 'timeout_seconds' is out of range");
+      else s.timeout_seconds = static_cast<std::uint32_t>(*timeout);
+    }
+    if (const object* p = field(root, "priority"); p && p->type != msgpack::type::NIL) {
+      std::optional<Priority> prio;
+      if (p->type == msgpack::type::STR) {
+        prio = parse_priority(std::string_view(p->via.str.ptr, p->via.str.size));
+      } else if (p->type == msgpack::type::POSITIVE_INTEGER) {
+        prio = p->via.u64 <= 4 ? priority_from_int(static_cast<std::int64_t>(p->via.u64))
+                               : std::nullopt;
+      }
+      if (!prio) r.fail("field 'priority' must be one of critical, high, normal, low, background or 0..4");
+      else s.priority = *prio;
+    }
+    if (!r.error.empty()) return DecodeError{r.error};
+    return Request{std::move(s)};
+  }
+  if (op == "cancel") {
+    CancelOp c;
+    r.string("execution_id", c.execution_id, true, 256);
+    r.string("reason", c.reason, false);
+    if (!r.error.empty()) return DecodeError{r.error};
+    return Request{std::move(c)};
+  }
+  if (op == "status") {
+    StatusOp s;
+    if (!r.string("execution_id", s.execution_id, true, 256)) return DecodeError{r.error};
+    return Request{std::move(s)};
+  }
+  if (op == "list") {
+    ListOp l;
+    r.opt_string("state", l.state);
+    r.opt_string("user_id", l.user_id);
+    std::optional<std::int64_t> limit;
+    r.integer("limit", limit);
+    if (limit) {
+      if (*limit < 1) r.fail("field 'limit' must be at least 1");
+      else l.limit = static_cast<std::uint64_t>(*limit);
+    }
+    if (l.state && *l.state != "queued" && *l.state != "dispatched" && *l.state != "running") {
+      r.fail("field 'state' must be queued, dispatched or running");
+    }
+    if (!r.error.empty()) return DecodeError{r.error};
+    return Request{std::move(l)};
+  }
+  if (op == "stats") return Request{StatsOp{}};
+  if (op == "complete") {
+    CompleteOp c;
+    r.string("execution_id", c.execution_id, true, 256);
+    r.opt_string("worker_id", c.worker_id);
+    r.integer("exit_code", c.exit_code);
+    r.bytes("result", c.result, false);
+    if (!r.error.empty()) return DecodeError{r.error};
+    return Request{std::move(c)};
+  }
+  if (op == "fail") {
+    FailOp f;
+    r.string("execution_id", f.execution_id, true, 256);
+    r.string("error", f.error, true);
+    r.opt_string("worker_id", f.worker_id);
+    r.boolean("retry", f.retry);
+    if (!r.error.empty()) return DecodeError{r.error};
+    return Request{std::move(f)};
+  }
+  if (op == "register_worker" || op == "heartbeat" || op == "unregister_worker" || op == "claim" ||
+      op == "report_blocker") {
+    return Request{WorkerOp{op}};
+  }
+  return DecodeError{"unknown op '" + op + "'"};
+}
+
+void pack_bytes(msgpack::packer<msgpack::sbuffer>& pk, std::span<const std::byte> b) {
+  pk.pack_bin(static_cast<std::uint32_t>(b.size()));
+  pk.pack_bin_body(reinterpret_cast<const char*>(b.data()), static_cast<std::uint32_t>(b.size()));
+}
+
+template <typename F>
+std::vector<std::byte> encode(F&& f) {
+  msgpack::sbuffer buf;
+  msgpack::packer<msgpack::sbuffer> pk(buf);
+  f(pk);
+  const auto* p = reinterpret_cast<const std::byte*>(buf.data());
+  return std::vector<std::byte>(p, p + buf.size());
+}
+
+}  // namespace
+
+std::variant<Request, DecodeError> decode_request(std::span<const std::byte> frame) {
+  try {
+    // Limits keep a hostile frame from claiming huge allocations.
+    msgpack::unpack_limit limit(/*array=*/4096, /*map=*/4096, /*str=*/16 << 20, /*bin=*/64 << 20,
+                                /*ext=*/1024, /*depth=*/16);
+    std::size_t offset = 0;
+    const msgpack::object_handle oh =
+        msgpack::unpack(reinterpret_cast<const char*>(frame.data()), frame.size(), offset,
+                        nullptr, nullptr, limit);
+    if (offset != frame.size()) return DecodeError{"trailing bytes after the request map"};
+    const object& root = oh.get();
+    if (root.type != msgpack::type::MAP) return DecodeError{"the request must be a msgpack map"};
+    return decode_map(root);
+  } catch (const std::exception& e) {
+    return DecodeError{std::string("not valid msgpack: ") + e.what()};
+  }
+}
+
+MapBuilder& MapBuilder::str(std::string_view key, std::string_view value) {
+  fields_.push_back({std::string(key), encode([&](auto& pk) { pk.pack(value); })});
+  return *this;
+}
+MapBuilder& MapBuilder::integer(std::string_view key, std::int64_t value) {
+  fields_.push_back({std::string(key), encode([&](auto& pk) { pk.pack(value); })});
+  return *this;
+}
+MapBuilder& MapBuilder::boolean(std::string_view key, bool value) {
+  fields_.push_back({std::string(key), encode([&](auto& pk) { pk.pack(value); })});
+  return *this;
+}
+MapBuilder& MapBuilder::bin(std::string_view key, std::span<const std::byte> value) {
+  fields_.push_back({std::string(key), encode([&](auto& pk) { pack_bytes(pk, value); })});
+  return *this;
+}
+MapBuilder& MapBuilder::strings(std::string_view key, const std::vector<std::string>& values) {
+  fields_.push_back({std::string(key), encode([&](auto& pk) { pk.pack(values); })});
+  return *this;
+}
+MapBuilder& MapBuilder::string_map(std::string_view key, const Metadata& values) {
+  fields_.push_back({std::string(key), encode([&](auto& pk) {
+                       pk.pack_map(static_cast<std::uint32_t>(values.size()));
+                       for (const auto& [k, v] : values) {
+                         pk.pack(k);
+                         pk.pack(v);
+                       }
+                     })});
+  return *this;
+}
+MapBuilder& MapBuilder::int_map(std::string_view key,
+                                const std::vector<std::pair<std::string, std::int64_t>>& values) {
+  fields_.push_back({std::string(key), encode([&](auto& pk) {
+                       pk.pack_map(static_cast<std::uint32_t>(values.size()));
+                       for (const auto& [k, v] : values) {
+                         pk.pack(k);
+                         pk.pack(v);
+                       }
+                     })});
+  return *this;
+}
+MapBuilder& MapBuilder::raw(std::string_view key, std::vector<std::byte> encoded) {
+  fields_.push_back({std::string(key), std::move(encoded)});
+  return *this;
+}
+MapBuilder& MapBuilder::raw_array(std::string_view key,
+                                  const std::vector<std::vector<std::byte>>& items) {
+  std::vector<std::byte> out = encode([&](auto& pk) { pk.pack_array(static_cast<std::uint32_t>(items.size())); });
+  for (const auto& item : items) out.insert(out.end(), item.begin(), item.end());
+  fields_.push_back({std::string(key), std::move(out)});
+  return *this;
+}
+
+std::vector<std::byte> MapBuilder::finish() const {
+  std::vector<std::byte> out = encode([&](auto& pk) { pk.pack_map(static_cast<std::uint32_t>(fields_.size())); });
+  for (const auto& f : fields_) {
+    const auto key = encode([&](auto& pk) { pk.pack(f.key); });
+    out.insert(out.end(), key.begin(), key.end());
+    out.insert(out.end(), f.value.begin(), f.value.end());
+  }
+  return out;
+}
+
+std::vector<std::byte> error_reply(std::string_view code, std::string_view message) {
+  return MapBuilder().boolean("ok", false).str("error", code).str("message", message).finish();
+}
+
+std::string new_uuid() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  std::uint64_t hi = rng();
+  std::uint64_t lo = rng();
+  hi = (hi & 0xffffffffffff0fffULL) | 0x0000000000004000ULL;  // version 4
+  lo = (lo & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;  // variant 10
+  char buf[37];
+  std::snprintf(buf, sizeof buf, "%08x-%04x-%04x-%04x-%012llx", static_cast<unsigned>(hi >> 32),
+                static_cast<unsigned>((hi >> 16) & 0xffff), static_cast<unsigned>(hi & 0xffff),
+                static_cast<unsigned>(lo >> 48),
+                static_cast<unsigned long long>(lo & 0xffffffffffffULL));
+  return buf;
+}
+
+}  // namespace shmsched::ipc::protocol
