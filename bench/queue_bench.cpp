@@ -84,7 +84,8 @@ void submit_spin(ipc::Producer& p, const ipc::SubmitRequest& r) {
   for (;;) {
     const auto res = p.submit(r);
     if (res.accepted()) return;
-    if (res.admission != Admission::kQueueFull && res.admission != Admission::kUserLimit) std::abort();
+    if (res.admission != Admission::kQueueFull && res.admission != Admission::kUserLimit)
+      std::abort();
     std::this_thread::yield();
   }
 }
@@ -93,7 +94,8 @@ void BM_Throughput_Shmsched(benchmark::State& state) {
   const int producers = static_cast<int>(state.range(0));
   Segment s("tp");
   std::vector<std::vector<std::string>> ids;
-  for (int p = 0; p < producers; ++p) ids.push_back(make_ids("p" + std::to_string(p) + "-", kItems));
+  for (int p = 0; p < producers; ++p)
+    ids.push_back(make_ids("p" + std::to_string(p) + "-", kItems));
   ipc::Consumer consumer(s.seg);
   for (auto _ : state) {
     std::vector<std::thread> threads;
@@ -204,7 +206,9 @@ void BM_Throughput_ShmschedProcesses(benchmark::State& state) {
 void set_percentiles(benchmark::State& state, std::vector<double>& ns) {
   if (ns.empty()) return;
   std::sort(ns.begin(), ns.end());
-  auto at = [&](double q) { return ns[std::min(ns.size() - 1, static_cast<std::size_t>(q * ns.size()))]; };
+  auto at = [&](double q) {
+    return ns[std::min(ns.size() - 1, static_cast<std::size_t>(q * ns.size()))];
+  };
   state.counters["p50_ns"] = at(0.50);
   state.counters["p99_ns"] = at(0.99);
   state.counters["p999_ns"] = at(0.999);
@@ -226,7 +230,7 @@ void BM_EnqueueLatency_Shmsched(benchmark::State& state) {
   ns.reserve(1'000'000);
   std::size_t n = 0;
   for (auto _ : state) {
-    const auto req = request(ids[n % ids.size()] , n);
+    const auto req = request(ids[n % ids.size()], n);
     const auto t0 = Clock::now();
     const auto res = prod.submit(req);
     const auto t1 = Clock::now();
@@ -284,7 +288,8 @@ void BM_Handoff_Shmsched(benchmark::State& state) {
     state.ResumeTiming();
     std::int64_t stamp = Clock::now().time_since_epoch().count();
     ipc::SubmitRequest r = request(ids[n % ids.size()], n);
-    r.payload = std::span<const std::byte>(reinterpret_cast<const std::byte*>(&stamp), sizeof stamp);
+    r.payload =
+        std::span<const std::byte>(reinterpret_cast<const std::byte*>(&stamp), sizeof stamp);
     submit_spin(prod, r);
     ++n;
     while (received.load(std::memory_order_acquire) < expect) {
@@ -320,13 +325,25 @@ void BM_EnqueueAtDepth_Shmsched(benchmark::State& state) {
 }
 
 BENCHMARK(BM_Throughput_Shmsched)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Throughput_BoostLockfree)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Throughput_BoostLockfree)
+    ->Arg(1)
+    ->Arg(2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_Throughput_Moodycamel)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_Throughput_ShmschedProcesses)->Arg(1)->Arg(2)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_Throughput_ShmschedProcesses)
+    ->Arg(1)
+    ->Arg(2)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 BENCHMARK(BM_EnqueueLatency_Shmsched)->Iterations(300'000);
 BENCHMARK(BM_Handoff_Shmsched)->Arg(0)->Iterations(100'000)->UseRealTime();
 BENCHMARK(BM_Handoff_Shmsched)->Arg(1)->Iterations(20'000)->UseRealTime();
-BENCHMARK(BM_EnqueueAtDepth_Shmsched)->Arg(10)->Arg(1'000'000)->Iterations(200'000)->UseManualTime();
+BENCHMARK(BM_EnqueueAtDepth_Shmsched)
+    ->Arg(10)
+    ->Arg(1'000'000)
+    ->Iterations(200'000)
+    ->UseManualTime();
 
 }  // namespace
 
@@ -346,7 +363,8 @@ int main(int argc, char** argv) {
                    std::string("BM_Throughput_ShmschedProcesses/") + p + "/real_time", ours,
                    "items_per_second");
   }
-  const double d10 = reporter.get("BM_EnqueueAtDepth_Shmsched/10/iterations:200000/manual_time", "p50_ns");
+  const double d10 =
+      reporter.get("BM_EnqueueAtDepth_Shmsched/10/iterations:200000/manual_time", "p50_ns");
   const double d1m =
       reporter.get("BM_EnqueueAtDepth_Shmsched/1000000/iterations:200000/manual_time", "p50_ns");
   if (d10 > 0 && d1m > 0) {

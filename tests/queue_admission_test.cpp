@@ -293,9 +293,9 @@ TEST(QueueScale, AMillionEntriesFillDrainAndRefuseOneMore) {
     ASSERT_TRUE(r.accepted()) << i << " " << r.message;
   }
   EXPECT_EQ(submit(p, "one-more", "u").admission, Admission::kQueueFull);
-  EXPECT_EQ(p.queue_position("m0"), 0u);         // first critical
-  EXPECT_EQ(p.queue_position("m5"), 1u);         // second critical
-  EXPECT_EQ(p.queue_position("m4"), 800'000u);   // first background, behind 4 x 200,000
+  EXPECT_EQ(p.queue_position("m0"), 0u);        // first critical
+  EXPECT_EQ(p.queue_position("m5"), 1u);        // second critical
+  EXPECT_EQ(p.queue_position("m4"), 800'000u);  // first background, behind 4 x 200,000
   ipc::Consumer c(seg.segment());
   std::uint64_t drained = 0;
   Priority last = Priority::kCritical;

@@ -126,8 +126,10 @@ TEST(QueueConcurrency, PerUserCapHoldsUnderContention) {
       ipc::Producer p(seg.segment());
       for (int i = 0; i < 100; ++i) {
         const auto r = submit(p, "c" + std::to_string(t) + "-" + std::to_string(i), "alice");
-        if (r.accepted()) ++accepted;
-        else EXPECT_EQ(r.admission, Admission::kUserLimit);
+        if (r.accepted())
+          ++accepted;
+        else
+          EXPECT_EQ(r.admission, Admission::kUserLimit);
       }
     });
   }

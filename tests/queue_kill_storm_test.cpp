@@ -48,7 +48,8 @@ void producer_body(const std::string& segment, int generation, int report_fd) {
     // rightly be either cancelled or dequeued.)
     if (res.accepted() && seq % 16 == 5) {
       send(report_fd, Report::make('I', id, user));
-      if (p.cancel(id) == ipc::CancelOutcome::kCancelled) send(report_fd, Report::make('C', id, user));
+      if (p.cancel(id) == ipc::CancelOutcome::kCancelled)
+        send(report_fd, Report::make('C', id, user));
     }
   }
 }
@@ -244,13 +245,14 @@ TEST(QueueKillStorm, SigkilledProducersLoseNothingAndLeakNothing) {
     ASSERT_TRUE(r.accepted()) << i << ": " << r.message;
   }
   EXPECT_EQ(submit(p, "one-too-many", "w").admission, Admission::kQueueFull);
-  std::printf("[ storm    ] %d kills, %llu accepted, %llu dequeued, %llu maintenance runs, "
-              "%llu slots reclaimed, worst reap %.2f ms\n",
-              kills, static_cast<unsigned long long>(storm.accepted),
-              static_cast<unsigned long long>(storm.dequeued),
-              static_cast<unsigned long long>(st.maintenance_runs),
-              static_cast<unsigned long long>(st.reclaimed_slots),
-              std::chrono::duration<double, std::milli>(worst_reclaim).count());
+  std::printf(
+      "[ storm    ] %d kills, %llu accepted, %llu dequeued, %llu maintenance runs, "
+      "%llu slots reclaimed, worst reap %.2f ms\n",
+      kills, static_cast<unsigned long long>(storm.accepted),
+      static_cast<unsigned long long>(storm.dequeued),
+      static_cast<unsigned long long>(st.maintenance_runs),
+      static_cast<unsigned long long>(st.reclaimed_slots),
+      std::chrono::duration<double, std::milli>(worst_reclaim).count());
 }
 
 // The consumer itself dies at random moments; each new consumer carries on with all state.
@@ -265,8 +267,8 @@ TEST(QueueKillStorm, SigkilledConsumerIsReplacedWithAllState) {
     ipc::Producer p(seg.segment());
     for (int i = 0; i < kTotal; ++i) {
       const std::string id = "x" + std::to_string(i);
-      ASSERT_TRUE(submit(p, id, "u" + std::to_string(i % 5), static_cast<Priority>(i % 5))
-                      .accepted());
+      ASSERT_TRUE(
+          submit(p, id, "u" + std::to_string(i % 5), static_cast<Priority>(i % 5)).accepted());
       submitted.insert(id);
     }
   }

@@ -33,23 +33,24 @@ void child_body(const std::string& segment, int child, int fd, unsigned seed) {
   for (int op = 0; op < kOpsPerChild; ++op) {
     const unsigned dice = rng() % 100;
     if (dice < 70) {
-      const std::string id = "p" + std::to_string(child) + "-" + std::to_string(rng() % kIdsPerChild);
+      const std::string id =
+          "p" + std::to_string(child) + "-" + std::to_string(rng() % kIdsPerChild);
       const auto prio = static_cast<Priority>(rng() % kPriorityLevels);
       std::string payload(rng() % 300, 'x');  // > 256 now and then: payload_too_large
       std::string user = user_of(id);
       if (rng() % 50 == 0) user.clear();  // invalid
       Req r(id, user, prio, payload);
       const auto res = p.submit(r.get());
-      send(fd, Report::make(res.accepted() ? 'A' : 'R', id, user,
-                            static_cast<char>(res.admission), static_cast<char>(prio)));
+      send(fd, Report::make(res.accepted() ? 'A' : 'R', id, user, static_cast<char>(res.admission),
+                            static_cast<char>(prio)));
     } else if (dice < 90) {
-      const std::string id = "p" + std::to_string(rng() % kChildren) + "-" +
-                             std::to_string(rng() % kIdsPerChild);
+      const std::string id =
+          "p" + std::to_string(rng() % kChildren) + "-" + std::to_string(rng() % kIdsPerChild);
       const auto outcome = p.cancel(id);
       send(fd, Report::make(outcome == ipc::CancelOutcome::kCancelled ? 'C' : 'N', id));
     } else {
-      const std::string id = "p" + std::to_string(rng() % kChildren) + "-" +
-                             std::to_string(rng() % kIdsPerChild);
+      const std::string id =
+          "p" + std::to_string(rng() % kChildren) + "-" + std::to_string(rng() % kIdsPerChild);
       const auto st = p.status(id);
       if (st && st->user_id != user_of(id)) send(fd, Report::make('!', id, st->user_id));
     }
@@ -118,8 +119,12 @@ TEST(QueueProperty, RandomOperationsFromSeveralProcessesMatchTheModel) {
           ++m.accepted[id];
           m.priority[id] = static_cast<Priority>(r.priority);
           break;
-        case 'C': ++m.cancelled[id]; break;
-        case '!': ADD_FAILURE() << "status of " << id << " showed user " << r.user_str(); break;
+        case 'C':
+          ++m.cancelled[id];
+          break;
+        case '!':
+          ADD_FAILURE() << "status of " << id << " showed user " << r.user_str();
+          break;
         case 'R': {
           const auto why = static_cast<Admission>(r.outcome);
           EXPECT_NE(why, Admission::kAccepted);
@@ -128,7 +133,8 @@ TEST(QueueProperty, RandomOperationsFromSeveralProcessesMatchTheModel) {
           }
           break;
         }
-        default: break;
+        default:
+          break;
       }
     }
 
@@ -178,16 +184,16 @@ TEST(QueueProperty, RandomOperationsFromSeveralProcessesMatchTheModel) {
     EXPECT_GT(st.rejected_duplicate, 0u);
     EXPECT_GT(st.rejected_payload_too_large, 0u);
 
-    std::printf("[ model    ] %llu accepted, %llu cancelled, %llu dequeued, %llu queued and %llu "
-                "active at the check; rejected: %llu user_limit, %llu queue_full, %llu duplicate\n",
-                static_cast<unsigned long long>(accepted_total),
-                static_cast<unsigned long long>(cancelled_total),
-                static_cast<unsigned long long>(st.dequeued),
-                static_cast<unsigned long long>(queued_total),
-                static_cast<unsigned long long>(active_total),
-                static_cast<unsigned long long>(st.rejected_user_limit),
-                static_cast<unsigned long long>(st.rejected_queue_full),
-                static_cast<unsigned long long>(st.rejected_duplicate));
+    std::printf(
+        "[ model    ] %llu accepted, %llu cancelled, %llu dequeued, %llu queued and %llu "
+        "active at the check; rejected: %llu user_limit, %llu queue_full, %llu duplicate\n",
+        static_cast<unsigned long long>(accepted_total),
+        static_cast<unsigned long long>(cancelled_total),
+        static_cast<unsigned long long>(st.dequeued), static_cast<unsigned long long>(queued_total),
+        static_cast<unsigned long long>(active_total),
+        static_cast<unsigned long long>(st.rejected_user_limit),
+        static_cast<unsigned long long>(st.rejected_queue_full),
+        static_cast<unsigned long long>(st.rejected_duplicate));
     // Ranks are exactly 0..n-1 and the queue drains in rank order.
     std::vector<std::pair<std::uint64_t, std::string>> ranked;
     for (const auto& id : queued_ids) ranked.emplace_back(*consumer.queue_position(id), id);

@@ -55,7 +55,10 @@ class TempSegment {
 struct Req {
   Req(std::string id_, std::string user_, Priority priority_ = Priority::kNormal,
       std::string payload_ = "print('hello')")
-      : id(std::move(id_)), user(std::move(user_)), priority(priority_), payload(std::move(payload_)) {}
+      : id(std::move(id_)),
+        user(std::move(user_)),
+        priority(priority_),
+        payload(std::move(payload_)) {}
 
   std::string id;
   std::string user;

@@ -47,12 +47,12 @@ typedef enum {
 
 /* One outbound message: an event or a command of docs/protocol.md. */
 typedef struct {
-  const char* type;         /* event type, e.g. "CreatePodCommand"; NUL-terminated */
-  const char* key;          /* execution_id (or worker_id); NUL-terminated, may be "" */
-  const char* topic;        /* suggested topic: type, or "TaskPush.<worker_id>" */
-  const uint8_t* body;      /* msgpack map, as in docs/protocol.md */
+  const char* type;    /* event type, e.g. "CreatePodCommand"; NUL-terminated */
+  const char* key;     /* execution_id (or worker_id); NUL-terminated, may be "" */
+  const char* topic;   /* suggested topic: type, or "TaskPush.<worker_id>" */
+  const uint8_t* body; /* msgpack map, as in docs/protocol.md */
   size_t body_len;
-  int is_command;           /* 1 for CreatePodCommand and TaskPush, 0 for lifecycle events */
+  int is_command; /* 1 for CreatePodCommand and TaskPush, 0 for lifecycle events */
 } shmsched_message;
 
 /* Inbound operations a transport may feed back (a remote submit, completion, ...): the body is
@@ -87,9 +87,9 @@ typedef struct {
 } shmsched_kv;
 
 typedef struct {
-  uint32_t abi_version;   /* SHMSCHED_TRANSPORT_ABI_VERSION */
-  uint32_t struct_size;   /* sizeof(shmsched_transport_api) */
-  const char* name;       /* "zeromq", "kafka", ... */
+  uint32_t abi_version; /* SHMSCHED_TRANSPORT_ABI_VERSION */
+  uint32_t struct_size; /* sizeof(shmsched_transport_api) */
+  const char* name;     /* "zeromq", "kafka", ... */
   const char* description;
 
   /* Creates an instance from configuration. On failure returns NULL and writes a message into

@@ -34,7 +34,8 @@ void pass_tombstone(const SegmentView& v, std::size_t level, std::uint64_t pos,
   std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
   for (;;) {
     if (ctrl_state(c) == SlotState::kCancelling) {
-      if (s.ctrl.compare_exchange_weak(c, ctrl_make(ctrl_gen(c), ctrl_owner(c), SlotState::kOrphaned),
+      if (s.ctrl.compare_exchange_weak(c,
+                                       ctrl_make(ctrl_gen(c), ctrl_owner(c), SlotState::kOrphaned),
                                        std::memory_order_acq_rel)) {
         return;  // the canceller frees it when done
       }

@@ -28,7 +28,9 @@ struct RingRef {
     return (static_cast<std::uint64_t>(lap) << 32) | index_plus_one;
   }
   std::uint32_t lap(std::uint64_t pos) const { return static_cast<std::uint32_t>(pos >> shift); }
-  static std::uint32_t cell_lap(std::uint64_t cell) { return static_cast<std::uint32_t>(cell >> 32); }
+  static std::uint32_t cell_lap(std::uint64_t cell) {
+    return static_cast<std::uint32_t>(cell >> 32);
+  }
   static std::uint32_t cell_index1(std::uint64_t cell) { return static_cast<std::uint32_t>(cell); }
 
   // Appends `index`; returns its position, or nullopt if the ring is full.

@@ -95,8 +95,8 @@ struct alignas(kCacheLine) Header {
 
   alignas(kCacheLine) std::atomic<std::uint64_t> user_entries;  // claimed user-table entries
   std::atomic<std::uint64_t> inconsistencies;  // impossible states met and repaired (should be 0)
-  alignas(kCacheLine) std::atomic<std::int64_t> queued;  // admitted and not yet dequeued
-  alignas(kCacheLine) std::atomic<std::int64_t> active;  // dequeued and not yet released
+  alignas(kCacheLine) std::atomic<std::int64_t> queued;     // admitted and not yet dequeued
+  alignas(kCacheLine) std::atomic<std::int64_t> active;     // dequeued and not yet released
   alignas(kCacheLine) std::atomic<std::uint64_t> free_top;  // Treiber stack: tag << 32 | index+1
   // Slots at or above this index have never been used: they are handed out before they are ever
   // touched, so a large segment costs memory only for the slots it really used.
@@ -109,8 +109,8 @@ struct alignas(kCacheLine) Header {
 enum class ParticipantRole : std::uint32_t { kProducer = 1, kConsumer = 2 };
 
 struct alignas(kCacheLine) Participant {
-  std::atomic<std::uint32_t> pid;   // 0 = free entry; claimed by CAS 0 -> pid
-  std::atomic<std::uint32_t> busy;  // 1 while inside an operation (see maintenance)
+  std::atomic<std::uint32_t> pid;         // 0 = free entry; claimed by CAS 0 -> pid
+  std::atomic<std::uint32_t> busy;        // 1 while inside an operation (see maintenance)
   std::atomic<std::uint64_t> start_time;  // /proc/<pid>/stat field 22; 0 while registering
   std::atomic<std::uint32_t> role;
   std::atomic<std::uint64_t> counters[kCounterCount];
@@ -119,11 +119,11 @@ struct alignas(kCacheLine) Participant {
 // Slot states, the low byte of Slot::ctrl.
 enum class SlotState : std::uint8_t {
   kFree = 0,
-  kPending = 1,    // a producer is filling it; not visible in any ring yet
-  kQueued = 2,     // committed: its index is in a priority ring
-  kActive = 3,     // dequeued by the consumer, not yet released
-  kCancelled = 4,  // cancelled while queued; a tombstone until the consumer passes its cell
-  kExpired = 5,    // expired by the consumer's sweep (transient: it is at the head)
+  kPending = 1,     // a producer is filling it; not visible in any ring yet
+  kQueued = 2,      // committed: its index is in a priority ring
+  kActive = 3,      // dequeued by the consumer, not yet released
+  kCancelled = 4,   // cancelled while queued; a tombstone until the consumer passes its cell
+  kExpired = 5,     // expired by the consumer's sweep (transient: it is at the head)
   kCancelling = 6,  // cancelled while queued; the canceller is still giving its counts back
   kOrphaned = 7,    // the consumer passed a kCancelling cell; the canceller frees the slot
 };
@@ -159,11 +159,15 @@ static_assert(sizeof(Slot) % kCacheLine == 0);
 inline constexpr std::uint64_t kSlotHeaderBytes = sizeof(Slot);
 
 constexpr std::uint64_t ctrl_make(std::uint32_t gen, std::uint32_t owner, SlotState st) {
-  return (static_cast<std::uint64_t>(gen) << 32) | (static_cast<std::uint64_t>(owner & 0xffffff) << 8) |
-         static_cast<std::uint64_t>(st);
+  return (static_cast<std::uint64_t>(gen) << 32) |
+         (static_cast<std::uint64_t>(owner & 0xffffff) << 8) | static_cast<std::uint64_t>(st);
 }
-constexpr SlotState ctrl_state(std::uint64_t c) { return static_cast<SlotState>(c & 0xff); }
-constexpr std::uint32_t ctrl_gen(std::uint64_t c) { return static_cast<std::uint32_t>(c >> 32); }
+constexpr SlotState ctrl_state(std::uint64_t c) {
+  return static_cast<SlotState>(c & 0xff);
+}
+constexpr std::uint32_t ctrl_gen(std::uint64_t c) {
+  return static_cast<std::uint32_t>(c >> 32);
+}
 constexpr std::uint32_t ctrl_owner(std::uint64_t c) {
   return static_cast<std::uint32_t>((c >> 8) & 0xffffff);
 }

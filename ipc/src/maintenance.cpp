@@ -11,8 +11,8 @@
 
 #include "process_liveness.h"
 #include "queue_internals.h"
-#include "slot_text.h"
 #include "shmsched/core/stable_hash.h"
+#include "slot_text.h"
 
 namespace shmsched::ipc::detail {
 
@@ -93,8 +93,8 @@ void rebuild_ring(const SegmentView& v, std::size_t level, std::vector<std::uint
   }
   for (std::uint64_t k = 0; k < cap; ++k) {
     const std::uint64_t pos = h + k;
-    const std::uint64_t cell = k < keep.size() ? RingRef::make(r.lap(pos), keep[k] + 1ULL)
-                                               : RingRef::make(r.lap(pos), 0);
+    const std::uint64_t cell =
+        k < keep.size() ? RingRef::make(r.lap(pos), keep[k] + 1ULL) : RingRef::make(r.lap(pos), 0);
     r.cells[pos & r.mask].store(cell, std::memory_order_relaxed);
     if (k < keep.size()) v.slot(keep[k]).ring_pos.store(pos, std::memory_order_relaxed);
   }

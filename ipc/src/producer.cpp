@@ -34,12 +34,18 @@ SubmitResult reject(Admission a, std::string message) {
 
 std::size_t counter_for(Admission a) {
   switch (a) {
-    case Admission::kAccepted: return kEnqueued;
-    case Admission::kQueueFull: return kRejectedQueueFull;
-    case Admission::kUserLimit: return kRejectedUserLimit;
-    case Admission::kDuplicate: return kRejectedDuplicate;
-    case Admission::kPayloadTooLarge: return kRejectedPayloadTooLarge;
-    case Admission::kInvalid: return kRejectedInvalid;
+    case Admission::kAccepted:
+      return kEnqueued;
+    case Admission::kQueueFull:
+      return kRejectedQueueFull;
+    case Admission::kUserLimit:
+      return kRejectedUserLimit;
+    case Admission::kDuplicate:
+      return kRejectedDuplicate;
+    case Admission::kPayloadTooLarge:
+      return kRejectedPayloadTooLarge;
+    case Admission::kInvalid:
+      return kRejectedInvalid;
   }
   return kRejectedInvalid;
 }
@@ -112,9 +118,9 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
       if (hdr.user_entries.load(std::memory_order_relaxed) >= g.max_users) {
         undo_queued();
         if (!maintained) return {{}, true};  // compaction drops users with nothing left
-        return {reject(Admission::kUserLimit,
-                       "more than max_users = " + std::to_string(g.max_users) +
-                           " distinct users have executions queued or active")};
+        return {
+            reject(Admission::kUserLimit, "more than max_users = " + std::to_string(g.max_users) +
+                                              " distinct users have executions queued or active")};
       }
       entry = users.find_or_claim(user_hash);
       if (!entry) {
@@ -155,8 +161,8 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
     s.attempt = req.attempt;
     s.timeout_seconds = req.timeout_seconds;
     s.priority = static_cast<std::uint8_t>(level);
-    std::atomic_ref<std::uint8_t>(s.id_len).store(static_cast<std::uint8_t>(req.execution_id.size()),
-                                                  std::memory_order_relaxed);
+    std::atomic_ref<std::uint8_t>(s.id_len).store(
+        static_cast<std::uint8_t>(req.execution_id.size()), std::memory_order_relaxed);
     s.user_len = static_cast<std::uint8_t>(req.user_id.size());
     s.owner_len = 0;
     store_text(s.id_words, req.execution_id);
@@ -166,7 +172,8 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
     if (!extras.empty()) std::memcpy(data + req.payload.size(), extras.data(), extras.size());
 
     switch (DedupIndex{&v}.insert(id_hash, req.execution_id, *index)) {
-      case DedupIndex::Insert::kInserted: break;
+      case DedupIndex::Insert::kInserted:
+        break;
       case DedupIndex::Insert::kDuplicate:
         free_slot(v, *index);
         undo_user();

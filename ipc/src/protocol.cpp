@@ -35,7 +35,8 @@ struct Reader {
     if (!o || o->type == msgpack::type::NIL) {
       return required ? fail("missing field '" + std::string(key) + "' (string)") : true;
     }
-    if (o->type != msgpack::type::STR) return fail("field '" + std::string(key) + "' must be a string");
+    if (o->type != msgpack::type::STR)
+      return fail("field '" + std::string(key) + "' must be a string");
     if (o->via.str.size > max) {
       return fail("field '" + std::string(key) + "' is longer than " + std::to_string(max) +
                   " bytes");
@@ -73,7 +74,8 @@ struct Reader {
   bool boolean(std::string_view key, bool& out) {
     const object* o = field(map, key);
     if (!o || o->type == msgpack::type::NIL) return true;
-    if (o->type != msgpack::type::BOOLEAN) return fail("field '" + std::string(key) + "' must be a boolean");
+    if (o->type != msgpack::type::BOOLEAN)
+      return fail("field '" + std::string(key) + "' must be a boolean");
     out = o->via.boolean;
     return true;
   }
@@ -103,9 +105,11 @@ struct Reader {
   bool strings(std::string_view key, std::vector<std::string>& out) {
     const object* o = field(map, key);
     if (!o || o->type == msgpack::type::NIL) return true;
-    if (o->type != msgpack::type::ARRAY) return fail("field '" + std::string(key) + "' must be an array of strings");
+    if (o->type != msgpack::type::ARRAY)
+      return fail("field '" + std::string(key) + "' must be an array of strings");
     for (const auto& item : o->via.array) {
-      if (item.type != msgpack::type::STR) return fail("field '" + std::string(key) + "' must be an array of strings");
+      if (item.type != msgpack::type::STR)
+        return fail("field '" + std::string(key) + "' must be an array of strings");
       out.emplace_back(item.via.str.ptr, item.via.str.size);
     }
     return true;
@@ -114,7 +118,8 @@ struct Reader {
   bool string_map(std::string_view key, Metadata& out) {
     const object* o = field(map, key);
     if (!o || o->type == msgpack::type::NIL) return true;
-    if (o->type != msgpack::type::MAP) return fail("field '" + std::string(key) + "' must be a map of strings");
+    if (o->type != msgpack::type::MAP)
+      return fail("field '" + std::string(key) + "' must be a map of strings");
     for (const auto& kv : o->via.map) {
       if (kv.key.type != msgpack::type::STR || kv.val.type != msgpack::type::STR) {
         return fail("field '" + std::string(key) + "' must map strings to strings");
@@ -140,8 +145,10 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
     std::optional<std::int64_t> timeout;
     r.integer("timeout_seconds", timeout);
     if (timeout) {
-      if (*timeout < 0 || *timeout > UINT32_MAX) r.fail("field 'timeout_seconds' is out of range");
-      else s.timeout_seconds = static_cast<std::uint32_t>(*timeout);
+      if (*timeout < 0 || *timeout > UINT32_MAX)
+        r.fail("field 'timeout_seconds' is out of range");
+      else
+        s.timeout_seconds = static_cast<std::uint32_t>(*timeout);
     }
     if (const object* p = field(root, "priority"); p && p->type != msgpack::type::NIL) {
       std::optional<Priority> prio;
@@ -151,8 +158,10 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
         prio = p->via.u64 <= 4 ? priority_from_int(static_cast<std::int64_t>(p->via.u64))
                                : std::nullopt;
       }
-      if (!prio) r.fail("field 'priority' must be one of critical, high, normal, low, background or 0..4");
-      else s.priority = *prio;
+      if (!prio)
+        r.fail("field 'priority' must be one of critical, high, normal, low, background or 0..4");
+      else
+        s.priority = *prio;
     }
     if (!r.error.empty()) return DecodeError{r.error};
     return Request{std::move(s)};
@@ -176,8 +185,10 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
     std::optional<std::int64_t> limit;
     r.integer("limit", limit);
     if (limit) {
-      if (*limit < 1) r.fail("field 'limit' must be at least 1");
-      else l.limit = static_cast<std::uint64_t>(*limit);
+      if (*limit < 1)
+        r.fail("field 'limit' must be at least 1");
+      else
+        l.limit = static_cast<std::uint64_t>(*limit);
     }
     if (l.state && *l.state != "queued" && *l.state != "dispatched" && *l.state != "running") {
       r.fail("field 'state' must be queued, dispatched or running");
@@ -233,9 +244,8 @@ std::variant<Request, DecodeError> decode_request(std::span<const std::byte> fra
     msgpack::unpack_limit limit(/*array=*/4096, /*map=*/4096, /*str=*/16 << 20, /*bin=*/64 << 20,
                                 /*ext=*/1024, /*depth=*/16);
     std::size_t offset = 0;
-    const msgpack::object_handle oh =
-        msgpack::unpack(reinterpret_cast<const char*>(frame.data()), frame.size(), offset,
-                        nullptr, nullptr, limit);
+    const msgpack::object_handle oh = msgpack::unpack(
+        reinterpret_cast<const char*>(frame.data()), frame.size(), offset, nullptr, nullptr, limit);
     if (offset != frame.size()) return DecodeError{"trailing bytes after the request map"};
     const object& root = oh.get();
     if (root.type != msgpack::type::MAP) return DecodeError{"the request must be a msgpack map"};
@@ -292,14 +302,16 @@ MapBuilder& MapBuilder::raw(std::string_view key, std::vector<std::byte> encoded
 }
 MapBuilder& MapBuilder::raw_array(std::string_view key,
                                   const std::vector<std::vector<std::byte>>& items) {
-  std::vector<std::byte> out = encode([&](auto& pk) { pk.pack_array(static_cast<std::uint32_t>(items.size())); });
+  std::vector<std::byte> out =
+      encode([&](auto& pk) { pk.pack_array(static_cast<std::uint32_t>(items.size())); });
   for (const auto& item : items) out.insert(out.end(), item.begin(), item.end());
   fields_.push_back({std::string(key), std::move(out)});
   return *this;
 }
 
 std::vector<std::byte> MapBuilder::finish() const {
-  std::vector<std::byte> out = encode([&](auto& pk) { pk.pack_map(static_cast<std::uint32_t>(fields_.size())); });
+  std::vector<std::byte> out =
+      encode([&](auto& pk) { pk.pack_map(static_cast<std::uint32_t>(fields_.size())); });
   for (const auto& f : fields_) {
     const auto key = encode([&](auto& pk) { pk.pack(f.key); });
     out.insert(out.end(), key.begin(), key.end());

@@ -28,7 +28,9 @@ struct Segment::Mapping {
 
 namespace {
 
-std::string where(const std::string& name) { return "shared memory segment /dev/shm/" + name; }
+std::string where(const std::string& name) {
+  return "shared memory segment /dev/shm/" + name;
+}
 
 SegmentConfig config_of(const Geometry& g, const Header& h) {
   SegmentConfig c;
@@ -53,7 +55,8 @@ std::string describe(const SegmentConfig& c) {
   return "max_queue_size=" + std::to_string(c.max_queue_size) +
          " max_payload_bytes=" + std::to_string(c.max_payload_bytes) +
          " max_extras_bytes=" + std::to_string(c.max_extras_bytes) +
-         " max_users=" + std::to_string(c.max_users) + " max_active=" + std::to_string(c.max_active) +
+         " max_users=" + std::to_string(c.max_users) +
+         " max_active=" + std::to_string(c.max_active) +
          " max_participants=" + std::to_string(c.max_participants);
 }
 
@@ -68,7 +71,8 @@ void initialise(void* base, const Geometry& g, const SegmentConfig& cfg) {
   h->per_user_limit.store(static_cast<std::uint32_t>(cfg.max_executions_per_user));
   h->queue_limit.store(static_cast<std::uint32_t>(cfg.max_queue_size));
   detail::SegmentView v(base);
-  for (std::uint64_t i = 0; i < g.max_participants; ++i) new (&v.participant(i)) detail::Participant{};
+  for (std::uint64_t i = 0; i < g.max_participants; ++i)
+    new (&v.participant(i)) detail::Participant{};
   // Publish: the magic is the last word written, with release ordering.
   std::atomic_ref<std::uint64_t>(h->magic).store(detail::kMagic, std::memory_order_release);
 }
@@ -79,18 +83,22 @@ void validate_mapping(const std::string& name, const bip::mapped_region& region)
   if (size < sizeof(Header)) {
     throw SegmentError(where(name) + " is " + std::to_string(size) +
                        " bytes, too small to be a shmsched queue: remove it (shmschedctl "
-                       "segment remove, or rm /dev/shm/" + name + ") or choose another name");
+                       "segment remove, or rm /dev/shm/" +
+                       name + ") or choose another name");
   }
   auto* h = static_cast<Header*>(region.get_address());
   const std::uint64_t magic =
       std::atomic_ref<std::uint64_t>(h->magic).load(std::memory_order_acquire);
   if (magic == 0) {
-    throw SegmentError(where(name) + " is not initialised: its creator is still setting it up, "
+    throw SegmentError(where(name) +
+                       " is not initialised: its creator is still setting it up, "
                        "or died doing so. Retry in a moment; if it persists, remove it "
-                       "(rm /dev/shm/" + name + ") and restart the supervisor");
+                       "(rm /dev/shm/" +
+                       name + ") and restart the supervisor");
   }
   if (magic != detail::kMagic) {
-    throw SegmentError(where(name) + " is not a shmsched queue (bad magic): choose another "
+    throw SegmentError(where(name) +
+                       " is not a shmsched queue (bad magic): choose another "
                        "segment name or remove it");
   }
   if (h->layout_version != detail::kLayoutVersion) {
@@ -113,7 +121,8 @@ void validate_mapping(const std::string& name, const bip::mapped_region& region)
   }
   const Geometry expected = detail::compute_geometry(stored);
   if (std::memcmp(&expected, &h->geo, sizeof(Geometry)) != 0 || size < expected.total_size) {
-    throw SegmentError(where(name) + " is " + std::to_string(size) + " bytes with a layout that "
+    throw SegmentError(where(name) + " is " + std::to_string(size) +
+                       " bytes with a layout that "
                        "does not match its own sizes (expected " +
                        std::to_string(expected.total_size) + " bytes for " + describe(stored) +
                        "): it is corrupt or from an incompatible build; remove it and restart");
@@ -152,7 +161,8 @@ std::shared_ptr<Segment> Segment::create(const std::string& name, const SegmentC
   } catch (const bip::interprocess_exception& e) {
     bip::shared_memory_object::remove(name.c_str());
     throw SegmentError("cannot size " + where(name) + " to " + std::to_string(g.total_size) +
-                       " bytes: " + e.what() + " (is /dev/shm large enough? lower "
+                       " bytes: " + e.what() +
+                       " (is /dev/shm large enough? lower "
                        "max_queue_size or max_payload_bytes)");
   }
   initialise(m->region.get_address(), g, config);
@@ -166,7 +176,8 @@ std::shared_ptr<Segment> Segment::attach(const std::string& name) {
     m->region = bip::mapped_region(m->shm, bip::read_write);
   } catch (const bip::interprocess_exception& e) {
     if (e.get_error_code() == bip::not_found_error) {
-      throw SegmentError(where(name) + " does not exist: start the supervisor (shmschedd) first, "
+      throw SegmentError(where(name) +
+                         " does not exist: start the supervisor (shmschedd) first, "
                          "or check the segment name");
     }
     if (e.get_error_code() == bip::security_error) {
@@ -201,8 +212,8 @@ std::shared_ptr<Segment> Segment::open_or_create(const std::string& name,
       return seg;
     } catch (const SegmentError& e) {
       // A creator may be between shm_open and publishing the magic: give it a moment.
-      if (attempt >= 50 || std::string_view(e.what()).find("not initialised") ==
-                               std::string_view::npos) {
+      if (attempt >= 50 ||
+          std::string_view(e.what()).find("not initialised") == std::string_view::npos) {
         throw;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -214,9 +225,13 @@ bool Segment::remove(const std::string& name) {
   return bip::shared_memory_object::remove(name.c_str());
 }
 
-SegmentConfig Segment::config() const { return config_of(*view_->geo, *view_->hdr); }
+SegmentConfig Segment::config() const {
+  return config_of(*view_->geo, *view_->hdr);
+}
 
-std::uint64_t Segment::size_bytes() const { return mapping_->region.get_size(); }
+std::uint64_t Segment::size_bytes() const {
+  return mapping_->region.get_size();
+}
 
 void Segment::set_max_executions_per_user(std::uint64_t limit) {
   if (limit < 1 || limit > (1ULL << 23)) {

@@ -7,8 +7,8 @@ namespace {
 
 void require(bool ok, const char* key, std::uint64_t value, const std::string& allowed) {
   if (!ok) {
-    throw ConfigError(std::string(key) + " = " + std::to_string(value) + " is out of range: " +
-                      allowed);
+    throw ConfigError(std::string(key) + " = " + std::to_string(value) +
+                      " is out of range: " + allowed);
   }
 }
 
@@ -21,8 +21,7 @@ void SegmentConfig::validate() const {
           max_payload_bytes, "use 1 .. 67108864");
   require(max_extras_bytes <= (1ULL << 20), "max_extras_bytes", max_extras_bytes,
           "use 0 .. 1048576");
-  require(max_users >= 1 && max_users <= (1ULL << 24), "max_users", max_users,
-          "use 1 .. 16777216");
+  require(max_users >= 1 && max_users <= (1ULL << 24), "max_users", max_users, "use 1 .. 16777216");
   require(max_active >= 1 && max_active <= (1ULL << 22), "max_active", max_active,
           "use 1 .. 4194304");
   require(max_participants >= 2 && max_participants <= 4096, "max_participants", max_participants,

@@ -6,7 +6,9 @@
 namespace shmsched::ipc::detail {
 namespace {
 
-std::uint64_t round_up(std::uint64_t v, std::uint64_t to) { return (v + to - 1) / to * to; }
+std::uint64_t round_up(std::uint64_t v, std::uint64_t to) {
+  return (v + to - 1) / to * to;
+}
 
 }  // namespace
 
@@ -23,8 +25,8 @@ Geometry compute_geometry(const SegmentConfig& cfg) {
   // when they use it all, a compaction (see maintenance.cpp) gives their slots back.
   const std::uint64_t headroom = std::max<std::uint64_t>(64, cfg.max_queue_size / 4);
   g.slot_count = cfg.max_queue_size + cfg.max_active + cfg.max_participants + headroom;
-  g.slot_stride = round_up(kSlotHeaderBytes + cfg.max_payload_bytes + cfg.max_extras_bytes,
-                           kCacheLine);
+  g.slot_stride =
+      round_up(kSlotHeaderBytes + cfg.max_payload_bytes + cfg.max_extras_bytes, kCacheLine);
   // A ring cell always refers to a distinct non-free slot, so a ring of slot_count cells can
   // never be full.
   g.ring_capacity = std::bit_ceil(g.slot_count);

@@ -38,8 +38,12 @@ struct SegmentView {
   std::atomic<std::int32_t>* rank_tree(std::size_t level) const {
     return at<std::atomic<std::int32_t>>(geo->off_rank) + level * geo->ring_capacity;
   }
-  std::atomic<std::uint64_t>* users() const { return at<std::atomic<std::uint64_t>>(geo->off_users); }
-  std::atomic<std::uint64_t>* dedup() const { return at<std::atomic<std::uint64_t>>(geo->off_dedup); }
+  std::atomic<std::uint64_t>* users() const {
+    return at<std::atomic<std::uint64_t>>(geo->off_users);
+  }
+  std::atomic<std::uint64_t>* dedup() const {
+    return at<std::atomic<std::uint64_t>>(geo->off_dedup);
+  }
   std::atomic<std::uint32_t>* dedup_overflow() const {
     return at<std::atomic<std::uint32_t>>(geo->off_dedup_overflow);
   }

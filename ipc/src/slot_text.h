@@ -20,7 +20,8 @@ inline void store_text(std::uint64_t (&words)[kIdWords], std::string_view text) 
   for (std::size_t w = 0; w < kIdWords; ++w) {
     std::uint64_t v = 0;
     const std::size_t at = w * 8;
-    if (at < text.size()) std::memcpy(&v, text.data() + at, std::min<std::size_t>(8, text.size() - at));
+    if (at < text.size())
+      std::memcpy(&v, text.data() + at, std::min<std::size_t>(8, text.size() - at));
     std::atomic_ref<std::uint64_t>(words[w]).store(v, std::memory_order_relaxed);
   }
 }
@@ -40,7 +41,8 @@ inline bool text_equals(std::uint64_t (&words)[kIdWords], std::size_t len, std::
 inline std::string load_text(std::uint64_t (&words)[kIdWords], std::size_t len) {
   std::string out(std::min(len, kMaxIdBytes), '\0');
   for (std::size_t w = 0; w * 8 < out.size(); ++w) {
-    const std::uint64_t v = std::atomic_ref<std::uint64_t>(words[w]).load(std::memory_order_relaxed);
+    const std::uint64_t v =
+        std::atomic_ref<std::uint64_t>(words[w]).load(std::memory_order_relaxed);
     std::memcpy(out.data() + w * 8, &v, std::min<std::size_t>(8, out.size() - w * 8));
   }
   return out;

@@ -25,7 +25,9 @@ constexpr std::string_view priority_name(Priority p) {
   return kPriorityNames[static_cast<std::size_t>(p)];
 }
 
-constexpr std::size_t priority_index(Priority p) { return static_cast<std::size_t>(p); }
+constexpr std::size_t priority_index(Priority p) {
+  return static_cast<std::size_t>(p);
+}
 
 // Accepts the protocol's names ("critical" ... "background"); nullopt for anything else.
 std::optional<Priority> parse_priority(std::string_view name);

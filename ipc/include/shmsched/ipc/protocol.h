@@ -56,8 +56,8 @@ struct WorkerOp {
   std::string op;
 };
 
-using Request = std::variant<SubmitOp, CancelOp, StatusOp, ListOp, StatsOp, CompleteOp, FailOp,
-                             WorkerOp>;
+using Request =
+    std::variant<SubmitOp, CancelOp, StatusOp, ListOp, StatsOp, CompleteOp, FailOp, WorkerOp>;
 
 struct DecodeError {
   std::string message;

@@ -151,8 +151,7 @@ class Consumer : public QueueHandle {
 
   // Removes queued entries older than `timeout` (enqueue time before now - timeout) and returns
   // them. Entries are swept from the head of each priority.
-  std::vector<ExecutionRecord> sweep_stale(std::chrono::seconds timeout,
-                                           std::int64_t now_ns = 0);
+  std::vector<ExecutionRecord> sweep_stale(std::chrono::seconds timeout, std::int64_t now_ns = 0);
 
   // Sleeps until something is queued or `timeout` passes. True if something is queued.
   bool wait_for_work(std::chrono::nanoseconds timeout);
