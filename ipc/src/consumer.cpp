@@ -99,44 +99,135 @@ bool Consumer::has_work() const {
   return false;
 }
 
+namespace {
+
+// Takes the head of one level: a live entry becomes active; tombstones are passed on the way.
+std::optional<ActiveRef> take_from_level(const SegmentView& v, std::size_t level) {
+  RingRef ring = ring_of(v, level);
+  for (;;) {
+    std::uint64_t pos = 0;
+    const auto index = ring.peek(&pos);
+    if (!index) return std::nullopt;
+    Slot& s = v.slot(*index);
+    std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
+    const SlotState st = ctrl_state(c);
+    if (st == SlotState::kQueued || st == SlotState::kPending) {
+      // A pending slot in the ring is committed; its producer has only to mark it queued, and
+      // we may do that for it.
+      if (!s.ctrl.compare_exchange_strong(c, ctrl_make(ctrl_gen(c), 0, SlotState::kActive),
+                                          std::memory_order_acq_rel)) {
+        continue;  // a canceller or the producer changed it: look again
+      }
+      s.ring_pos.store(pos, std::memory_order_relaxed);
+      std::atomic_ref<std::uint64_t>(s.reserved[0]).store(0, std::memory_order_relaxed);
+      ring.pop_at(pos, *index);
+      v.hdr->queued.fetch_sub(1, std::memory_order_acq_rel);
+      v.hdr->active.fetch_add(1, std::memory_order_acq_rel);
+      return ActiveRef{*index, ctrl_gen(c)};
+    }
+    if (st == SlotState::kCancelled || st == SlotState::kCancelling) {
+      pass_tombstone(v, level, pos, *index);
+      continue;
+    }
+    // Any other state cannot be in a ring; drop the cell rather than stall on it.
+    v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
+    ring.pop_at(pos, *index);
+  }
+}
+
+}  // namespace
+
 std::optional<ActiveRef> Consumer::dequeue() {
-  const SegmentView& v = *view_;
   enter();
   for (std::size_t level = 0; level < kLevels; ++level) {
-    RingRef ring = ring_of(v, level);
-    for (;;) {
-      std::uint64_t pos = 0;
-      const auto index = ring.peek(&pos);
-      if (!index) break;
-      Slot& s = v.slot(*index);
-      std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
-      const SlotState st = ctrl_state(c);
-      if (st == SlotState::kQueued || st == SlotState::kPending) {
-        // A pending slot in the ring is committed; its producer has only to mark it queued, and
-        // we may do that for it.
-        if (!s.ctrl.compare_exchange_strong(c, ctrl_make(ctrl_gen(c), 0, SlotState::kActive),
-                                            std::memory_order_acq_rel)) {
-          continue;  // a canceller or the producer changed it: look again
-        }
-        s.ring_pos.store(pos, std::memory_order_relaxed);
-        ring.pop_at(pos, *index);
-        v.hdr->queued.fetch_sub(1, std::memory_order_acq_rel);
-        v.hdr->active.fetch_add(1, std::memory_order_acq_rel);
-        count(kDequeued);
-        leave();
-        return ActiveRef{*index, ctrl_gen(c)};
-      }
-      if (st == SlotState::kCancelled || st == SlotState::kCancelling) {
-        pass_tombstone(v, level, pos, *index);
-        continue;
-      }
-      // Any other state cannot be in a ring; drop the cell rather than stall on it.
-      v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
-      ring.pop_at(pos, *index);
+    if (auto ref = take_from_level(*view_, level)) {
+      count(kDequeued);
+      leave();
+      return ref;
     }
   }
   leave();
   return std::nullopt;
+}
+
+std::optional<ActiveRef> Consumer::dequeue(Priority level) {
+  enter();
+  auto ref = take_from_level(*view_, priority_index(level) % kLevels);
+  if (ref) count(kDequeued);
+  leave();
+  return ref;
+}
+
+std::optional<std::int64_t> Consumer::head_enqueued_at(Priority level) const {
+  const SegmentView& v = *view_;
+  RingRef ring = ring_of(v, priority_index(level) % kLevels);
+  const auto index = ring.peek();
+  if (!index) return std::nullopt;
+  return v.slot(*index).enqueued_at_ns;
+}
+
+Consumer::ScanItem Consumer::scan_at(std::size_t level, std::uint64_t pos) const {
+  const SegmentView& v = *view_;
+  RingRef ring = ring_of(v, level);
+  const std::uint64_t head = ring.head->load(std::memory_order_acquire);
+  if (pos < head) pos = head;
+  const std::uint64_t c = ring.cells[pos & ring.mask].load(std::memory_order_acquire);
+  if (RingRef::cell_lap(c) != ring.lap(pos) || RingRef::cell_index1(c) == 0) {
+    return ScanItem{pos, false, true};
+  }
+  const SlotState st =
+      ctrl_state(v.slot(RingRef::cell_index1(c) - 1).ctrl.load(std::memory_order_acquire));
+  return ScanItem{pos, st == SlotState::kQueued || st == SlotState::kPending, false};
+}
+
+std::uint32_t Consumer::slot_at(std::size_t level, std::uint64_t pos) const {
+  RingRef ring = ring_of(*view_, level);
+  return RingRef::cell_index1(ring.cells[pos & ring.mask].load(std::memory_order_acquire)) - 1;
+}
+
+ExecutionView Consumer::view_at(std::uint32_t slot) const { return make_view(*view_, slot); }
+
+std::uint64_t Consumer::rank_of(std::size_t level, std::uint64_t pos) const {
+  return rank_at(*view_, level, pos);
+}
+
+std::uint64_t Consumer::level_tail(Priority level) const {
+  return view_->level(priority_index(level) % kLevels).tail.load(std::memory_order_acquire);
+}
+
+void Consumer::annotate(ActiveRef ref, std::uint64_t value) {
+  if (ref.slot >= view_->geo->slot_count) return;
+  std::atomic_ref<std::uint64_t>(view_->slot(ref.slot).reserved[0])
+      .store(value, std::memory_order_release);
+}
+
+std::uint64_t Consumer::annotation(ActiveRef ref) const {
+  if (ref.slot >= view_->geo->slot_count) return 0;
+  return std::atomic_ref<std::uint64_t>(view_->slot(ref.slot).reserved[0])
+      .load(std::memory_order_acquire);
+}
+
+void Consumer::set_attempt(ActiveRef ref, std::uint32_t attempt) {
+  if (ref.slot >= view_->geo->slot_count) return;
+  view_->slot(ref.slot).attempt = attempt;
+}
+
+std::uint32_t Consumer::announce_sleep() {
+  Header& hdr = *view_->hdr;
+  hdr.consumer_sleeping.store(1, std::memory_order_seq_cst);
+  return hdr.wake_seq.load(std::memory_order_seq_cst);
+}
+
+void Consumer::finish_sleep(std::uint32_t seq, bool sleep, std::chrono::nanoseconds timeout) {
+  Header& hdr = *view_->hdr;
+  if (sleep) futex_wait(&hdr.wake_seq, seq, timeout);
+  hdr.consumer_sleeping.store(0, std::memory_order_seq_cst);
+}
+
+void kick(const Segment& segment) {
+  Header& hdr = *segment.view().hdr;
+  hdr.wake_seq.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake(&hdr.wake_seq, 1);
 }
 
 std::optional<ExecutionView> Consumer::view(ActiveRef ref) const {

@@ -242,6 +242,9 @@ bool snapshot(const SegmentView& v, std::uint32_t index, ExecutionRecord& out) {
     decode_extras(std::span<const std::byte>(data + plen, elen), out.required_capabilities,
                   out.metadata);
   }
+  out.annotation = st == SlotState::kActive
+                       ? std::atomic_ref<std::uint64_t>(s.reserved[0]).load(std::memory_order_acquire)
+                       : 0;
   if (st != SlotState::kActive) {
     out.queue_position =
         rank_at(v, priority_index(out.priority), s.ring_pos.load(std::memory_order_acquire));
@@ -267,6 +270,24 @@ std::optional<ExecutionRecord> QueueHandle::status(std::string_view execution_id
     if (ok && rec.execution_id == execution_id) return rec;
   }
   return std::nullopt;
+}
+
+std::vector<ExecutionRecord> QueueHandle::list(std::optional<std::string_view> user_id,
+                                              std::size_t limit) {
+  const SegmentView& v = *view_;
+  std::vector<ExecutionRecord> out;
+  const std::uint64_t used = std::min(v.hdr->fresh_next.load(), v.geo->slot_count);
+  for (std::uint32_t i = 0; i < used && out.size() < limit; ++i) {
+    const SlotState st = ctrl_state(v.slot(i).ctrl.load(std::memory_order_acquire));
+    if (st != SlotState::kQueued && st != SlotState::kActive) continue;
+    ExecutionRecord rec;
+    enter();
+    const bool ok = snapshot(v, i, rec);
+    leave();
+    if (!ok || (user_id && rec.user_id != *user_id)) continue;
+    out.push_back(std::move(rec));
+  }
+  return out;
 }
 
 std::optional<std::uint64_t> QueueHandle::queue_position(std::string_view execution_id) {

@@ -67,6 +67,9 @@ class QueueHandle {
   // The current rank of a queued execution: how many entries will be dequeued before it.
   std::optional<std::uint64_t> queue_position(std::string_view execution_id);
 
+  // Queued and active executions, optionally only those of one user, at most `limit`.
+  std::vector<ExecutionRecord> list(std::optional<std::string_view> user_id, std::size_t limit);
+
   // Current per-user count (queued + active) of `user_id`.
   std::uint64_t user_count(std::string_view user_id);
 
@@ -136,6 +139,25 @@ class Consumer : public QueueHandle {
 
   // The next execution in priority order (FIFO within a priority), now active; or nullopt.
   std::optional<ActiveRef> dequeue();
+  // The next execution of one priority level only.
+  std::optional<ActiveRef> dequeue(Priority level);
+
+  // Enqueue time of the entry at the head of `level`, if any (for anti-starvation aging).
+  std::optional<std::int64_t> head_enqueued_at(Priority level) const;
+
+  // Visits the queued entries of `level` at positions >= `from` (oldest first) and returns the
+  // position after the last one: how the owner learns of new submissions. `visit` gets the
+  // entry's view and its current rank.
+  template <typename Visit>
+  std::uint64_t scan_new(Priority level, std::uint64_t from, Visit&& visit) const;
+  std::uint64_t level_tail(Priority level) const;
+
+  // A 64-bit word the owner may keep with an active execution (its dispatch phase, say); it
+  // survives the owner's restart with the slot.
+  void annotate(ActiveRef ref, std::uint64_t value);
+  std::uint64_t annotation(ActiveRef ref) const;
+  // Sets the attempt number of an active execution (retries).
+  void set_attempt(ActiveRef ref, std::uint32_t attempt);
 
   // The dequeued execution's data, in place.
   std::optional<ExecutionView> view(ActiveRef ref) const;
@@ -156,12 +178,52 @@ class Consumer : public QueueHandle {
   // Sleeps until something is queued or `timeout` passes. True if something is queued.
   bool wait_for_work(std::chrono::nanoseconds timeout);
 
+  // Sleeps until kick() or a producer rings, unless `ready()` (checked after announcing the
+  // sleep, so no wake-up is lost) already holds. `ready` must be cheap.
+  template <typename Ready>
+  void sleep_unless(Ready&& ready, std::chrono::nanoseconds timeout);
+
   // Checks every participant for liveness and reclaims what dead ones held. Call it
   // periodically; returns the number of dead participants found.
   std::uint64_t reap_dead();
 
   bool has_work() const;
+
+ private:
+  struct ScanItem {
+    std::uint64_t pos;
+    bool live;
+    bool end;
+  };
+  ScanItem scan_at(std::size_t level, std::uint64_t pos) const;
+  ExecutionView view_at(std::uint32_t slot) const;
+  std::uint32_t slot_at(std::size_t level, std::uint64_t pos) const;
+  std::uint64_t rank_of(std::size_t level, std::uint64_t pos) const;
+  std::uint32_t announce_sleep();
+  void finish_sleep(std::uint32_t seq, bool sleep, std::chrono::nanoseconds timeout);
 };
+
+// Wakes the consumer from sleep_unless() / wait_for_work(); callable from any thread of any
+// attached process (used by the owner's other threads to hand it work).
+void kick(const Segment& segment);
+
+template <typename Visit>
+std::uint64_t Consumer::scan_new(Priority level, std::uint64_t from, Visit&& visit) const {
+  const std::size_t l = priority_index(level);
+  std::uint64_t pos = from;
+  for (;;) {
+    const ScanItem item = scan_at(l, pos);
+    if (item.end) return item.pos;
+    if (item.live) visit(view_at(slot_at(l, item.pos)), rank_of(l, item.pos));
+    pos = item.pos + 1;
+  }
+}
+
+template <typename Ready>
+void Consumer::sleep_unless(Ready&& ready, std::chrono::nanoseconds timeout) {
+  const std::uint32_t seq = announce_sleep();
+  finish_sleep(seq, !ready(), timeout);
+}
 
 // Capabilities and metadata of an execution, as stored in the segment.
 std::vector<std::byte> encode_extras(const std::vector<std::string>& capabilities,

@@ -1,0 +1,73 @@
+// The client library: submits directly into the shared-memory queue when this process may open
+// it, over the ZeroMQ ingress otherwise, with the same results either way. Every other operation
+// goes over the ingress (the supervisor owns dispatch state).
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <msgpack.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+#include <zmq.hpp>
+
+#include "shmsched/ipc/protocol.h"
+#include "shmsched/ipc/queue.h"
+
+namespace shmsched::ipc {
+
+struct ClientOptions {
+  std::string segment = "shmsched";
+  // ZeroMQ endpoint of the ingress, e.g. "ipc:///run/shmsched/ingress.sock".
+  std::string endpoint;
+  bool use_shared_memory = true;  // try the segment first for submits
+  std::chrono::milliseconds timeout{5000};
+};
+
+// Thrown when the supervisor does not answer in time or the answer is not a protocol reply.
+class ClientError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct ClientSubmitResult {
+  SubmitResult result;
+  std::string execution_id;  // generated when the request had none
+  bool via_shared_memory = false;
+};
+
+class Client {
+ public:
+  explicit Client(ClientOptions options);
+  ~Client();
+
+  ClientSubmitResult submit(const protocol::SubmitOp& op);
+
+  // One request/reply round trip over the ingress; returns the decoded reply map.
+  msgpack::object_handle call(const std::vector<std::byte>& request);
+
+  bool shared_memory() const { return producer_ != nullptr; }
+
+ private:
+  void connect();
+
+  ClientOptions options_;
+  zmq::context_t context_;
+  std::unique_ptr<zmq::socket_t> socket_;
+  std::shared_ptr<Segment> segment_;
+  std::unique_ptr<Producer> producer_;
+};
+
+// Helpers to read reply maps.
+const msgpack::object* find_field(const msgpack::object& map, std::string_view key);
+std::optional<std::string> get_string(const msgpack::object& map, std::string_view key);
+std::optional<std::int64_t> get_int(const msgpack::object& map, std::string_view key);
+std::optional<bool> get_bool(const msgpack::object& map, std::string_view key);
+
+}  // namespace shmsched::ipc
+
+namespace shmsched::ipc {
+// Where shmschedd keeps its sockets: $RUNTIME_DIRECTORY when set (systemd sets it), else
+// `configured` when not empty, else /run/shmsched. shmschedd and shmschedctl both use this rule.
+std::string resolve_runtime_dir(const std::string& configured);
+}  // namespace shmsched::ipc

@@ -1,0 +1,139 @@
+#include "shmsched/ipc/client.h"
+
+namespace shmsched::ipc {
+
+Client::Client(ClientOptions options) : options_(std::move(options)) {
+  if (options_.use_shared_memory) {
+    try {
+      segment_ = Segment::attach(options_.segment);
+      producer_ = std::make_unique<Producer>(segment_);
+    } catch (const SegmentError&) {
+      // Not allowed or not there: every submit goes over the ingress.
+      producer_.reset();
+      segment_.reset();
+    }
+  }
+  if (!options_.endpoint.empty()) connect();
+}
+
+Client::~Client() = default;
+
+void Client::connect() {
+  socket_ = std::make_unique<zmq::socket_t>(context_, zmq::socket_type::req);
+  socket_->set(zmq::sockopt::linger, 0);
+  socket_->set(zmq::sockopt::rcvtimeo, static_cast<int>(options_.timeout.count()));
+  socket_->set(zmq::sockopt::sndtimeo, static_cast<int>(options_.timeout.count()));
+  socket_->connect(options_.endpoint);
+}
+
+msgpack::object_handle Client::call(const std::vector<std::byte>& request) {
+  if (!socket_) throw ClientError("no ingress endpoint configured");
+  zmq::message_t reply;
+  bool ok = false;
+  try {
+    ok = socket_->send(zmq::buffer(request.data(), request.size()), zmq::send_flags::none)
+             .has_value() &&
+         socket_->recv(reply, zmq::recv_flags::none).has_value();
+  } catch (const zmq::error_t& e) {
+    connect();
+    throw ClientError(std::string("ingress error: ") + e.what());
+  }
+  if (!ok) {
+    connect();  // a REQ socket that timed out cannot be reused
+    throw ClientError("no answer from the supervisor at " + options_.endpoint + " within " +
+                      std::to_string(options_.timeout.count()) + " ms: is shmschedd running?");
+  }
+  try {
+    auto oh = msgpack::unpack(static_cast<const char*>(reply.data()), reply.size());
+    if (oh.get().type != msgpack::type::MAP) throw ClientError("the reply is not a map");
+    return oh;
+  } catch (const msgpack::unpack_error& e) {
+    throw ClientError(std::string("the reply is not msgpack: ") + e.what());
+  }
+}
+
+ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
+  ClientSubmitResult out;
+  out.execution_id = op.execution_id.empty() ? protocol::new_uuid() : op.execution_id;
+  if (producer_) {
+    SubmitRequest req;
+    req.execution_id = out.execution_id;
+    req.user_id = op.user_id;
+    req.priority = op.priority;
+    req.payload = op.payload;
+    req.required_capabilities = op.required_capabilities;
+    req.metadata = op.metadata;
+    req.timeout_seconds = op.timeout_seconds;
+    out.result = producer_->submit(req);
+    out.via_shared_memory = true;
+    return out;
+  }
+  protocol::MapBuilder m;
+  m.str("op", "submit")
+      .str("execution_id", out.execution_id)
+      .str("user_id", op.user_id)
+      .str("priority", priority_name(op.priority))
+      .bin("payload", op.payload);
+  if (!op.required_capabilities.empty()) m.strings("required_capabilities", op.required_capabilities);
+  if (!op.metadata.empty()) m.string_map("metadata", op.metadata);
+  if (op.timeout_seconds) m.integer("timeout_seconds", op.timeout_seconds);
+  auto oh = call(m.finish());
+  const auto& r = oh.get();
+  if (get_bool(r, "ok").value_or(false)) {
+    out.result.admission = Admission::kAccepted;
+    out.result.queue_position = static_cast<std::uint64_t>(get_int(r, "queue_position").value_or(0));
+    return out;
+  }
+  const std::string code = get_string(r, "error").value_or("invalid");
+  out.result.message = get_string(r, "message").value_or("");
+  for (auto a : {Admission::kQueueFull, Admission::kUserLimit, Admission::kDuplicate,
+                 Admission::kPayloadTooLarge, Admission::kInvalid}) {
+    if (admission_name(a) == code) out.result.admission = a;
+  }
+  return out;
+}
+
+const msgpack::object* find_field(const msgpack::object& map, std::string_view key) {
+  if (map.type != msgpack::type::MAP) return nullptr;
+  for (const auto& kv : map.via.map) {
+    if (kv.key.type == msgpack::type::STR &&
+        std::string_view(kv.key.via.str.ptr, kv.key.via.str.size) == key) {
+      return &kv.val;
+    }
+  }
+  return nullptr;
+}
+
+std::optional<std::string> get_string(const msgpack::object& map, std::string_view key) {
+  const auto* o = find_field(map, key);
+  if (!o || o->type != msgpack::type::STR) return std::nullopt;
+  return std::string(o->via.str.ptr, o->via.str.size);
+}
+
+std::optional<std::int64_t> get_int(const msgpack::object& map, std::string_view key) {
+  const auto* o = find_field(map, key);
+  if (!o) return std::nullopt;
+  if (o->type == msgpack::type::POSITIVE_INTEGER) return static_cast<std::int64_t>(o->via.u64);
+  if (o->type == msgpack::type::NEGATIVE_INTEGER) return o->via.i64;
+  return std::nullopt;
+}
+
+std::optional<bool> get_bool(const msgpack::object& map, std::string_view key) {
+  const auto* o = find_field(map, key);
+  if (!o || o->type != msgpack::type::BOOLEAN) return std::nullopt;
+  return o->via.boolean;
+}
+
+}  // namespace shmsched::ipc
+
+namespace shmsched::ipc {
+std::string resolve_runtime_dir(const std::string& configured) {
+  if (const char* env = std::getenv("RUNTIME_DIRECTORY"); env && *env) {
+    // systemd may list several directories separated by ':'; ours is the first.
+    std::string dir(env);
+    return dir.substr(0, dir.find(':'));
+  }
+  if (!configured.empty()) return configured;
+  return "/run/shmsched";
+}
+}  // namespace shmsched::ipc

@@ -1,0 +1,60 @@
+// shmschedd's configuration: defaults, a file, SHMSCHED_* environment variables and flags, in
+// rising precedence. Key `max_queue_size` is `--max-queue-size` and `SHMSCHED_MAX_QUEUE_SIZE`;
+// a transport's key `brokers` of `kafka` is `kafka.brokers` in the file, `--kafka.brokers` on the
+// command line and `SHMSCHED_KAFKA_BROKERS` in the environment.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "shmsched/ipc/segment_config.h"
+
+namespace shmsched::daemon {
+
+struct Config {
+  std::string config_file;  // empty: defaults, environment and flags only
+  std::string segment = "shmsched";
+  std::string runtime_dir;  // $RUNTIME_DIRECTORY, else this
+  std::string plugin_dir;
+  std::vector<std::string> transports = {"zeromq"};
+  std::string log_level = "info";
+  std::string ingress_tcp;  // optional loopback endpoint, e.g. tcp://127.0.0.1:5555
+  bool standby = false;
+
+  ipc::SegmentConfig queue;  // max_queue_size, max_payload_bytes, max_users, ...
+  std::uint64_t max_active_executions = 10;
+  std::uint32_t max_attempts = 1;
+  std::uint64_t retry_backoff_ms = 1000;      // first retry of a failed execution
+  std::uint64_t dispatch_backoff_ms = 100;    // first re-dispatch after a transport failure
+  std::uint64_t max_backoff_ms = 60000;
+  std::uint64_t stale_timeout_seconds = 3600;
+  std::uint64_t aging_seconds = 0;  // 0 = off
+  std::uint64_t reap_interval_ms = 100;
+  std::uint64_t idle_spin_us = 50;  // spin this long after work before sleeping
+  std::uint64_t flush_timeout_ms = 5000;
+
+  // "<transport>.<key>" -> value, for every transport.
+  std::map<std::string, std::map<std::string, std::string>> transport_options;
+
+  std::string ingress_endpoint() const { return "ipc://" + runtime_dir + "/ingress.sock"; }
+};
+
+// What load_config() wants the caller to do.
+struct LoadResult {
+  Config config;
+  bool show_help = false;
+  bool show_version = false;
+  std::string help_text;
+};
+
+// Parses argv, the environment and the configuration file. Throws ipc::ConfigError with a
+// message naming the key and the problem for any bad value.
+LoadResult load_config(int argc, const char* const* argv);
+
+// Re-reads the same sources (for SIGHUP).
+Config reload_config(int argc, const char* const* argv);
+
+}  // namespace shmsched::daemon

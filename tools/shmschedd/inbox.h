@@ -1,0 +1,79 @@
+// Messages from other threads (ingress, transport callbacks, signals) to the supervisor's loop.
+// Posting wakes the loop through the queue segment's futex word, so the loop sleeps in exactly
+// one place whatever it waits for.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "shmsched/ipc/protocol.h"
+#include "shmsched/ipc/queue.h"
+#include "shmsched/transport.h"
+
+namespace shmsched::daemon {
+
+// Where the answer to an operation goes: a deferred ingress reply, or a transport's callbacks.
+struct ReplyTo {
+  std::uint64_t ingress_token = 0;  // 0: not from the ingress
+  std::optional<shmsched_inbound_done> transport;
+};
+
+struct OpMessage {
+  ipc::protocol::Request request;
+  ReplyTo reply_to;
+};
+struct DeliveryMessage {
+  std::string transport;
+  std::uint64_t token;
+  bool ok;
+  std::string error;
+};
+struct RejectedMessage {
+  std::string execution_id;
+  std::string user_id;
+  std::string reason;
+  std::string message;
+};
+struct SignalMessage {
+  int signal;
+};
+
+using Message = std::variant<OpMessage, DeliveryMessage, RejectedMessage, SignalMessage>;
+
+class Inbox {
+ public:
+  explicit Inbox(std::shared_ptr<ipc::Segment> segment) : segment_(std::move(segment)) {}
+
+  void post(Message m) {
+    {
+      std::lock_guard lock(mutex_);
+      queue_.push_back(std::move(m));
+    }
+    ipc::kick(*segment_);
+  }
+
+  std::deque<Message> take() {
+    std::lock_guard lock(mutex_);
+    std::deque<Message> out;
+    out.swap(queue_);
+    return out;
+  }
+
+  bool empty() const {
+    std::lock_guard lock(mutex_);
+    return queue_.empty();
+  }
+
+ private:
+  std::shared_ptr<ipc::Segment> segment_;
+  mutable std::mutex mutex_;
+  std::deque<Message> queue_;
+};
+
+}  // namespace shmsched::daemon

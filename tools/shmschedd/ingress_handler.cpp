@@ -1,0 +1,148 @@
+// The ingress thread: answers submit, status, list and stats itself, straight from the shared
+// segment (it is just another producer), and hands cancel, complete and fail to the loop, which
+// owns dispatch state and replies later.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include "shmsched/ipc/events.h"
+#include "supervisor.h"
+
+namespace shmsched::daemon {
+
+using ipc::protocol::MapBuilder;
+namespace protocol = ipc::protocol;
+
+namespace {
+
+const char* state_of(const ipc::ExecutionRecord& r) {
+  if (r.state == ipc::ExecutionState::kQueued) return "queued";
+  const auto phase = static_cast<Phase>(r.annotation & 0xff);
+  return phase == Phase::kHeld || phase == Phase::kUnknown ? "queued" : "dispatched";
+}
+
+std::vector<std::byte> execution_map(const ipc::ExecutionRecord& r, bool ok_field) {
+  MapBuilder m;
+  if (ok_field) m.boolean("ok", true);
+  m.str("execution_id", r.execution_id)
+      .str("state", state_of(r))
+      .str("priority", priority_name(r.priority))
+      .str("user_id", r.user_id)
+      .integer("attempt", r.attempt)
+      .integer("enqueued_at", r.enqueued_at_ns);
+  if (r.queue_position) m.integer("queue_position", static_cast<std::int64_t>(*r.queue_position));
+  return m.finish();
+}
+
+}  // namespace
+
+void Supervisor::start_ingress() {
+  std::vector<std::string> endpoints = {config_.ingress_endpoint()};
+  if (!config_.ingress_tcp.empty()) endpoints.push_back(config_.ingress_tcp);
+  ingress_ = std::make_unique<ipc::IngressServer>(zmq_, endpoints);
+  ingress_thread_ = std::thread([this] { ingress_main(); });
+}
+
+void Supervisor::ingress_main() {
+  // Signals are for the signal thread only (they are blocked in main() before threads start).
+  ipc::Producer producer(segment_);
+  auto handler = [&](const protocol::Request& req, std::uint64_t token) {
+    if (const auto* s = std::get_if<protocol::SubmitOp>(&req)) {
+      const std::string id = s->execution_id.empty() ? protocol::new_uuid() : s->execution_id;
+      ipc::SubmitRequest r;
+      r.execution_id = id;
+      r.user_id = s->user_id;
+      r.priority = s->priority;
+      r.payload = s->payload;
+      r.required_capabilities = s->required_capabilities;
+      r.metadata = s->metadata;
+      r.timeout_seconds = s->timeout_seconds;
+      const auto res = producer.submit(r);
+      if (res.accepted()) {
+        return std::optional<ipc::IngressServer::Reply>(
+            MapBuilder().boolean("ok", true).str("execution_id", id)
+                .integer("queue_position", static_cast<std::int64_t>(res.queue_position))
+                .finish());
+      }
+      const std::string reason(admission_name(res.admission));
+      inbox_->post(RejectedMessage{id, s->user_id, reason, res.message});
+      return std::optional<ipc::IngressServer::Reply>(protocol::error_reply(reason, res.message));
+    }
+    if (const auto* s = std::get_if<protocol::StatusOp>(&req)) {
+      const auto rec = producer.status(s->execution_id);
+      if (!rec) {
+        return std::optional<ipc::IngressServer::Reply>(
+            protocol::error_reply("not_found", "no queued or active execution " + s->execution_id));
+      }
+      return std::optional<ipc::IngressServer::Reply>(execution_map(*rec, true));
+    }
+    if (const auto* l = std::get_if<protocol::ListOp>(&req)) {
+      std::optional<std::string_view> user;
+      if (l->user_id) user = *l->user_id;
+      std::vector<std::vector<std::byte>> items;
+      for (const auto& rec : producer.list(user, SIZE_MAX)) {
+        if (items.size() >= l->limit) break;
+        if (l->state && *l->state != state_of(rec)) continue;
+        items.push_back(execution_map(rec, false));
+      }
+      return std::optional<ipc::IngressServer::Reply>(
+          MapBuilder().boolean("ok", true).raw_array("executions", items).finish());
+    }
+    if (std::holds_alternative<protocol::StatsOp>(req)) {
+      const auto st = producer.stats();
+      std::vector<std::pair<std::string, std::int64_t>> depth;
+      for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+        depth.emplace_back(std::string(kPriorityNames[l]), static_cast<std::int64_t>(st.depth[l]));
+      }
+      auto c = [](const std::atomic<std::uint64_t>& a) {
+        return static_cast<std::int64_t>(a.load(std::memory_order_relaxed));
+      };
+      std::vector<std::pair<std::string, std::int64_t>> counters = {
+          {"submitted", static_cast<std::int64_t>(st.enqueued)},
+          {"rejected_queue_full", static_cast<std::int64_t>(st.rejected_queue_full)},
+          {"rejected_user_limit", static_cast<std::int64_t>(st.rejected_user_limit)},
+          {"rejected_duplicate", static_cast<std::int64_t>(st.rejected_duplicate)},
+          {"rejected_payload_too_large", static_cast<std::int64_t>(st.rejected_payload_too_large)},
+          {"rejected_invalid", static_cast<std::int64_t>(st.rejected_invalid)},
+          {"dispatched", c(counters_.dispatched)},
+          {"completed", c(counters_.completed)},
+          {"failed", c(counters_.failed)},
+          {"retried", c(counters_.retried)},
+          {"cancelled", c(counters_.cancelled)},
+          {"expired", c(counters_.expired)},
+          {"publish_failures", c(counters_.publish_failures)},
+          {"aged", c(counters_.aged)},
+          {"queued", static_cast<std::int64_t>(st.queued)},
+          {"held_in_segment", static_cast<std::int64_t>(st.active)},
+          {"maintenance_runs", static_cast<std::int64_t>(st.maintenance_runs)},
+          {"reaped_participants", static_cast<std::int64_t>(st.reaped_participants)},
+          {"ingress_requests", static_cast<std::int64_t>(ingress_->requests())},
+          {"ingress_invalid", static_cast<std::int64_t>(ingress_->invalid_requests())},
+      };
+      return std::optional<ipc::IngressServer::Reply>(
+          MapBuilder()
+              .boolean("ok", true)
+              .int_map("queue_depth", depth)
+              .integer("active", c(counters_.active))
+              .integer("capacity", c(counters_.max_active))
+              .integer("queue_capacity", static_cast<std::int64_t>(st.capacity))
+              .integer("workers", 0)
+              .int_map("counters", counters)
+              .finish());
+    }
+    if (const auto* w = std::get_if<protocol::WorkerOp>(&req)) {
+      return std::optional<ipc::IngressServer::Reply>(protocol::error_reply(
+          "invalid", "op '" + w->op + "' needs worker support, which this version does not have yet"));
+    }
+    // cancel, complete, fail: the loop owns dispatch state; it replies through the server.
+    inbox_->post(OpMessage{req, ReplyTo{token, std::nullopt}});
+    return std::optional<ipc::IngressServer::Reply>();
+  };
+  try {
+    ingress_->run(handler, ingress_stop_);
+  } catch (const std::exception& e) {
+    spdlog::critical("the ingress stopped: {}", e.what());
+    inbox_->post(SignalMessage{SIGTERM});
+  }
+}
+
+}  // namespace shmsched::daemon

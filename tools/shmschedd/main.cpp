@@ -1,0 +1,76 @@
+// shmschedd: the shmsched supervisor. See docs/operations.md.
+#include <signal.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <iostream>
+
+#include "config.h"
+#include "lock_file.h"
+#include "supervisor.h"
+
+using namespace shmsched::daemon;
+
+namespace {
+
+void setup_logging(const Config& c) {
+  auto logger = spdlog::stderr_color_mt("shmschedd");
+  if (std::getenv("JOURNAL_STREAM")) {
+    // The journal adds its own timestamp and the unit name.
+    logger->set_pattern("<%l> %v");
+  } else {
+    logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+  }
+  spdlog::set_default_logger(logger);
+  spdlog::set_level(spdlog::level::from_str(c.log_level));
+  spdlog::flush_on(spdlog::level::info);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  LoadResult loaded;
+  try {
+    loaded = load_config(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "shmschedd: configuration error: " << e.what() << "\n";
+    return 2;
+  }
+  if (loaded.show_help) {
+    std::cout << loaded.help_text;
+    return 0;
+  }
+  if (loaded.show_version) {
+    std::cout << "shmschedd " << SHMSCHED_VERSION << "\n";
+    return 0;
+  }
+  Config& config = loaded.config;
+  setup_logging(config);
+  // Signals are taken by the supervisor's signal thread only: block them in every thread.
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  try {
+    std::error_code ec;
+    std::filesystem::create_directories(config.runtime_dir, ec);
+    if (ec) {
+      throw std::runtime_error("cannot create runtime_dir " + config.runtime_dir + ": " + ec.message());
+    }
+    if (config.standby) spdlog::info("standby: waiting for the running supervisor to exit");
+    LockFile lock(config.runtime_dir + "/" + config.segment + ".lock", config.standby);
+    Supervisor supervisor(config, argc, argv);
+    return supervisor.run();
+  } catch (const std::exception& e) {
+    spdlog::critical("{}", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,82 @@
+// Loading transport plugins (dlopen) and driving them through the C ABI of
+// include/shmsched/transport.h. Nothing in a plugin can throw into the supervisor: every call is
+// checked, every callback only queues a message for the main loop.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "shmsched/transport.h"
+
+namespace shmsched::daemon {
+
+class PluginError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// What a plugin reports back; delivered to the supervisor's inbox by the callbacks.
+struct HostCallbacks {
+  std::function<void(shmsched_log_level, const std::string& transport, const std::string&)> log;
+  std::function<void(const std::string& transport, std::uint64_t token, bool ok,
+                     const std::string& error)>
+      delivery;
+  std::function<bool(const std::string& transport, std::vector<std::byte> body,
+                     shmsched_inbound_done done)>
+      inbound;
+};
+
+// One loaded shared object; kept loaded while any instance of it lives.
+class PluginLibrary {
+ public:
+  // Loads <dir>/libshmsched_transport_<name>.so. Throws PluginError naming the file and the
+  // cause: missing file, missing entry symbol, ABI version or table size mismatch.
+  static std::shared_ptr<PluginLibrary> load(const std::string& dir, const std::string& name);
+  ~PluginLibrary();
+
+  const shmsched_transport_api& api() const { return *api_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  PluginLibrary() = default;
+  void* handle_ = nullptr;
+  const shmsched_transport_api* api_ = nullptr;
+  std::string path_;
+};
+
+// A running transport instance.
+class Transport {
+ public:
+  // Creates and starts it. Throws PluginError with the plugin's own message on failure.
+  Transport(std::shared_ptr<PluginLibrary> library, std::string name,
+            std::map<std::string, std::string> options, const HostCallbacks* callbacks);
+  ~Transport();
+  Transport(const Transport&) = delete;
+  Transport& operator=(const Transport&) = delete;
+
+  const std::string& name() const { return name_; }
+  const std::map<std::string, std::string>& options() const { return options_; }
+
+  // SHMSCHED_OK when the message was taken (a delivery callback follows for `token`).
+  int publish(const shmsched_message& msg, std::uint64_t token);
+  std::size_t flush(std::uint32_t timeout_ms);
+
+ private:
+  struct Context {
+    const HostCallbacks* callbacks;
+    std::string name;
+  };
+  std::shared_ptr<PluginLibrary> library_;
+  std::string name_;
+  std::map<std::string, std::string> options_;
+  std::unique_ptr<Context> context_;
+  shmsched_host host_{};
+  shmsched_transport* handle_ = nullptr;
+};
+
+}  // namespace shmsched::daemon
