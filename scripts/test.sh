@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: installs dependencies, then builds and runs ctest three times:
+# The whole test suite: installs dependencies, then builds and runs ctest four times:
 #   build/       RelWithDebInfo, every test (except the long kill storm)
 #   build-asan/  ASan + UBSan, every test (except the long kill storm)
-#   build-tsan/  TSan, the tests labelled "tsan" (threads racing on the queue)
+#   build-tsan/  TSan: threads racing on the queue, and the supervisor end to end
+#   build-fuzz/  clang + libFuzzer: a 30-second smoke run of the request decoder
 # Usage: scripts/test.sh [--quick]   (--quick: only the first build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +18,8 @@ jobs=$(nproc)
 run_suite() {
   local dir=$1 sanitize=$2 targets=$3 ctest_args=("${@:4}")
   echo "=== ${dir} (sanitizer: ${sanitize:-none}) ==="
-  cmake -S . -B "$dir" -DSHMSCHED_SANITIZE="$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake -S . -B "$dir" -DSHMSCHED_SANITIZE="$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    ${EXTRA_CMAKE_ARGS:-} >/dev/null
   if [[ $targets == all ]]; then
     cmake --build "$dir" -j "$jobs"
   else
@@ -34,5 +36,6 @@ export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 run_suite build "" all -LE long
 if ((quick == 0)); then
   run_suite build-asan address all -LE long
-  run_suite build-tsan thread "queue_concurrency_test" -L tsan
+  run_suite build-tsan thread "queue_concurrency_test daemon_e2e_test" -L "tsan|e2e"
+  CXX=clang++ EXTRA_CMAKE_ARGS=-DSHMSCHED_FUZZ=ON run_suite build-fuzz "" request_decoder_fuzz -L fuzz
 fi
