@@ -13,7 +13,7 @@ packages=(
   librdkafka-dev kcat
   libsystemd-dev
   libconcurrentqueue-dev
-  redis-server
+  redis-server libhiredis-dev
 )
 
 missing=()

@@ -159,7 +159,8 @@ TEST(DaemonE2E, MalformedInputGetsInvalidAndTheServerGoesOn) {
     s.set(zmq::sockopt::linger, 0);
     s.connect(f.daemon->endpoint());
     for (std::size_t i = 0; i < frames.size(); ++i) {
-      s.send(zmq::buffer(frames[i]), i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
+      s.send(zmq::buffer(frames[i]),
+             i + 1 < frames.size() ? zmq::send_flags::sndmore : zmq::send_flags::none);
     }
     std::vector<zmq::message_t> reply;
     zmq::message_t m;
@@ -186,9 +187,14 @@ TEST(DaemonE2E, MalformedInputGetsInvalidAndTheServerGoesOn) {
   expect_invalid({"", packed(MapBuilder().integer("op", 3))}, "op not a string");
   expect_invalid({"", packed(MapBuilder().str("op", "explode"))}, "unknown op");
   expect_invalid({"", packed(MapBuilder().str("op", "submit").str("user_id", "u"))}, "no payload");
-  expect_invalid({"", packed(MapBuilder().str("op", "submit").integer("user_id", 5).str("payload", "x"))},
-                 "user_id not a string");
-  expect_invalid({"", packed(MapBuilder().str("op", "submit").str("user_id", "u").str("payload", "x").integer("priority", 9))},
+  expect_invalid(
+      {"", packed(MapBuilder().str("op", "submit").integer("user_id", 5).str("payload", "x"))},
+      "user_id not a string");
+  expect_invalid({"", packed(MapBuilder()
+                                 .str("op", "submit")
+                                 .str("user_id", "u")
+                                 .str("payload", "x")
+                                 .integer("priority", 9))},
                  "priority out of range");
   expect_invalid({"", packed(MapBuilder().str("op", "status"))}, "status without id");
   expect_invalid({"", "a", "b"}, "two body frames");
@@ -208,7 +214,13 @@ TEST(DaemonE2E, CancelQueuedAndDispatched) {
   ASSERT_TRUE(f.ingress->submit("run", "u").ok());
   ASSERT_TRUE(f.ingress->submit("wait", "u").ok());
   ASSERT_TRUE(f.events->next("CreatePodCommand"));
-  ASSERT_TRUE(f.ingress->call(MapBuilder().str("op", "cancel").str("execution_id", "wait").str("reason", "user asked").finish()).ok());
+  ASSERT_TRUE(f.ingress
+                  ->call(MapBuilder()
+                             .str("op", "cancel")
+                             .str("execution_id", "wait")
+                             .str("reason", "user asked")
+                             .finish())
+                  .ok());
   auto c = f.events->next("ExecutionCancelled");
   ASSERT_TRUE(c);
   EXPECT_EQ(c->str("execution_id"), "wait");
@@ -276,7 +288,8 @@ TEST(DaemonE2E, FailingTransportBacksOffAndNothingIsLost) {
   EXPECT_EQ(cmd->str("execution_id"), "t0");
   std::this_thread::sleep_for(std::chrono::milliseconds(600));  // several backoff rounds
   auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
-  EXPECT_GE(ipc::get_int(*ipc::find_field(stats.get(), "counters"), "publish_failures").value_or(0), 3);
+  EXPECT_GE(ipc::get_int(*ipc::find_field(stats.get(), "counters"), "publish_failures").value_or(0),
+            3);
   EXPECT_EQ(count_lines(log_file, "CreatePodCommand"), 0u);
   std::filesystem::remove(fail_file);  // the broker is back
   // Every execution reaches the flaky transport exactly once, and zeromq never twice.
@@ -287,7 +300,8 @@ TEST(DaemonE2E, FailingTransportBacksOffAndNothingIsLost) {
   for (int i = 0; i < 4; ++i) {
     EXPECT_EQ(count_lines(log_file, "CreatePodCommand t" + std::to_string(i)), 1u) << i;
   }
-  std::size_t zmq_commands = 1 + f.events->count_for("CreatePodCommand", std::chrono::milliseconds(500));
+  std::size_t zmq_commands =
+      1 + f.events->count_for("CreatePodCommand", std::chrono::milliseconds(500));
   EXPECT_EQ(zmq_commands, 4u);
   for (int i = 0; i < 4; ++i) ASSERT_TRUE(f.ingress->complete("t" + std::to_string(i)).ok());
   while (count_lines(log_file, "CreatePodCommand") < 6 && Clock::now() < deadline) {
@@ -382,6 +396,28 @@ TEST(DaemonE2E, SighupSwapsTransportsAndKeepsQueuedWork) {
   EXPECT_LE(count_lines(log_file, "CreatePodCommand h0"), 1u);
   EXPECT_THAT(f.daemon->log_text(), HasSubstr("configuration reloaded"));
   std::filesystem::remove_all(dir);
+}
+
+TEST(DaemonE2E, AgingLiftsLongWaitingEntries) {
+  Fixture f("aging", {"--max-active-executions=1", "--aging-seconds=1"});
+  ASSERT_TRUE(f.ingress->submit("busy", "u").ok());
+  ASSERT_TRUE(f.events->next("CreatePodCommand"));
+  ASSERT_TRUE(f.ingress->submit("starving", "u", "background").ok());
+  // Aging is defined in time: wait until the entry has been lifted once (the counter says so),
+  // then long enough for two more lifts (background 4 -> 1, above normal).
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  for (;;) {
+    auto st = f.ingress->call(MapBuilder().str("op", "stats").finish());
+    if (ipc::get_int(*ipc::find_field(st.get(), "counters"), "aged").value_or(0) >= 1) break;
+    ASSERT_LT(Clock::now(), deadline) << "never aged";
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(2300));
+  ASSERT_TRUE(f.ingress->submit("fresh", "u", "normal").ok());
+  ASSERT_TRUE(f.ingress->complete("busy").ok());
+  auto cmd = f.events->next("CreatePodCommand");
+  ASSERT_TRUE(cmd);
+  EXPECT_EQ(cmd->str("execution_id"), "starving") << "the aged background entry should go first";
 }
 
 TEST(DaemonE2E, BadConfigurationNamesTheKey) {

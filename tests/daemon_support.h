@@ -39,7 +39,9 @@ inline std::string temp_dir(const std::string& tag) {
 class Daemon {
  public:
   Daemon(std::string runtime_dir, std::string segment, std::vector<std::string> args)
-      : runtime_dir_(std::move(runtime_dir)), segment_(std::move(segment)), args_(std::move(args)) {}
+      : runtime_dir_(std::move(runtime_dir)),
+        segment_(std::move(segment)),
+        args_(std::move(args)) {}
 
   ~Daemon() {
     if (pid_ > 0) {
@@ -140,8 +142,8 @@ struct Map {
 };
 
 inline Map decode(const void* data, std::size_t n) {
-  return Map{std::make_shared<msgpack::object_handle>(
-      msgpack::unpack(static_cast<const char*>(data), n))};
+  return Map{
+      std::make_shared<msgpack::object_handle>(msgpack::unpack(static_cast<const char*>(data), n))};
 }
 
 // Subscribes to every event of the zeromq transport.
@@ -154,10 +156,12 @@ class Events {
   }
 
   // The next event of `type` (others are kept in history), or nullopt after `timeout`.
-  std::optional<Map> next(const std::string& type, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  std::optional<Map> next(const std::string& type,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
     const auto deadline = Clock::now() + timeout;
     for (;;) {
-      for (std::size_t i = cursor_.count(type) ? cursor_[type] : synced_at_; i < history_.size(); ++i) {
+      for (std::size_t i = cursor_.count(type) ? cursor_[type] : synced_at_; i < history_.size();
+           ++i) {
         if (history_[i].first == type) {
           cursor_[type] = i + 1;
           return history_[i].second;
@@ -240,10 +244,19 @@ class Ingress {
     return call(MapBuilder().str("op", name).str("execution_id", id).finish());
   }
   Map complete(const std::string& id, std::int64_t exit_code = 0) {
-    return call(MapBuilder().str("op", "complete").str("execution_id", id).integer("exit_code", exit_code).finish());
+    return call(MapBuilder()
+                    .str("op", "complete")
+                    .str("execution_id", id)
+                    .integer("exit_code", exit_code)
+                    .finish());
   }
   Map fail(const std::string& id, const std::string& error, bool retry) {
-    return call(MapBuilder().str("op", "fail").str("execution_id", id).str("error", error).boolean("retry", retry).finish());
+    return call(MapBuilder()
+                    .str("op", "fail")
+                    .str("execution_id", id)
+                    .str("error", error)
+                    .boolean("retry", retry)
+                    .finish());
   }
 
  private:

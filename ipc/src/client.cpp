@@ -74,14 +74,16 @@ ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
       .str("user_id", op.user_id)
       .str("priority", priority_name(op.priority))
       .bin("payload", op.payload);
-  if (!op.required_capabilities.empty()) m.strings("required_capabilities", op.required_capabilities);
+  if (!op.required_capabilities.empty())
+    m.strings("required_capabilities", op.required_capabilities);
   if (!op.metadata.empty()) m.string_map("metadata", op.metadata);
   if (op.timeout_seconds) m.integer("timeout_seconds", op.timeout_seconds);
   auto oh = call(m.finish());
   const auto& r = oh.get();
   if (get_bool(r, "ok").value_or(false)) {
     out.result.admission = Admission::kAccepted;
-    out.result.queue_position = static_cast<std::uint64_t>(get_int(r, "queue_position").value_or(0));
+    out.result.queue_position =
+        static_cast<std::uint64_t>(get_int(r, "queue_position").value_or(0));
     return out;
   }
   const std::string code = get_string(r, "error").value_or("invalid");

@@ -102,7 +102,8 @@ bool Consumer::has_work() const {
 namespace {
 
 // Takes the head of one level: a live entry becomes active; tombstones are passed on the way.
-std::optional<ActiveRef> take_from_level(const SegmentView& v, std::size_t level) {
+std::optional<ActiveRef> take_from_level(const SegmentView& v, std::size_t level,
+                                         std::uint64_t* pos_out = nullptr) {
   RingRef ring = ring_of(v, level);
   for (;;) {
     std::uint64_t pos = 0;
@@ -123,6 +124,7 @@ std::optional<ActiveRef> take_from_level(const SegmentView& v, std::size_t level
       ring.pop_at(pos, *index);
       v.hdr->queued.fetch_sub(1, std::memory_order_acq_rel);
       v.hdr->active.fetch_add(1, std::memory_order_acq_rel);
+      if (pos_out) *pos_out = pos;
       return ActiveRef{*index, ctrl_gen(c)};
     }
     if (st == SlotState::kCancelled || st == SlotState::kCancelling) {
@@ -150,9 +152,9 @@ std::optional<ActiveRef> Consumer::dequeue() {
   return std::nullopt;
 }
 
-std::optional<ActiveRef> Consumer::dequeue(Priority level) {
+std::optional<ActiveRef> Consumer::dequeue(Priority level, std::uint64_t* pos_out) {
   enter();
-  auto ref = take_from_level(*view_, priority_index(level) % kLevels);
+  auto ref = take_from_level(*view_, priority_index(level) % kLevels, pos_out);
   if (ref) count(kDequeued);
   leave();
   return ref;
@@ -185,7 +187,9 @@ std::uint32_t Consumer::slot_at(std::size_t level, std::uint64_t pos) const {
   return RingRef::cell_index1(ring.cells[pos & ring.mask].load(std::memory_order_acquire)) - 1;
 }
 
-ExecutionView Consumer::view_at(std::uint32_t slot) const { return make_view(*view_, slot); }
+ExecutionView Consumer::view_at(std::uint32_t slot) const {
+  return make_view(*view_, slot);
+}
 
 std::uint64_t Consumer::rank_of(std::size_t level, std::uint64_t pos) const {
   return rank_at(*view_, level, pos);

@@ -38,7 +38,8 @@ IngressServer::~IngressServer() = default;
 void IngressServer::send(const Route& route, const Reply& body) {
   try {
     router_.send(zmq::buffer(route.identity), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
-    if (route.delimiter) router_.send(zmq::message_t(), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
+    if (route.delimiter)
+      router_.send(zmq::message_t(), zmq::send_flags::sndmore | zmq::send_flags::dontwait);
     router_.send(zmq::buffer(body.data(), body.size()), zmq::send_flags::dontwait);
   } catch (const zmq::error_t&) {
     // The client is gone or not reading: its reply is dropped, nobody else is affected.
@@ -102,8 +103,9 @@ void IngressServer::run(const Handler& handler, const std::atomic<bool>& stop) {
       }
       if (frames.size() != body_index + 1) {
         invalid_.fetch_add(1, std::memory_order_relaxed);
-        send(route, protocol::error_reply("invalid", "a request is exactly one frame (after the "
-                                                     "empty delimiter of REQ/DEALER)"));
+        send(route, protocol::error_reply("invalid",
+                                          "a request is exactly one frame (after the "
+                                          "empty delimiter of REQ/DEALER)"));
         continue;
       }
       const auto& body = frames[body_index];

@@ -242,9 +242,10 @@ bool snapshot(const SegmentView& v, std::uint32_t index, ExecutionRecord& out) {
     decode_extras(std::span<const std::byte>(data + plen, elen), out.required_capabilities,
                   out.metadata);
   }
-  out.annotation = st == SlotState::kActive
-                       ? std::atomic_ref<std::uint64_t>(s.reserved[0]).load(std::memory_order_acquire)
-                       : 0;
+  out.annotation =
+      st == SlotState::kActive
+          ? std::atomic_ref<std::uint64_t>(s.reserved[0]).load(std::memory_order_acquire)
+          : 0;
   if (st != SlotState::kActive) {
     out.queue_position =
         rank_at(v, priority_index(out.priority), s.ring_pos.load(std::memory_order_acquire));
@@ -273,7 +274,7 @@ std::optional<ExecutionRecord> QueueHandle::status(std::string_view execution_id
 }
 
 std::vector<ExecutionRecord> QueueHandle::list(std::optional<std::string_view> user_id,
-                                              std::size_t limit) {
+                                               std::size_t limit) {
   const SegmentView& v = *view_;
   std::vector<ExecutionRecord> out;
   const std::uint64_t used = std::min(v.hdr->fresh_next.load(), v.geo->slot_count);

@@ -44,7 +44,8 @@ shmsched_transport* create(const shmsched_kv* config, size_t n, const shmsched_h
         char* end = nullptr;
         const long v = std::strtol(value.c_str(), &end, 10);
         if (!end || *end || v < 1 || v > 100000000) {
-          write_err(err, err_len, "zeromq.sndhwm = " + value + " must be an integer 1 .. 100000000");
+          write_err(err, err_len,
+                    "zeromq.sndhwm = " + value + " must be an integer 1 .. 100000000");
           delete t;
           return nullptr;
         }
@@ -71,7 +72,8 @@ int start(shmsched_transport* handle, char* err, size_t err_len) {
   zmq_setsockopt(t->socket, ZMQ_LINGER, &linger, sizeof linger);
   zmq_setsockopt(t->socket, ZMQ_SNDHWM, &t->sndhwm, sizeof t->sndhwm);
   if (zmq_bind(t->socket, t->endpoint.c_str()) != 0) {
-    write_err(err, err_len, "zeromq.endpoint = " + t->endpoint + ": cannot bind: " + zmq_strerror(errno));
+    write_err(err, err_len,
+              "zeromq.endpoint = " + t->endpoint + ": cannot bind: " + zmq_strerror(errno));
     zmq_close(t->socket);
     zmq_ctx_term(t->context);
     t->socket = t->context = nullptr;
@@ -92,7 +94,9 @@ int publish(shmsched_transport* handle, const shmsched_message* msg, uint64_t to
   return SHMSCHED_OK;
 }
 
-size_t flush(shmsched_transport*, uint32_t) { return 0; }
+size_t flush(shmsched_transport*, uint32_t) {
+  return 0;
+}
 
 void stop(shmsched_transport* handle) {
   auto* t = reinterpret_cast<ZeromqTransport*>(handle);
@@ -101,7 +105,9 @@ void stop(shmsched_transport* handle) {
   t->socket = t->context = nullptr;
 }
 
-void destroy(shmsched_transport* handle) { delete reinterpret_cast<ZeromqTransport*>(handle); }
+void destroy(shmsched_transport* handle) {
+  delete reinterpret_cast<ZeromqTransport*>(handle);
+}
 
 const shmsched_transport_api kApi = {
     SHMSCHED_TRANSPORT_ABI_VERSION,

@@ -33,8 +33,10 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
   f->host = *host;
   for (size_t i = 0; i < n; ++i) {
     const std::string k = kv[i].key;
-    if (k == "fail_file") f->fail_file = kv[i].value;
-    else if (k == "log_file") f->log_file = kv[i].value;
+    if (k == "fail_file")
+      f->fail_file = kv[i].value;
+    else if (k == "log_file")
+      f->log_file = kv[i].value;
     else if (k != "runtime_dir") {
       err_out(err, err_len, "unknown option flaky." + k + " (known: fail_file, log_file)");
       delete f;
@@ -49,12 +51,15 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
   return reinterpret_cast<shmsched_transport*>(f);
 }
 
-int start(shmsched_transport*, char*, size_t) { return SHMSCHED_OK; }
+int start(shmsched_transport*, char*, size_t) {
+  return SHMSCHED_OK;
+}
 
 int publish(shmsched_transport* t, const shmsched_message* m, uint64_t token) {
   auto* f = reinterpret_cast<Flaky*>(t);
   struct stat st {};
-  const bool failing = m->is_command && !f->fail_file.empty() && ::stat(f->fail_file.c_str(), &st) == 0;
+  const bool failing =
+      m->is_command && !f->fail_file.empty() && ::stat(f->fail_file.c_str(), &st) == 0;
   if (failing) {
     f->host.delivery(f->host.host_ctx, token, 0, "flaky: told to fail");
     return SHMSCHED_OK;
@@ -70,13 +75,24 @@ int publish(shmsched_transport* t, const shmsched_message* m, uint64_t token) {
   return SHMSCHED_OK;
 }
 
-size_t flush(shmsched_transport*, uint32_t) { return 0; }
+size_t flush(shmsched_transport*, uint32_t) {
+  return 0;
+}
 void stop(shmsched_transport*) {}
-void destroy(shmsched_transport* t) { delete reinterpret_cast<Flaky*>(t); }
+void destroy(shmsched_transport* t) {
+  delete reinterpret_cast<Flaky*>(t);
+}
 
-const shmsched_transport_api kApi = {SHMSCHED_TRANSPORT_ABI_VERSION, sizeof(shmsched_transport_api),
-                                     "flaky", "test transport that fails on demand", create, start,
-                                     publish, flush, stop, destroy};
+const shmsched_transport_api kApi = {SHMSCHED_TRANSPORT_ABI_VERSION,
+                                     sizeof(shmsched_transport_api),
+                                     "flaky",
+                                     "test transport that fails on demand",
+                                     create,
+                                     start,
+                                     publish,
+                                     flush,
+                                     stop,
+                                     destroy};
 
 }  // namespace
 
@@ -84,4 +100,3 @@ extern "C" __attribute__((visibility("default"))) const shmsched_transport_api*
 shmsched_transport_entry(void) {
   return &kApi;
 }
-

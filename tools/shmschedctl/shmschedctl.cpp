@@ -27,11 +27,21 @@ void json_string(std::ostream& os, std::string_view s) {
   os << '"';
   for (unsigned char ch : s) {
     switch (ch) {
-      case '"': os << "\\\""; break;
-      case '\\': os << "\\\\"; break;
-      case '\n': os << "\\n"; break;
-      case '\r': os << "\\r"; break;
-      case '\t': os << "\\t"; break;
+      case '"':
+        os << "\\\"";
+        break;
+      case '\\':
+        os << "\\\\";
+        break;
+      case '\n':
+        os << "\\n";
+        break;
+      case '\r':
+        os << "\\r";
+        break;
+      case '\t':
+        os << "\\t";
+        break;
       default:
         if (ch < 0x20) {
           os << "\\u" << std::hex << std::setw(4) << std::setfill('0') << static_cast<int>(ch)
@@ -46,14 +56,28 @@ void json_string(std::ostream& os, std::string_view s) {
 
 void json(std::ostream& os, const msgpack::object& o) {
   switch (o.type) {
-    case msgpack::type::NIL: os << "null"; break;
-    case msgpack::type::BOOLEAN: os << (o.via.boolean ? "true" : "false"); break;
-    case msgpack::type::POSITIVE_INTEGER: os << o.via.u64; break;
-    case msgpack::type::NEGATIVE_INTEGER: os << o.via.i64; break;
+    case msgpack::type::NIL:
+      os << "null";
+      break;
+    case msgpack::type::BOOLEAN:
+      os << (o.via.boolean ? "true" : "false");
+      break;
+    case msgpack::type::POSITIVE_INTEGER:
+      os << o.via.u64;
+      break;
+    case msgpack::type::NEGATIVE_INTEGER:
+      os << o.via.i64;
+      break;
     case msgpack::type::FLOAT32:
-    case msgpack::type::FLOAT64: os << o.via.f64; break;
-    case msgpack::type::STR: json_string(os, std::string_view(o.via.str.ptr, o.via.str.size)); break;
-    case msgpack::type::BIN: json_string(os, std::string_view(o.via.bin.ptr, o.via.bin.size)); break;
+    case msgpack::type::FLOAT64:
+      os << o.via.f64;
+      break;
+    case msgpack::type::STR:
+      json_string(os, std::string_view(o.via.str.ptr, o.via.str.size));
+      break;
+    case msgpack::type::BIN:
+      json_string(os, std::string_view(o.via.bin.ptr, o.via.bin.size));
+      break;
     case msgpack::type::ARRAY: {
       os << '[';
       for (std::uint32_t i = 0; i < o.via.array.size; ++i) {
@@ -81,7 +105,8 @@ void json(std::ostream& os, const msgpack::object& o) {
       os << '}';
       break;
     }
-    default: os << "null";
+    default:
+      os << "null";
   }
 }
 
@@ -136,7 +161,8 @@ int cmd_submit(const Globals& g, const po::variables_map& vm) {
   if (vm.count("id")) op.execution_id = vm["id"].as<std::string>();
   const std::string prio = vm["priority"].as<std::string>();
   auto p = parse_priority(prio);
-  if (!p && prio.size() == 1 && prio[0] >= '0' && prio[0] <= '4') p = priority_from_int(prio[0] - '0');
+  if (!p && prio.size() == 1 && prio[0] >= '0' && prio[0] <= '4')
+    p = priority_from_int(prio[0] - '0');
   if (!p) {
     std::cerr << "submit: --priority must be critical, high, normal, low, background or 0..4\n";
     return 2;
@@ -155,7 +181,8 @@ int cmd_submit(const Globals& g, const po::variables_map& vm) {
   }
   const auto* b = reinterpret_cast<const std::byte*>(payload.data());
   op.payload.assign(b, b + payload.size());
-  if (vm.count("capability")) op.required_capabilities = vm["capability"].as<std::vector<std::string>>();
+  if (vm.count("capability"))
+    op.required_capabilities = vm["capability"].as<std::vector<std::string>>();
   if (vm.count("meta")) {
     for (const auto& kv : vm["meta"].as<std::vector<std::string>>()) {
       const auto eq = kv.find('=');
@@ -208,7 +235,8 @@ int cmd_list(const Globals& g, const po::variables_map& vm) {
   const auto& r = oh.get();
   if (g.json || !ipc::get_bool(r, "ok").value_or(false)) return print_reply(g, r, "list");
   const auto* items = ipc::find_field(r, "executions");
-  std::printf("%-38s %-10s %-10s %-16s %7s %8s\n", "EXECUTION", "STATE", "PRIORITY", "USER", "ATTEMPT", "POSITION");
+  std::printf("%-38s %-10s %-10s %-16s %7s %8s\n", "EXECUTION", "STATE", "PRIORITY", "USER",
+              "ATTEMPT", "POSITION");
   if (items && items->type == msgpack::type::ARRAY) {
     for (const auto& e : items->via.array) {
       const auto pos = ipc::get_int(e, "queue_position");
@@ -256,23 +284,23 @@ int cmd_top(const Globals& g, const po::variables_map& vm) {
       if (iterations != 1) std::cout << "\x1b[H\x1b[2J";
       std::cout << "shmsched top   (every " << interval.count() << " ms, Ctrl-C to quit)\n\n";
       std::cout << "active " << ipc::get_int(r, "active").value_or(0) << " / "
-                << ipc::get_int(r, "capacity").value_or(0) << "    queued "
-                << counter(r, "queued") << " / " << ipc::get_int(r, "queue_capacity").value_or(0)
-                << "\n\n";
+                << ipc::get_int(r, "capacity").value_or(0) << "    queued " << counter(r, "queued")
+                << " / " << ipc::get_int(r, "queue_capacity").value_or(0) << "\n\n";
       std::cout << "depth by priority:\n";
       if (const auto* d = ipc::find_field(r, "queue_depth")) {
         for (std::size_t l = 0; l < kPriorityLevels; ++l) {
           const auto n = ipc::get_int(*d, kPriorityNames[l]).value_or(0);
           std::cout << "  " << std::left << std::setw(11) << kPriorityNames[l] << std::right
-                    << std::setw(9) << n << "  " << std::string(static_cast<std::size_t>(std::min<std::int64_t>(n, 50)), '#')
+                    << std::setw(9) << n << "  "
+                    << std::string(static_cast<std::size_t>(std::min<std::int64_t>(n, 50)), '#')
                     << "\n";
         }
       }
       std::cout << std::fixed << std::setprecision(1) << "\nrates/s: submitted " << sub
                 << "  dispatched " << disp << "  finished " << done << "\n";
       std::cout << "totals: completed " << counter(r, "completed") << "  failed "
-                << counter(r, "failed") << "  cancelled " << counter(r, "cancelled")
-                << "  expired " << counter(r, "expired") << "  retried " << counter(r, "retried")
+                << counter(r, "failed") << "  cancelled " << counter(r, "cancelled") << "  expired "
+                << counter(r, "expired") << "  retried " << counter(r, "retried")
                 << "  publish failures " << counter(r, "publish_failures") << "\n";
       const auto oldest = ipc::find_field(r, "oldest_wait_ms");
       if (oldest) std::cout << "oldest queued wait: " << text(*oldest) << " ms\n";
@@ -286,8 +314,9 @@ int cmd_top(const Globals& g, const po::variables_map& vm) {
 int cmd_watch(const Globals& g, const po::variables_map& vm) {
   zmq::context_t ctx;
   zmq::socket_t sub(ctx, zmq::socket_type::sub);
-  const std::string ep = vm.count("endpoint") ? vm["endpoint"].as<std::string>()
-                                              : "ipc://" + ipc::resolve_runtime_dir(g.runtime_dir) + "/events.sock";
+  const std::string ep = vm.count("endpoint")
+                             ? vm["endpoint"].as<std::string>()
+                             : "ipc://" + ipc::resolve_runtime_dir(g.runtime_dir) + "/events.sock";
   sub.connect(ep);
   sub.set(zmq::sockopt::subscribe, vm.count("topic") ? vm["topic"].as<std::string>() : "");
   const int count = vm["count"].as<int>();
@@ -309,20 +338,21 @@ int cmd_watch(const Globals& g, const po::variables_map& vm) {
 }
 
 void usage(const po::options_description& globals) {
-  std::cout << "shmschedctl: talk to a running shmschedd\n\n"
-               "usage: shmschedctl [global options] <command> [command options]\n\n"
-               "commands:\n"
-               "  submit    --user U [--priority P] [--payload S | --payload-file F] [--id ID]\n"
-               "            [--capability C]... [--meta k=v]... [--timeout-seconds N] [--via-ingress]\n"
-               "  cancel    ID [--reason R]\n"
-               "  status    ID\n"
-               "  list      [--state queued|dispatched|running] [--user U] [--limit N]\n"
-               "  stats\n"
-               "  top       [--interval MS] [--iterations N]   live view of depths, rates, totals\n"
-               "  watch     [--topic T] [--count N]             print events as they are published\n"
-               "  complete  ID [--exit-code N] [--worker W]\n"
-               "  fail      ID --error TEXT [--retry] [--worker W]\n\n"
-            << globals << "\n";
+  std::cout
+      << "shmschedctl: talk to a running shmschedd\n\n"
+         "usage: shmschedctl [global options] <command> [command options]\n\n"
+         "commands:\n"
+         "  submit    --user U [--priority P] [--payload S | --payload-file F] [--id ID]\n"
+         "            [--capability C]... [--meta k=v]... [--timeout-seconds N] [--via-ingress]\n"
+         "  cancel    ID [--reason R]\n"
+         "  status    ID\n"
+         "  list      [--state queued|dispatched|running] [--user U] [--limit N]\n"
+         "  stats\n"
+         "  top       [--interval MS] [--iterations N]   live view of depths, rates, totals\n"
+         "  watch     [--topic T] [--count N]             print events as they are published\n"
+         "  complete  ID [--exit-code N] [--worker W]\n"
+         "  fail      ID --error TEXT [--retry] [--worker W]\n\n"
+      << globals << "\n";
 }
 
 }  // namespace
@@ -333,21 +363,27 @@ int main(int argc, char** argv) {
   globals.add_options()("help,h", "this help")(
       "runtime-dir", po::value<std::string>(&g.runtime_dir),
       "where shmschedd's sockets are (default: $RUNTIME_DIRECTORY, else /run/shmsched)")(
-      "segment", po::value<std::string>(&g.segment)->default_value(g.segment), "shared-memory segment name")(
-      "json", po::bool_switch(&g.json), "machine-readable output")(
-      "timeout-ms", po::value<int>(&g.timeout_ms)->default_value(g.timeout_ms), "how long to wait for an answer")(
-      "command", po::value<std::string>(), "")("args", po::value<std::vector<std::string>>(), "");
+      "segment", po::value<std::string>(&g.segment)->default_value(g.segment),
+      "shared-memory segment name")("json", po::bool_switch(&g.json), "machine-readable output")(
+      "timeout-ms", po::value<int>(&g.timeout_ms)->default_value(g.timeout_ms),
+      "how long to wait for an answer")("command", po::value<std::string>(), "")(
+      "args", po::value<std::vector<std::string>>(), "");
   po::options_description cmd("command options");
-  cmd.add_options()("user", po::value<std::string>(), "")("priority", po::value<std::string>()->default_value("normal"), "")(
-      "payload", po::value<std::string>()->default_value(""), "")("payload-file", po::value<std::string>(), "")(
-      "id", po::value<std::string>(), "")("capability", po::value<std::vector<std::string>>(), "")(
-      "meta", po::value<std::vector<std::string>>(), "")("timeout-seconds", po::value<std::uint32_t>()->default_value(0), "")(
-      "via-ingress", "")("reason", po::value<std::string>()->default_value(""), "")(
-      "state", po::value<std::string>(), "")("limit", po::value<std::int64_t>()->default_value(100), "")(
-      "interval", po::value<int>()->default_value(1000), "")("iterations", po::value<int>()->default_value(0), "")(
-      "topic", po::value<std::string>(), "")("count", po::value<int>()->default_value(0), "")(
-      "endpoint", po::value<std::string>(), "")("exit-code", po::value<std::int64_t>(), "")(
-      "worker", po::value<std::string>(), "")("error", po::value<std::string>(), "")("retry", "");
+  cmd.add_options()("user", po::value<std::string>(), "")(
+      "priority", po::value<std::string>()->default_value("normal"), "")(
+      "payload", po::value<std::string>()->default_value(""), "")(
+      "payload-file", po::value<std::string>(), "")("id", po::value<std::string>(), "")(
+      "capability", po::value<std::vector<std::string>>(), "")(
+      "meta", po::value<std::vector<std::string>>(), "")(
+      "timeout-seconds", po::value<std::uint32_t>()->default_value(0), "")("via-ingress", "")(
+      "reason", po::value<std::string>()->default_value(""), "")(
+      "state", po::value<std::string>(), "")("limit", po::value<std::int64_t>()->default_value(100),
+                                             "")("interval", po::value<int>()->default_value(1000),
+                                                 "")(
+      "iterations", po::value<int>()->default_value(0), "")("topic", po::value<std::string>(), "")(
+      "count", po::value<int>()->default_value(0), "")("endpoint", po::value<std::string>(), "")(
+      "exit-code", po::value<std::int64_t>(), "")("worker", po::value<std::string>(), "")(
+      "error", po::value<std::string>(), "")("retry", "");
   po::options_description all;
   all.add(globals).add(cmd);
   po::positional_options_description pos;
@@ -365,7 +401,8 @@ int main(int argc, char** argv) {
     return vm.count("help") ? 0 : 2;
   }
   const std::string command = vm["command"].as<std::string>();
-  const auto args = vm.count("args") ? vm["args"].as<std::vector<std::string>>() : std::vector<std::string>{};
+  const auto args =
+      vm.count("args") ? vm["args"].as<std::vector<std::string>>() : std::vector<std::string>{};
   auto need_id = [&]() -> std::string {
     if (args.size() != 1) throw std::invalid_argument(command + " takes exactly one execution id");
     return args[0];
@@ -381,7 +418,9 @@ int main(int argc, char** argv) {
       if (!vm["reason"].as<std::string>().empty()) m.str("reason", vm["reason"].as<std::string>());
       return cmd_simple(g, m.finish(), "cancel");
     }
-    if (command == "status") return cmd_simple(g, MapBuilder().str("op", "status").str("execution_id", need_id()).finish(), "status");
+    if (command == "status")
+      return cmd_simple(g, MapBuilder().str("op", "status").str("execution_id", need_id()).finish(),
+                        "status");
     if (command == "stats") return cmd_simple(g, MapBuilder().str("op", "stats").finish(), "stats");
     if (command == "list") return cmd_list(g, vm);
     if (command == "top") return cmd_top(g, vm);
@@ -396,7 +435,9 @@ int main(int argc, char** argv) {
     if (command == "fail") {
       if (!vm.count("error")) throw std::invalid_argument("fail needs --error");
       MapBuilder m;
-      m.str("op", "fail").str("execution_id", need_id()).str("error", vm["error"].as<std::string>());
+      m.str("op", "fail")
+          .str("execution_id", need_id())
+          .str("error", vm["error"].as<std::string>());
       if (vm.count("retry")) m.boolean("retry", true);
       if (vm.count("worker")) m.str("worker_id", vm["worker"].as<std::string>());
       return cmd_simple(g, m.finish(), "fail");

@@ -28,7 +28,9 @@ std::vector<std::string> normalise_flags(int argc, const char* const* argv) {
     std::string a = argv[i];
     if (a.rfind("--", 0) == 0) {
       const auto eq = a.find('=');
-      std::replace(a.begin() + 2, eq == std::string::npos ? a.end() : a.begin() + static_cast<std::ptrdiff_t>(eq), '-', '_');
+      std::replace(a.begin() + 2,
+                   eq == std::string::npos ? a.end() : a.begin() + static_cast<std::ptrdiff_t>(eq),
+                   '-', '_');
     }
     out.push_back(a);
   }
@@ -42,44 +44,83 @@ struct Raw {
 
 po::options_description describe(Config& c, Raw& raw) {
   po::options_description general("General");
-  general.add_options()
-      ("help", "print this help and exit")
-      ("version", "print the version and exit")
-      ("config", po::value<std::string>(&c.config_file), "configuration file (INI: key = value, [transport] sections)")
-      ("segment", po::value<std::string>(&c.segment)->default_value(c.segment), "name of the shared-memory segment (/dev/shm/<name>)")
-      ("runtime_dir", po::value<std::string>(&c.runtime_dir), "directory for sockets and the lock file (default: $RUNTIME_DIRECTORY, else /run/shmsched)")
-      ("plugin_dir", po::value<std::string>(&c.plugin_dir), "directory of transport plugins (libshmsched_transport_<name>.so)")
-      ("transports", po::value<std::string>(&raw.transports)->default_value(raw.transports), "comma-separated transports to run, e.g. zeromq,kafka")
-      ("log_level", po::value<std::string>(&c.log_level)->default_value(c.log_level), "trace, debug, info, warn, error")
-      ("ingress_tcp", po::value<std::string>(&c.ingress_tcp), "optional extra ingress endpoint, e.g. tcp://127.0.0.1:5555")
-      ("standby", po::bool_switch(&c.standby), "if another shmschedd holds the lock, wait and take over when it exits");
+  general.add_options()("help", "print this help and exit")("version",
+                                                            "print the version and exit")(
+      "config", po::value<std::string>(&c.config_file),
+      "configuration file (INI: key = value, [transport] sections)")(
+      "segment", po::value<std::string>(&c.segment)->default_value(c.segment),
+      "name of the shared-memory segment (/dev/shm/<name>)")(
+      "runtime_dir", po::value<std::string>(&c.runtime_dir),
+      "directory for sockets and the lock file (default: $RUNTIME_DIRECTORY, else /run/shmsched)")(
+      "plugin_dir", po::value<std::string>(&c.plugin_dir),
+      "directory of transport plugins (libshmsched_transport_<name>.so)")(
+      "transports", po::value<std::string>(&raw.transports)->default_value(raw.transports),
+      "comma-separated transports to run, e.g. zeromq,kafka")(
+      "log_level", po::value<std::string>(&c.log_level)->default_value(c.log_level),
+      "trace, debug, info, warn, error")(
+      "ingress_tcp", po::value<std::string>(&c.ingress_tcp),
+      "optional extra ingress endpoint, e.g. tcp://127.0.0.1:5555")(
+      "standby", po::bool_switch(&c.standby),
+      "if another shmschedd holds the lock, wait and take over when it exits");
   po::options_description queue("Queue (fixed when the segment is created)");
-  queue.add_options()
-      ("max_queue_size", po::value<std::uint64_t>(&c.queue.max_queue_size)->default_value(c.queue.max_queue_size), "queued executions at most")
-      ("max_payload_bytes", po::value<std::uint64_t>(&c.queue.max_payload_bytes)->default_value(c.queue.max_payload_bytes), "largest payload")
-      ("max_extras_bytes", po::value<std::uint64_t>(&c.queue.max_extras_bytes)->default_value(c.queue.max_extras_bytes), "room for capabilities and metadata")
-      ("max_users", po::value<std::uint64_t>(&c.queue.max_users)->default_value(c.queue.max_users), "distinct users with work at once")
-      ("max_active", po::value<std::uint64_t>(&c.queue.max_active)->default_value(c.queue.max_active), "room for active executions (>= max_active_executions)")
-      ("max_participants", po::value<std::uint64_t>(&c.queue.max_participants)->default_value(c.queue.max_participants), "producers attached at once")
-      ("segment_mode", po::value<std::string>(&raw.mode)->default_value(raw.mode), "file mode of the segment (octal); its group may submit directly");
+  queue.add_options()(
+      "max_queue_size",
+      po::value<std::uint64_t>(&c.queue.max_queue_size)->default_value(c.queue.max_queue_size),
+      "queued executions at most")("max_payload_bytes",
+                                   po::value<std::uint64_t>(&c.queue.max_payload_bytes)
+                                       ->default_value(c.queue.max_payload_bytes),
+                                   "largest payload")(
+      "max_extras_bytes",
+      po::value<std::uint64_t>(&c.queue.max_extras_bytes)->default_value(c.queue.max_extras_bytes),
+      "room for capabilities and metadata")(
+      "max_users", po::value<std::uint64_t>(&c.queue.max_users)->default_value(c.queue.max_users),
+      "distinct users with work at once")(
+      "max_active",
+      po::value<std::uint64_t>(&c.queue.max_active)->default_value(c.queue.max_active),
+      "room for active executions (>= max_active_executions)")(
+      "max_participants",
+      po::value<std::uint64_t>(&c.queue.max_participants)->default_value(c.queue.max_participants),
+      "producers attached at once")(
+      "segment_mode", po::value<std::string>(&raw.mode)->default_value(raw.mode),
+      "file mode of the segment (octal); its group may submit directly");
   po::options_description sched("Scheduling (reloaded on SIGHUP)");
-  sched.add_options()
-      ("max_executions_per_user", po::value<std::uint64_t>(&c.queue.max_executions_per_user)->default_value(c.queue.max_executions_per_user), "per-user cap, queued + active")
-      ("max_active_executions", po::value<std::uint64_t>(&c.max_active_executions)->default_value(c.max_active_executions), "dispatched and unfinished executions at most")
-      ("max_attempts", po::value<std::uint32_t>(&c.max_attempts)->default_value(c.max_attempts), "attempts per execution (1 = no retry)")
-      ("retry_backoff_ms", po::value<std::uint64_t>(&c.retry_backoff_ms)->default_value(c.retry_backoff_ms), "first delay before a retry; doubles per attempt")
-      ("dispatch_backoff_ms", po::value<std::uint64_t>(&c.dispatch_backoff_ms)->default_value(c.dispatch_backoff_ms), "first delay after a failed publish; doubles per failure")
-      ("max_backoff_ms", po::value<std::uint64_t>(&c.max_backoff_ms)->default_value(c.max_backoff_ms), "upper bound of both backoffs")
-      ("stale_timeout_seconds", po::value<std::uint64_t>(&c.stale_timeout_seconds)->default_value(c.stale_timeout_seconds), "queued executions older than this expire")
-      ("aging_seconds", po::value<std::uint64_t>(&c.aging_seconds)->default_value(c.aging_seconds), "lift an entry one priority level per this many seconds of waiting (0 = off)")
-      ("reap_interval_ms", po::value<std::uint64_t>(&c.reap_interval_ms)->default_value(c.reap_interval_ms), "how often dead producers are looked for")
-      ("idle_spin_us", po::value<std::uint64_t>(&c.idle_spin_us)->default_value(c.idle_spin_us), "spin this long after work before sleeping (latency vs CPU)")
-      ("flush_timeout_ms", po::value<std::uint64_t>(&c.flush_timeout_ms)->default_value(c.flush_timeout_ms), "how long shutdown waits for transports to deliver");
-  po::options_description all("shmschedd: the shmsched supervisor\n\n"
-                              "Options may be given as --key-name=value, as key_name = value in the\n"
-                              "configuration file, or as SHMSCHED_KEY_NAME in the environment.\n"
-                              "Transport options: <transport>.<key> in the file, --<transport>.<key>\n"
-                              "on the command line, SHMSCHED_<TRANSPORT>_<KEY> in the environment");
+  sched.add_options()("max_executions_per_user",
+                      po::value<std::uint64_t>(&c.queue.max_executions_per_user)
+                          ->default_value(c.queue.max_executions_per_user),
+                      "per-user cap, queued + active")(
+      "max_active_executions",
+      po::value<std::uint64_t>(&c.max_active_executions)->default_value(c.max_active_executions),
+      "dispatched and unfinished executions at most")(
+      "max_attempts", po::value<std::uint32_t>(&c.max_attempts)->default_value(c.max_attempts),
+      "attempts per execution (1 = no retry)")(
+      "retry_backoff_ms",
+      po::value<std::uint64_t>(&c.retry_backoff_ms)->default_value(c.retry_backoff_ms),
+      "first delay before a retry; doubles per attempt")(
+      "dispatch_backoff_ms",
+      po::value<std::uint64_t>(&c.dispatch_backoff_ms)->default_value(c.dispatch_backoff_ms),
+      "first delay after a failed publish; doubles per failure")(
+      "max_backoff_ms",
+      po::value<std::uint64_t>(&c.max_backoff_ms)->default_value(c.max_backoff_ms),
+      "upper bound of both backoffs")(
+      "stale_timeout_seconds",
+      po::value<std::uint64_t>(&c.stale_timeout_seconds)->default_value(c.stale_timeout_seconds),
+      "queued executions older than this expire")(
+      "aging_seconds", po::value<std::uint64_t>(&c.aging_seconds)->default_value(c.aging_seconds),
+      "lift an entry one priority level per this many seconds of waiting (0 = off)")(
+      "reap_interval_ms",
+      po::value<std::uint64_t>(&c.reap_interval_ms)->default_value(c.reap_interval_ms),
+      "how often dead producers are looked for")(
+      "idle_spin_us", po::value<std::uint64_t>(&c.idle_spin_us)->default_value(c.idle_spin_us),
+      "spin this long after work before sleeping (latency vs CPU)")(
+      "flush_timeout_ms",
+      po::value<std::uint64_t>(&c.flush_timeout_ms)->default_value(c.flush_timeout_ms),
+      "how long shutdown waits for transports to deliver");
+  po::options_description all(
+      "shmschedd: the shmsched supervisor\n\n"
+      "Options may be given as --key-name=value, as key_name = value in the\n"
+      "configuration file, or as SHMSCHED_KEY_NAME in the environment.\n"
+      "Transport options: <transport>.<key> in the file, --<transport>.<key>\n"
+      "on the command line, SHMSCHED_<TRANSPORT>_<KEY> in the environment");
   all.add(general).add(queue).add(sched);
   return all;
 }
@@ -110,7 +151,8 @@ void add_transport_option(Config& c, const std::string& dotted, const std::strin
   }
   const std::string name = dotted.substr(0, dot);
   if (!valid_transport_name(name)) {
-    throw ConfigError("'" + dotted + "' (" + source + "): transport names are lowercase letters and digits");
+    throw ConfigError("'" + dotted + "' (" + source +
+                      "): transport names are lowercase letters and digits");
   }
   c.transport_options[name][dotted.substr(dot + 1)] = value;
 }
@@ -129,15 +171,21 @@ void validate(Config& c, const Raw& raw) {
   require(c.max_active_executions >= 1 && c.max_active_executions <= c.queue.max_active,
           "max_active_executions", c.max_active_executions,
           "use 1 .. max_active (" + std::to_string(c.queue.max_active) + ")");
-  require(c.max_attempts >= 1 && c.max_attempts <= 1000, "max_attempts", c.max_attempts, "use 1 .. 1000");
-  require(c.retry_backoff_ms <= c.max_backoff_ms, "retry_backoff_ms", c.retry_backoff_ms, "at most max_backoff_ms");
-  require(c.dispatch_backoff_ms >= 1 && c.dispatch_backoff_ms <= c.max_backoff_ms, "dispatch_backoff_ms",
-          c.dispatch_backoff_ms, "use 1 .. max_backoff_ms");
-  require(c.stale_timeout_seconds >= 1, "stale_timeout_seconds", c.stale_timeout_seconds, "at least 1");
-  require(c.reap_interval_ms >= 1 && c.reap_interval_ms <= 60000, "reap_interval_ms", c.reap_interval_ms, "use 1 .. 60000");
+  require(c.max_attempts >= 1 && c.max_attempts <= 1000, "max_attempts", c.max_attempts,
+          "use 1 .. 1000");
+  require(c.retry_backoff_ms <= c.max_backoff_ms, "retry_backoff_ms", c.retry_backoff_ms,
+          "at most max_backoff_ms");
+  require(c.dispatch_backoff_ms >= 1 && c.dispatch_backoff_ms <= c.max_backoff_ms,
+          "dispatch_backoff_ms", c.dispatch_backoff_ms, "use 1 .. max_backoff_ms");
+  require(c.stale_timeout_seconds >= 1, "stale_timeout_seconds", c.stale_timeout_seconds,
+          "at least 1");
+  require(c.reap_interval_ms >= 1 && c.reap_interval_ms <= 60000, "reap_interval_ms",
+          c.reap_interval_ms, "use 1 .. 60000");
   require(c.idle_spin_us <= 10000, "idle_spin_us", c.idle_spin_us, "use 0 .. 10000");
-  static const std::set<std::string> levels = {"trace", "debug", "info", "warn", "error", "critical", "off"};
-  require(levels.count(c.log_level) == 1, "log_level", c.log_level, "trace, debug, info, warn, error, critical or off");
+  static const std::set<std::string> levels = {"trace", "debug",    "info", "warn",
+                                               "error", "critical", "off"};
+  require(levels.count(c.log_level) == 1, "log_level", c.log_level,
+          "trace, debug, info, warn, error, critical or off");
   try {
     std::size_t used = 0;
     const unsigned long mode = std::stoul(raw.mode, &used, 8);
@@ -148,9 +196,11 @@ void validate(Config& c, const Raw& raw) {
   }
   c.queue.validate();
   c.transports = split_list(raw.transports);
-  require(!c.transports.empty(), "transports", raw.transports, "name at least one transport, e.g. zeromq");
+  require(!c.transports.empty(), "transports", raw.transports,
+          "name at least one transport, e.g. zeromq");
   for (const auto& t : c.transports) {
-    require(valid_transport_name(t), "transports", t, "transport names are lowercase letters and digits");
+    require(valid_transport_name(t), "transports", t,
+            "transport names are lowercase letters and digits");
   }
   c.runtime_dir = ipc::resolve_runtime_dir(c.runtime_dir);
   if (c.plugin_dir.empty()) {
@@ -164,7 +214,8 @@ std::string env_to_key(const std::string& name, const po::options_description& d
   // SHMSCHED_MAX_QUEUE_SIZE -> max_queue_size, for registered keys only.
   if (name.rfind("SHMSCHED_", 0) != 0) return "";
   std::string key = name.substr(9);
-  std::transform(key.begin(), key.end(), key.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  std::transform(key.begin(), key.end(), key.begin(),
+                 [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
   return desc.find_nothrow(key, false) ? key : "";
 }
 
@@ -182,13 +233,16 @@ LoadResult load(int argc, const char* const* argv) {
     for (const auto& opt : parsed.options) {
       if (opt.unregistered) {
         if (opt.string_key.rfind("--", 0) == 0 || opt.string_key.empty() || opt.value.size() != 1) {
-          throw ConfigError("unrecognised argument '" + (opt.original_tokens.empty() ? opt.string_key : opt.original_tokens[0]) +
-                            "'; transport options are --<transport>.<key>=<value>; see --help");
+          throw ConfigError(
+              "unrecognised argument '" +
+              (opt.original_tokens.empty() ? opt.string_key : opt.original_tokens[0]) +
+              "'; transport options are --<transport>.<key>=<value>; see --help");
         }
       }
     }
     po::store(parsed, vm);
-    po::store(po::parse_environment(desc, [&](const std::string& n) { return env_to_key(n, desc); }), vm);
+    po::store(
+        po::parse_environment(desc, [&](const std::string& n) { return env_to_key(n, desc); }), vm);
     const std::string file = vm.count("config") ? vm["config"].as<std::string>() : "";
     if (!file.empty()) {
       std::ifstream in(file);
@@ -208,7 +262,8 @@ LoadResult load(int argc, const char* const* argv) {
       const std::string name = kv.substr(0, eq);
       if (name.rfind("SHMSCHED_", 0) != 0 || !env_to_key(name, desc).empty()) continue;
       std::string rest = name.substr(9);
-      std::transform(rest.begin(), rest.end(), rest.begin(), [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+      std::transform(rest.begin(), rest.end(), rest.begin(),
+                     [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
       const auto us = rest.find('_');
       if (us == std::string::npos) continue;
       extra.emplace_back(rest.substr(0, us) + "." + rest.substr(us + 1), kv.substr(eq + 1));
@@ -239,8 +294,12 @@ LoadResult load(int argc, const char* const* argv) {
 
 }  // namespace
 
-LoadResult load_config(int argc, const char* const* argv) { return load(argc, argv); }
+LoadResult load_config(int argc, const char* const* argv) {
+  return load(argc, argv);
+}
 
-Config reload_config(int argc, const char* const* argv) { return load(argc, argv).config; }
+Config reload_config(int argc, const char* const* argv) {
+  return load(argc, argv).config;
+}
 
 }  // namespace shmsched::daemon

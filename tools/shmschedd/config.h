@@ -27,8 +27,8 @@ struct Config {
   ipc::SegmentConfig queue;  // max_queue_size, max_payload_bytes, max_users, ...
   std::uint64_t max_active_executions = 10;
   std::uint32_t max_attempts = 1;
-  std::uint64_t retry_backoff_ms = 1000;      // first retry of a failed execution
-  std::uint64_t dispatch_backoff_ms = 100;    // first re-dispatch after a transport failure
+  std::uint64_t retry_backoff_ms = 1000;    // first retry of a failed execution
+  std::uint64_t dispatch_backoff_ms = 100;  // first re-dispatch after a transport failure
   std::uint64_t max_backoff_ms = 60000;
   std::uint64_t stale_timeout_seconds = 3600;
   std::uint64_t aging_seconds = 0;  // 0 = off

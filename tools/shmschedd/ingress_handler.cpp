@@ -59,7 +59,9 @@ void Supervisor::ingress_main() {
       const auto res = producer.submit(r);
       if (res.accepted()) {
         return std::optional<ipc::IngressServer::Reply>(
-            MapBuilder().boolean("ok", true).str("execution_id", id)
+            MapBuilder()
+                .boolean("ok", true)
+                .str("execution_id", id)
                 .integer("queue_position", static_cast<std::int64_t>(res.queue_position))
                 .finish());
       }
@@ -131,7 +133,8 @@ void Supervisor::ingress_main() {
     }
     if (const auto* w = std::get_if<protocol::WorkerOp>(&req)) {
       return std::optional<ipc::IngressServer::Reply>(protocol::error_reply(
-          "invalid", "op '" + w->op + "' needs worker support, which this version does not have yet"));
+          "invalid",
+          "op '" + w->op + "' needs worker support, which this version does not have yet"));
     }
     // cancel, complete, fail: the loop owns dispatch state; it replies through the server.
     inbox_->post(OpMessage{req, ReplyTo{token, std::nullopt}});

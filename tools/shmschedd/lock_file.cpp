@@ -36,11 +36,13 @@ LockFile::LockFile(const std::string& path, bool wait) {
       ::close(fd_);
       fd_ = -1;
       throw std::runtime_error("another shmschedd (pid " + pid + ") is already scheduling (lock " +
-                               path + "); stop it first, or start this one with --standby to "
+                               path +
+                               "); stop it first, or start this one with --standby to "
                                "take over when it exits");
     }
     while (::flock(fd_, LOCK_EX) != 0) {
-      if (errno != EINTR) throw std::runtime_error("cannot lock " + path + ": " + std::strerror(errno));
+      if (errno != EINTR)
+        throw std::runtime_error("cannot lock " + path + ": " + std::strerror(errno));
     }
   }
   const std::string pid = std::to_string(::getpid()) + "\n";

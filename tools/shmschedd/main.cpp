@@ -63,7 +63,8 @@ int main(int argc, char** argv) {
     std::error_code ec;
     std::filesystem::create_directories(config.runtime_dir, ec);
     if (ec) {
-      throw std::runtime_error("cannot create runtime_dir " + config.runtime_dir + ": " + ec.message());
+      throw std::runtime_error("cannot create runtime_dir " + config.runtime_dir + ": " +
+                               ec.message());
     }
     if (config.standby) spdlog::info("standby: waiting for the running supervisor to exit");
     LockFile lock(config.runtime_dir + "/" + config.segment + ".lock", config.standby);

@@ -35,7 +35,9 @@ std::uint64_t annotation_of(Phase p, std::size_t level, std::uint32_t failures) 
          (static_cast<std::uint64_t>(std::min<std::uint32_t>(failures, 0xffff)) << 16);
 }
 
-std::vector<std::byte> ok_reply() { return MapBuilder().boolean("ok", true).finish(); }
+std::vector<std::byte> ok_reply() {
+  return MapBuilder().boolean("ok", true).finish();
+}
 
 }  // namespace
 
@@ -64,7 +66,8 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
     if (auto* err = std::get_if<protocol::DecodeError>(&decoded)) {
       spdlog::warn("[{}] ignored an inbound message: {}", t, err->message);
       const auto reply = protocol::error_reply("invalid", err->message);
-      if (done.reply) done.reply(done.op_ctx, reinterpret_cast<const std::uint8_t*>(reply.data()), reply.size());
+      if (done.reply)
+        done.reply(done.op_ctx, reinterpret_cast<const std::uint8_t*>(reply.data()), reply.size());
       if (done.ack) done.ack(done.op_ctx);
       return true;
     }
@@ -73,8 +76,9 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
   };
   apply_transports(config_);
   if (transports_.empty()) {
-    throw PluginError("no transport could be started (transports = " +
-                      std::to_string(config_.transports.size()) + " configured): see the errors above");
+    throw PluginError(
+        "no transport could be started (transports = " + std::to_string(config_.transports.size()) +
+        " configured): see the errors above");
   }
   recover_active();
   start_ingress();
@@ -141,11 +145,12 @@ void Supervisor::apply_transports(const Config& next) {
 
 void Supervisor::publish_event(const char* type, const std::string& key,
                                const std::vector<std::byte>& body) {
-  shmsched_message msg{type, key.c_str(), type, reinterpret_cast<const std::uint8_t*>(body.data()),
-                       body.size(), 0};
+  shmsched_message msg{
+      type, key.c_str(), type, reinterpret_cast<const std::uint8_t*>(body.data()), body.size(), 0};
   for (auto& t : transports_) {
     const int rc = t->publish(msg, kEventTokenBit | next_token_++);
-    if (rc != SHMSCHED_OK) spdlog::warn("transport {} refused event {} for {}", t->name(), type, key);
+    if (rc != SHMSCHED_OK)
+      spdlog::warn("transport {} refused event {} for {}", t->name(), type, key);
   }
 }
 
@@ -155,8 +160,9 @@ void Supervisor::publish_dispatch(Active& a) {
   a.pending = 0;
   a.publish_failed = false;
   tokens_[a.token] = a.rec.execution_id;
-  shmsched_message msg{"CreatePodCommand", a.rec.execution_id.c_str(), "CreatePodCommand",
-                       reinterpret_cast<const std::uint8_t*>(body.data()), body.size(), 1};
+  shmsched_message msg{"CreatePodCommand", a.rec.execution_id.c_str(),
+                       "CreatePodCommand", reinterpret_cast<const std::uint8_t*>(body.data()),
+                       body.size(),        1};
   set_phase(a, Phase::kDispatching);
   for (auto& t : transports_) {
     if (a.acked.count(t->name())) continue;  // never twice to one transport for one attempt
@@ -368,12 +374,15 @@ void Supervisor::handle_op(OpMessage& op) {
     req.timeout_seconds = s->timeout_seconds;
     const auto r = producer.submit(req);
     if (r.accepted()) {
-      reply(op.reply_to, MapBuilder().boolean("ok", true).str("execution_id", id)
+      reply(op.reply_to, MapBuilder()
+                             .boolean("ok", true)
+                             .str("execution_id", id)
                              .integer("queue_position", static_cast<std::int64_t>(r.queue_position))
                              .finish());
     } else {
       const auto reason = admission_name(r.admission);
-      publish_event("ExecutionRejected", id, ipc::events::rejected(id, s->user_id, reason, r.message));
+      publish_event("ExecutionRejected", id,
+                    ipc::events::rejected(id, s->user_id, reason, r.message));
       reply(op.reply_to, protocol::error_reply(reason, r.message));
     }
     return;
@@ -393,8 +402,10 @@ void Supervisor::process_inbox() {
       publish_event("ExecutionRejected", r->execution_id,
                     ipc::events::rejected(r->execution_id, r->user_id, r->reason, r->message));
     } else if (auto* s = std::get_if<SignalMessage>(&m)) {
-      if (s->signal == SIGHUP) reload_ = true;
-      else stop_ = true;
+      if (s->signal == SIGHUP)
+        reload_ = true;
+      else
+        stop_ = true;
     }
   }
 }
@@ -402,13 +413,15 @@ void Supervisor::process_inbox() {
 void Supervisor::announce() {
   for (std::size_t l = 0; l < kPriorityLevels; ++l) {
     const auto level = static_cast<Priority>(l);
-    if (consumer_->level_tail(level) == announced_[l]) continue;
-    announced_[l] = consumer_->scan_new(level, announced_[l], [&](const ipc::ExecutionView& v,
-                                                                  std::uint64_t rank) {
-      const std::string id(v.execution_id);
-      publish_event("ExecutionAccepted", id, ipc::events::accepted(id, v.user_id, v.priority, rank));
-      worked_ = true;
-    });
+    // Cells, not the tail, say what is queued: a producer may have filled a cell and not yet
+    // moved the tail.
+    announced_[l] = consumer_->scan_new(
+        level, announced_[l], [&](const ipc::ExecutionView& v, std::uint64_t rank) {
+          const std::string id(v.execution_id);
+          publish_event("ExecutionAccepted", id,
+                        ipc::events::accepted(id, v.user_id, v.priority, rank));
+          worked_ = true;
+        });
   }
 }
 
@@ -431,9 +444,16 @@ void Supervisor::dispatch() {
         }
       }
       if (chosen) break;
-      if (auto ref = consumer_->dequeue(static_cast<Priority>(l))) {
+      std::uint64_t pos = 0;
+      if (auto ref = consumer_->dequeue(static_cast<Priority>(l), &pos)) {
         auto rec = consumer_->record(*ref);
         if (!rec) continue;
+        if (pos >= announced_[l]) {
+          // Queued after this round's announcements: announce it before its dispatch.
+          publish_event("ExecutionAccepted", rec->execution_id,
+                        ipc::events::accepted(rec->execution_id, rec->user_id, rec->priority, 0));
+          announced_[l] = pos + 1;
+        }
         Active a;
         a.ref = *ref;
         a.attempt = rec->attempt;
@@ -476,8 +496,10 @@ void Supervisor::recover_active() {
     }
   }
   if (!active_.empty()) {
-    spdlog::info("carried on with {} active execution(s) from the previous supervisor ({} to "
-                 "dispatch again)", active_.size(), redo);
+    spdlog::info(
+        "carried on with {} active execution(s) from the previous supervisor ({} to "
+        "dispatch again)",
+        active_.size(), redo);
   }
 }
 
@@ -502,22 +524,30 @@ void Supervisor::timers() {
     }
   }
   if (config_.aging_seconds > 0 && now >= next_aging_) {
-    next_aging_ = now + std::chrono::milliseconds(std::min<std::uint64_t>(1000, config_.aging_seconds * 250));
+    next_aging_ =
+        now + std::chrono::milliseconds(std::min<std::uint64_t>(1000, config_.aging_seconds * 250));
     const std::int64_t step = static_cast<std::int64_t>(config_.aging_seconds) * 1'000'000'000;
     const std::int64_t wall = ipc::events::now_ns();
     auto lifted_level = [&](std::size_t original, std::int64_t enqueued) {
       const std::int64_t lifts = std::max<std::int64_t>(0, (wall - enqueued) / step);
-      return static_cast<std::size_t>(std::max<std::int64_t>(0, static_cast<std::int64_t>(original) - lifts));
+      return static_cast<std::size_t>(
+          std::max<std::int64_t>(0, static_cast<std::int64_t>(original) - lifts));
     };
     // Heads of the rings that waited long enough move into the lane one level (or more) up.
     for (std::size_t l = 1; l < kPriorityLevels; ++l) {
       for (;;) {
         const auto head = consumer_->head_enqueued_at(static_cast<Priority>(l));
         if (!head || lifted_level(l, *head) >= l) break;
-        auto ref = consumer_->dequeue(static_cast<Priority>(l));
+        std::uint64_t pos = 0;
+        auto ref = consumer_->dequeue(static_cast<Priority>(l), &pos);
         if (!ref) break;
         auto rec = consumer_->record(*ref);
         if (!rec) break;
+        if (pos >= announced_[l]) {
+          publish_event("ExecutionAccepted", rec->execution_id,
+                        ipc::events::accepted(rec->execution_id, rec->user_id, rec->priority, 0));
+          announced_[l] = pos + 1;
+        }
         Active a;
         a.ref = *ref;
         a.attempt = rec->attempt;
@@ -539,12 +569,13 @@ void Supervisor::timers() {
           it = lane.erase(it);
           continue;
         }
-        const std::size_t target = lifted_level(priority_index(a->second.rec.priority),
-                                                a->second.rec.enqueued_at_ns);
+        const std::size_t target =
+            lifted_level(priority_index(a->second.rec.priority), a->second.rec.enqueued_at_ns);
         if (target < l) {
           a->second.level = target;
           lanes_[target].push_back(*it);
-          consumer_->annotate(a->second.ref, annotation_of(Phase::kHeld, target, a->second.publish_failures));
+          consumer_->annotate(a->second.ref,
+                              annotation_of(Phase::kHeld, target, a->second.publish_failures));
           it = lane.erase(it);
         } else {
           ++it;
@@ -580,7 +611,8 @@ void Supervisor::sleep() {
   if (watchdog_interval_.count() > 0) deadline = std::min(deadline, next_watchdog_);
   for (const auto& lane : lanes_) {
     for (const auto& id : lane) {
-      if (auto a = active_.find(id); a != active_.end()) deadline = std::min(deadline, a->second.ready_at);
+      if (auto a = active_.find(id); a != active_.end())
+        deadline = std::min(deadline, a->second.ready_at);
     }
   }
   if (deadline > now) consumer_->sleep_unless(ready, deadline - now);
@@ -591,11 +623,14 @@ void Supervisor::reload() {
   sd_notify(0, "RELOADING=1");
   try {
     Config next = reload_config(argc_, argv_);
-    if (next.segment != config_.segment || next.queue.max_queue_size != config_.queue.max_queue_size ||
+    if (next.segment != config_.segment ||
+        next.queue.max_queue_size != config_.queue.max_queue_size ||
         next.queue.max_payload_bytes != config_.queue.max_payload_bytes ||
-        next.queue.max_users != config_.queue.max_users || next.queue.max_active != config_.queue.max_active) {
-      spdlog::warn("segment and queue sizes cannot change while the segment exists; they keep "
-                   "their values until a restart with a drained, removed segment");
+        next.queue.max_users != config_.queue.max_users ||
+        next.queue.max_active != config_.queue.max_active) {
+      spdlog::warn(
+          "segment and queue sizes cannot change while the segment exists; they keep "
+          "their values until a restart with a drained, removed segment");
       next.segment = config_.segment;
       next.queue = config_.queue;
     }
@@ -603,7 +638,8 @@ void Supervisor::reload() {
     next.queue.max_executions_per_user = next.queue.max_executions_per_user;
     spdlog::set_level(spdlog::level::from_str(next.log_level));
     apply_transports(next);
-    if (transports_.empty()) spdlog::error("no transport is running after the reload: dispatch waits");
+    if (transports_.empty())
+      spdlog::error("no transport is running after the reload: dispatch waits");
     config_ = std::move(next);
     counters_.max_active = config_.max_active_executions;
     spdlog::info("configuration reloaded: transports {}, max_active_executions {}",
@@ -623,14 +659,18 @@ void Supervisor::shutdown() {
   for (auto& t : transports_) {
     const std::size_t left = t->flush(static_cast<std::uint32_t>(config_.flush_timeout_ms));
     if (left) {
-      spdlog::warn("transport {}: {} deliveries still outstanding after {} ms; they are "
-                   "published again by the next supervisor", t->name(), left, config_.flush_timeout_ms);
+      spdlog::warn(
+          "transport {}: {} deliveries still outstanding after {} ms; they are "
+          "published again by the next supervisor",
+          t->name(), left, config_.flush_timeout_ms);
     }
   }
   process_inbox();
   transports_.clear();
-  spdlog::info("stopped; {} queued and {} active execution(s) stay in the segment for the next "
-               "supervisor", consumer_->stats().queued, active_.size());
+  spdlog::info(
+      "stopped; {} queued and {} active execution(s) stay in the segment for the next "
+      "supervisor",
+      consumer_->stats().queued, active_.size());
 }
 
 int Supervisor::run() {

@@ -5,7 +5,8 @@
 
 namespace shmsched::daemon {
 
-std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::string& dir, const std::string& name) {
+std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::string& dir,
+                                                   const std::string& name) {
   const std::string path = dir + "/libshmsched_transport_" + name + ".so";
   struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {

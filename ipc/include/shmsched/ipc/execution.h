@@ -54,7 +54,7 @@ struct ExecutionRecord {
   std::vector<std::string> required_capabilities;
   Metadata metadata;
   std::optional<std::uint64_t> queue_position;  // when queued
-  std::uint64_t annotation = 0;                 // the owner's word (Consumer::annotate), active only
+  std::uint64_t annotation = 0;  // the owner's word (Consumer::annotate), active only
 };
 
 }  // namespace shmsched::ipc

@@ -25,7 +25,8 @@ namespace shmsched::ipc {
 class IngressServer {
  public:
   using Reply = std::vector<std::byte>;
-  using Handler = std::function<std::optional<Reply>(const protocol::Request&, std::uint64_t token)>;
+  using Handler =
+      std::function<std::optional<Reply>(const protocol::Request&, std::uint64_t token)>;
 
   // Binds every endpoint (e.g. "ipc:///run/shmsched/ingress.sock"); throws std::runtime_error
   // naming the endpoint that failed.

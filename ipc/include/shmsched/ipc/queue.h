@@ -139,8 +139,9 @@ class Consumer : public QueueHandle {
 
   // The next execution in priority order (FIFO within a priority), now active; or nullopt.
   std::optional<ActiveRef> dequeue();
-  // The next execution of one priority level only.
-  std::optional<ActiveRef> dequeue(Priority level);
+  // The next execution of one priority level only; `pos_out` receives its ring position (what
+  // scan_new() counts in).
+  std::optional<ActiveRef> dequeue(Priority level, std::uint64_t* pos_out = nullptr);
 
   // Enqueue time of the entry at the head of `level`, if any (for anti-starvation aging).
   std::optional<std::int64_t> head_enqueued_at(Priority level) const;
