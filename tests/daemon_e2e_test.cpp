@@ -422,18 +422,34 @@ TEST(DaemonE2E, AgingLiftsLongWaitingEntries) {
 
 TEST(DaemonE2E, BadConfigurationNamesTheKey) {
   const std::string dir = temp_dir("badconf");
-  Daemon d(dir, segment_name("badconf"), {"--max-queue-size=0"});
+  std::vector<std::string> segments;
+  auto seg = [&] {
+    segments.push_back(segment_name("badconf"));
+    return segments.back();
+  };
+  Daemon d(dir, seg(), {"--max-queue-size=0"});
   d.start(false);
   EXPECT_EQ(d.wait_exit(), 2);
   EXPECT_THAT(d.log_text(), HasSubstr("max_queue_size = 0"));
-  Daemon missing(dir, segment_name("badconf"), {"--transports=nosuch"});
+  Daemon missing(dir, seg(), {"--transports=nosuch"});
   missing.start(false);
   EXPECT_EQ(missing.wait_exit(), 1);
   EXPECT_THAT(missing.log_text(), HasSubstr("libshmsched_transport_nosuch.so"));
-  Daemon old(dir, segment_name("badconf"), {"--transports=oldabi"});
+  Daemon old(dir, seg(), {"--transports=oldabi"});
   old.start(false);
   EXPECT_EQ(old.wait_exit(), 1);
   EXPECT_THAT(old.log_text(), HasSubstr("ABI version 999"));
+  Daemon nosym(dir, seg(), {"--transports=nosymbol"});
+  nosym.start(false);
+  EXPECT_EQ(nosym.wait_exit(), 1);
+  EXPECT_THAT(nosym.log_text(), HasSubstr("does not export shmsched_transport_entry"));
+  // One bad transport among good ones: the supervisor runs with the good ones.
+  Daemon mixed(dir, seg(), {"--transports=zeromq,nosuch"});
+  mixed.start();
+  EXPECT_THAT(mixed.log_text(), HasSubstr("libshmsched_transport_nosuch.so"));
+  EXPECT_EQ(mixed.signal(SIGTERM), 0);
+  // A supervisor that failed to start leaves the segment for the next one, as in production.
+  for (const auto& s : segments) ipc::Segment::remove(s);
   std::filesystem::remove_all(dir);
 }
 

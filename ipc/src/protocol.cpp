@@ -222,18 +222,18 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
   return DecodeError{"unknown op '" + op + "'"};
 }
 
-void pack_bytes(msgpack::packer<msgpack::sbuffer>& pk, std::span<const std::byte> b) {
+// msgpack-cxx packs into any type with write(const char*, size_t): append to the byte vector.
+struct ByteSink {
+  std::vector<std::byte>& out;
+  void write(const char* p, std::size_t n) {
+    const auto* b = reinterpret_cast<const std::byte*>(p);
+    out.insert(out.end(), b, b + n);
+  }
+};
+
+void pack_bytes(msgpack::packer<ByteSink>& pk, std::span<const std::byte> b) {
   pk.pack_bin(static_cast<std::uint32_t>(b.size()));
   pk.pack_bin_body(reinterpret_cast<const char*>(b.data()), static_cast<std::uint32_t>(b.size()));
-}
-
-template <typename F>
-std::vector<std::byte> encode(F&& f) {
-  msgpack::sbuffer buf;
-  msgpack::packer<msgpack::sbuffer> pk(buf);
-  f(pk);
-  const auto* p = reinterpret_cast<const std::byte*>(buf.data());
-  return std::vector<std::byte>(p, p + buf.size());
 }
 
 }  // namespace
@@ -255,68 +255,67 @@ std::variant<Request, DecodeError> decode_request(std::span<const std::byte> fra
   }
 }
 
-MapBuilder& MapBuilder::str(std::string_view key, std::string_view value) {
-  fields_.push_back({std::string(key), encode([&](auto& pk) { pk.pack(value); })});
-  return *this;
-}
-MapBuilder& MapBuilder::integer(std::string_view key, std::int64_t value) {
-  fields_.push_back({std::string(key), encode([&](auto& pk) { pk.pack(value); })});
-  return *this;
-}
-MapBuilder& MapBuilder::boolean(std::string_view key, bool value) {
-  fields_.push_back({std::string(key), encode([&](auto& pk) { pk.pack(value); })});
-  return *this;
-}
-MapBuilder& MapBuilder::bin(std::string_view key, std::span<const std::byte> value) {
-  fields_.push_back({std::string(key), encode([&](auto& pk) { pack_bytes(pk, value); })});
-  return *this;
-}
-MapBuilder& MapBuilder::strings(std::string_view key, const std::vector<std::string>& values) {
-  fields_.push_back({std::string(key), encode([&](auto& pk) { pk.pack(values); })});
-  return *this;
-}
-MapBuilder& MapBuilder::string_map(std::string_view key, const Metadata& values) {
-  fields_.push_back({std::string(key), encode([&](auto& pk) {
-                       pk.pack_map(static_cast<std::uint32_t>(values.size()));
-                       for (const auto& [k, v] : values) {
-                         pk.pack(k);
-                         pk.pack(v);
-                       }
-                     })});
-  return *this;
-}
-MapBuilder& MapBuilder::int_map(std::string_view key,
-                                const std::vector<std::pair<std::string, std::int64_t>>& values) {
-  fields_.push_back({std::string(key), encode([&](auto& pk) {
-                       pk.pack_map(static_cast<std::uint32_t>(values.size()));
-                       for (const auto& [k, v] : values) {
-                         pk.pack(k);
-                         pk.pack(v);
-                       }
-                     })});
-  return *this;
-}
-MapBuilder& MapBuilder::raw(std::string_view key, std::vector<std::byte> encoded) {
-  fields_.push_back({std::string(key), std::move(encoded)});
-  return *this;
-}
-MapBuilder& MapBuilder::raw_array(std::string_view key,
-                                  const std::vector<std::vector<std::byte>>& items) {
-  std::vector<std::byte> out =
-      encode([&](auto& pk) { pk.pack_array(static_cast<std::uint32_t>(items.size())); });
-  for (const auto& item : items) out.insert(out.end(), item.begin(), item.end());
-  fields_.push_back({std::string(key), std::move(out)});
+template <typename PackValue>
+MapBuilder& MapBuilder::field(std::string_view key, PackValue&& pack_value) {
+  ByteSink sink{body_};
+  msgpack::packer<ByteSink> pk(sink);
+  pk.pack(key);
+  pack_value(pk);
+  ++count_;
   return *this;
 }
 
+MapBuilder& MapBuilder::str(std::string_view key, std::string_view value) {
+  return field(key, [&](auto& pk) { pk.pack(value); });
+}
+MapBuilder& MapBuilder::integer(std::string_view key, std::int64_t value) {
+  return field(key, [&](auto& pk) { pk.pack(value); });
+}
+MapBuilder& MapBuilder::boolean(std::string_view key, bool value) {
+  return field(key, [&](auto& pk) { pk.pack(value); });
+}
+MapBuilder& MapBuilder::bin(std::string_view key, std::span<const std::byte> value) {
+  return field(key, [&](auto& pk) { pack_bytes(pk, value); });
+}
+MapBuilder& MapBuilder::strings(std::string_view key, const std::vector<std::string>& values) {
+  return field(key, [&](auto& pk) { pk.pack(values); });
+}
+MapBuilder& MapBuilder::string_map(std::string_view key, const Metadata& values) {
+  return field(key, [&](auto& pk) {
+    pk.pack_map(static_cast<std::uint32_t>(values.size()));
+    for (const auto& [k, v] : values) {
+      pk.pack(k);
+      pk.pack(v);
+    }
+  });
+}
+MapBuilder& MapBuilder::int_map(std::string_view key,
+                                const std::vector<std::pair<std::string, std::int64_t>>& values) {
+  return field(key, [&](auto& pk) {
+    pk.pack_map(static_cast<std::uint32_t>(values.size()));
+    for (const auto& [k, v] : values) {
+      pk.pack(k);
+      pk.pack(v);
+    }
+  });
+}
+MapBuilder& MapBuilder::raw(std::string_view key, std::vector<std::byte> encoded) {
+  return field(key, [&](auto&) { body_.insert(body_.end(), encoded.begin(), encoded.end()); });
+}
+MapBuilder& MapBuilder::raw_array(std::string_view key,
+                                  const std::vector<std::vector<std::byte>>& items) {
+  return field(key, [&](auto& pk) {
+    pk.pack_array(static_cast<std::uint32_t>(items.size()));
+    for (const auto& item : items) body_.insert(body_.end(), item.begin(), item.end());
+  });
+}
+
 std::vector<std::byte> MapBuilder::finish() const {
-  std::vector<std::byte> out =
-      encode([&](auto& pk) { pk.pack_map(static_cast<std::uint32_t>(fields_.size())); });
-  for (const auto& f : fields_) {
-    const auto key = encode([&](auto& pk) { pk.pack(f.key); });
-    out.insert(out.end(), key.begin(), key.end());
-    out.insert(out.end(), f.value.begin(), f.value.end());
-  }
+  std::vector<std::byte> out;
+  out.reserve(body_.size() + 5);
+  ByteSink sink{out};
+  msgpack::packer<ByteSink>(sink).pack_map(count_);
+  out.insert(out.end(), body_.begin(), body_.end());
   return out;
 }
 

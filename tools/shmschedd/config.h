@@ -33,7 +33,7 @@ struct Config {
   std::uint64_t stale_timeout_seconds = 3600;
   std::uint64_t aging_seconds = 0;  // 0 = off
   std::uint64_t reap_interval_ms = 100;
-  std::uint64_t idle_spin_us = 50;  // spin this long after work before sleeping
+  std::uint64_t idle_spin_us = 200;  // spin this long after work before sleeping
   std::uint64_t flush_timeout_ms = 5000;
 
   // "<transport>.<key>" -> value, for every transport.

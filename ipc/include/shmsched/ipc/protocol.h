@@ -84,11 +84,13 @@ class MapBuilder {
   std::vector<std::byte> finish() const;
 
  private:
-  struct Field {
-    std::string key;
-    std::vector<std::byte> value;  // encoded msgpack value
-  };
-  std::vector<Field> fields_;
+  // Keys and values are encoded as they come, into one buffer; finish() puts the map header
+  // (which needs the count) in front.
+  template <typename PackValue>
+  MapBuilder& field(std::string_view key, PackValue&& pack_value);
+
+  std::vector<std::byte> body_;
+  std::uint32_t count_ = 0;
 };
 
 // {ok: false, error: code, message: text}
