@@ -1,0 +1,191 @@
+// The kafka transport end to end: shmschedd configured with it, librdkafka's mock cluster as the
+// broker (a real Kafka protocol endpoint), kcat as the outside world.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "daemon_support.h"
+#include "kafka_support.h"
+#include "shmsched/ipc/queue.h"
+
+namespace shmsched::test {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string unique(const std::string& tag) {
+  static int n = 0;
+  return tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
+}
+
+std::vector<std::byte> requested(const std::string& id, const std::string& user) {
+  const std::string payload = "print('from kafka')";
+  const auto* b = reinterpret_cast<const std::byte*>(payload.data());
+  return MapBuilder()
+      .str("type", "ExecutionRequested")
+      .str("execution_id", id)
+      .str("user_id", user)
+      .str("priority", "high")
+      .bin("payload", std::vector<std::byte>(b, b + payload.size()))
+      .finish();
+}
+
+std::vector<std::byte> completed(const std::string& id) {
+  return MapBuilder()
+      .str("type", "ExecutionCompleted")
+      .str("execution_id", id)
+      .integer("exit_code", 0)
+      .finish();
+}
+
+// Polls kcat until `want` CreatePodCommands (counting repeats) are on saga_commands.
+std::map<std::string, int> wait_commands(const std::string& brokers, std::size_t want,
+                                         std::chrono::seconds limit = std::chrono::seconds(30)) {
+  const auto deadline = Clock::now() + limit;
+  std::map<std::string, int> n;
+  for (;;) {
+    n = count_keys(kcat_consume(brokers, "saga_commands"), "CreatePodCommand");
+    std::size_t total = 0;
+    for (const auto& [k, c] : n) total += static_cast<std::size_t>(c);
+    if (total >= want || Clock::now() > deadline) return n;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+}
+
+struct KafkaFixture {
+  KafkaMock mock;
+  std::string dir = temp_dir("kafka");
+  std::string segment = unique("shmsched-e2e-kafka");
+  std::unique_ptr<Daemon> daemon;
+  std::unique_ptr<Ingress> ingress;
+
+  explicit KafkaFixture(std::vector<std::string> args) {
+    args.push_back("--transports=kafka");
+    args.push_back("--kafka.brokers=" + mock.bootstrap());
+    args.push_back("--kafka.group_id=" +
+                   unique("group"));  // the mock is slow to rebalance a rejoined group
+    daemon = std::make_unique<Daemon>(dir, segment, std::move(args));
+    daemon->start();
+    ingress = std::make_unique<Ingress>(daemon->endpoint());
+  }
+  ~KafkaFixture() {
+    daemon.reset();
+    ipc::Segment::remove(segment);
+    std::filesystem::remove_all(dir);
+  }
+};
+
+TEST(KafkaE2E, CommandsOutSubmissionsAndCompletionsIn) {
+  KafkaFixture f({"--max-active-executions=1"});
+  // One submission through the ZeroMQ ingress, one as a produced ExecutionRequested.
+  ASSERT_TRUE(f.ingress->submit("via-zmq", "alice").ok());
+  ASSERT_TRUE(kcat_produce(f.mock.bootstrap(), "execution_events", "ExecutionRequested",
+                           "via-kafka", requested("via-kafka", "bob"), f.dir));
+  auto cmds = wait_commands(f.mock.bootstrap(), 1);
+  EXPECT_EQ(cmds["via-zmq"], 1);
+  // The cap holds the second one back until kcat reports the first completed.
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (f.ingress->op("status", "via-kafka").str("state") != "queued" && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_EQ(f.ingress->op("status", "via-kafka").str("state"), "queued");
+  EXPECT_EQ(f.ingress->op("status", "via-kafka").str("user_id"), "bob");
+  ASSERT_TRUE(kcat_produce(f.mock.bootstrap(), "execution_events", "ExecutionCompleted", "via-zmq",
+                           completed("via-zmq"), f.dir));
+  cmds = wait_commands(f.mock.bootstrap(), 2);
+  EXPECT_EQ(cmds["via-zmq"], 1);
+  EXPECT_EQ(cmds["via-kafka"], 1);
+  // Lifecycle events are on execution_events with their type header; our own are not consumed
+  // back as operations (the completion below would otherwise be answered "finished" in a loop).
+  const auto events = kcat_consume(f.mock.bootstrap(), "execution_events");
+  EXPECT_GE(count_keys(events, "ExecutionAccepted")["via-kafka"], 1);
+  EXPECT_GE(count_keys(events, "ExecutionCompleted")["via-zmq"], 1);
+  EXPECT_EQ(f.ingress->op("status", "via-zmq").str("error"), "not_found");
+  auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
+  EXPECT_EQ(ipc::get_int(*ipc::find_field(stats.get(), "counters"), "completed").value_or(0), 1);
+}
+
+TEST(KafkaE2E, BrokerDownThenUpLosesNothingAndDuplicatesNothing) {
+  KafkaFixture f({"--max-active-executions=100", "--dispatch-backoff-ms=100",
+                  "--max-backoff-ms=1000", "--kafka.rdkafka.message.timeout.ms=1500"});
+  f.mock.all_down();
+  for (int i = 0; i < 20; ++i) ASSERT_TRUE(f.ingress->submit("d" + std::to_string(i), "u").ok());
+  // Deliveries time out while the brokers are down: the executions wait, with backoff.
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  for (;;) {
+    auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
+    if (ipc::get_int(*ipc::find_field(stats.get(), "counters"), "publish_failures").value_or(0) >=
+        1)
+      break;
+    ASSERT_LT(Clock::now(), deadline) << "no delivery failed while the brokers were down";
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  f.mock.all_up();
+  const auto cmds = wait_commands(f.mock.bootstrap(), 20, std::chrono::seconds(60));
+  for (int i = 0; i < 20; ++i) {
+    EXPECT_EQ(cmds.count("d" + std::to_string(i)) ? cmds.at("d" + std::to_string(i)) : 0, 1)
+        << "d" << i << " must be dispatched exactly once";
+  }
+}
+
+TEST(KafkaE2E, MalformedMessagesDoNotStopTheConsumer) {
+  KafkaFixture f({});
+  const std::string garbage = "\xc1 not msgpack";
+  const auto* g = reinterpret_cast<const std::byte*>(garbage.data());
+  ASSERT_TRUE(kcat_produce(f.mock.bootstrap(), "execution_events", "ExecutionRequested", "junk",
+                           std::vector<std::byte>(g, g + garbage.size()), f.dir));
+  ASSERT_TRUE(kcat_produce(f.mock.bootstrap(), "execution_events", "ExecutionRequested", "no-user",
+                           MapBuilder().str("execution_id", "no-user").finish(), f.dir));
+  ASSERT_TRUE(kcat_produce(f.mock.bootstrap(), "execution_events", "ExecutionRequested", "good",
+                           requested("good", "carol"), f.dir));
+  const auto cmds = wait_commands(f.mock.bootstrap(), 1);
+  EXPECT_EQ(cmds.count("good") ? cmds.at("good") : 0, 1);
+  EXPECT_EQ(cmds.count("no-user"), 0u);
+  // Both bad messages were logged and skipped.
+  EXPECT_THAT(f.daemon->log_text(), HasSubstr("skipped a malformed message"));
+  EXPECT_THAT(f.daemon->log_text(), HasSubstr("missing field 'user_id'"));
+}
+
+TEST(KafkaE2E, SwapFromZeromqToKafkaAndToBothBySighup) {
+  KafkaMock mock;
+  const std::string dir = temp_dir("kafka-swap");
+  const std::string segment = unique("shmsched-e2e-kswap");
+  const std::string conf = dir + "/shmschedd.conf";
+  std::ofstream(conf) << "transports = zeromq\nmax_active_executions = 1\n";
+  Daemon d(dir, segment, {"--config=" + conf});
+  d.start();
+  Ingress ingress(d.endpoint());
+  Events events(d.events_endpoint());
+  events.sync(ingress);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ingress.submit("w" + std::to_string(i), "u").ok());
+  ASSERT_TRUE(events.next("CreatePodCommand"));
+  // To kafka alone: the queued two go out there.
+  std::ofstream(conf) << "transports = kafka\nmax_active_executions = 3\n[kafka]\nbrokers = "
+                      << mock.bootstrap() << "\ngroup_id = " << unique("group") << "\n";
+  d.signal(SIGHUP);
+  auto cmds = wait_commands(mock.bootstrap(), 2);
+  EXPECT_EQ(cmds["w1"], 1);
+  EXPECT_EQ(cmds["w2"], 1);
+  // To both: a new submission reaches Kafka and the zeromq subscribers.
+  std::ofstream(conf) << "transports = kafka,zeromq\nmax_active_executions = 5\n[kafka]\nbrokers = "
+                      << mock.bootstrap() << "\ngroup_id = " << unique("group") << "\n";
+  d.signal(SIGHUP);
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (d.log_text().find("transports kafka,zeromq") == std::string::npos &&
+         Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  Events again(d.events_endpoint());
+  again.sync(ingress);
+  ASSERT_TRUE(ingress.submit("both", "u").ok());
+  auto zmq_cmd = again.next("CreatePodCommand");
+  ASSERT_TRUE(zmq_cmd);
+  EXPECT_EQ(zmq_cmd->str("execution_id"), "both");
+  cmds = wait_commands(mock.bootstrap(), 3);
+  EXPECT_EQ(cmds["both"], 1);
+  EXPECT_EQ(d.signal(SIGTERM), 0);
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace shmsched::test
