@@ -2,6 +2,7 @@
 // (a separate process) to produce and consume like any Kafka client would.
 #pragma once
 
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
