@@ -4,7 +4,8 @@
 // to the moment a consumer can read its CreatePodCommand from saga_commands (an upper bound of
 // submit-to-acknowledgement).
 //
-//   kafka_bench [--n 100000] [--latency 500]
+//   kafka_bench [--n 100000] [--latency 500] [--linger-ms 5]
+#include <fcntl.h>
 #include <librdkafka/rdkafka.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -45,10 +46,12 @@ std::int64_t counter(ipc::Client& c, const char* name) {
 int main(int argc, char** argv) {
   std::uint64_t n = 100000;
   int n_latency = 500;
+  std::string linger = "5";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     if (k == "--n") n = std::strtoull(argv[i + 1], nullptr, 10);
     else if (k == "--latency") n_latency = std::atoi(argv[i + 1]);
+    else if (k == "--linger-ms") linger = argv[i + 1];
   }
   test::KafkaMock mock;
   const std::string dir = "/tmp/shmsched-kafka-bench-" + std::to_string(::getpid());
@@ -60,12 +63,25 @@ int main(int argc, char** argv) {
                                    "--segment=" + segment, "--plugin-dir=" SHMSCHED_PLUGIN_DIR,
                                    "--transports=kafka", "--kafka.brokers=" + mock.bootstrap(),
                                    "--kafka.group_id=bench-" + std::to_string(::getpid()),
-                                   "--kafka.rdkafka.linger.ms=5", "--max-queue-size=" + cap,
+                                   "--kafka.rdkafka.linger.ms=" + linger, "--max-queue-size=" + cap,
                                    "--max-active=" + cap, "--max-active-executions=" + cap,
                                    "--max-executions-per-user=" + cap, "--max-payload-bytes=256",
                                    "--max-extras-bytes=64", "--log-level=warn"};
+  struct Reaper {  // the daemon goes down with us, however we leave
+    pid_t pid = -1;
+    ~Reaper() {
+      if (pid > 0) {
+        ::kill(pid, SIGTERM);
+        ::waitpid(pid, nullptr, 0);
+      }
+    }
+  } reaper;
   const pid_t pid = ::fork();
+  reaper.pid = pid;
   if (pid == 0) {
+    const int devnull = ::open("/dev/null", O_WRONLY);
+    ::dup2(devnull, 1);
+    ::dup2(devnull, 2);
     std::vector<char*> a;
     for (auto& s : args) a.push_back(s.data());
     a.push_back(nullptr);
@@ -85,6 +101,8 @@ int main(int argc, char** argv) {
     } catch (const std::exception&) {
     }
   }
+  // Attach again now that the segment exists (the first client was made before it did).
+  if (client) client = std::make_unique<ipc::Client>(o);
   if (!client || !client->shared_memory()) {
     std::fprintf(stderr, "kafka_bench: shmschedd did not start\n");
     return 1;
@@ -116,7 +134,7 @@ int main(int argc, char** argv) {
     const bool got = m && !m->err;
     if (m) rd_kafka_message_destroy(m);
     if (got) break;
-    if (i > 100) {
+    if (i > 60) {
       std::fprintf(stderr, "kafka_bench: the reader never saw a command\n");
       return 1;
     }
@@ -158,7 +176,8 @@ int main(int argc, char** argv) {
   const std::int64_t acked = counter(*client, "dispatched") - before;
   const std::int64_t failures = counter(*client, "publish_failures");
 
-  std::printf("kafka transport into librdkafka's mock cluster (3 brokers, 1 partition per topic):\n");
+  std::printf("kafka transport into librdkafka's mock cluster (3 brokers, 1 partition per topic), "
+              "linger.ms=%s:\n", linger.c_str());
   std::printf("  submit -> CreatePodCommand readable by a consumer (%zu samples): p50 %.0f us  p99 %.0f us\n",
               us.size(), at(0.5), at(0.99));
   std::printf("  %llu submits through shared memory in %.2f s; acknowledged by Kafka after %.2f s\n",
@@ -167,8 +186,6 @@ int main(int argc, char** argv) {
               static_cast<double>(acked) / total_s, static_cast<long long>(failures));
   rd_kafka_consumer_close(reader);
   rd_kafka_destroy(reader);
-  ::kill(pid, SIGTERM);
-  ::waitpid(pid, nullptr, 0);
   ipc::Segment::remove(segment);
   std::filesystem::remove_all(dir);
   return 0;
