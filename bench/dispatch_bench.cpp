@@ -13,11 +13,11 @@
 #include <arpa/inet.h>
 #include <hiredis/hiredis.h>
 #include <linux/futex.h>
-#include <sys/syscall.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -58,7 +58,9 @@ struct Percentiles {
 Percentiles percentiles(std::vector<double> v) {
   if (v.empty()) return {};
   std::sort(v.begin(), v.end());
-  auto at = [&](double q) { return v[std::min(v.size() - 1, static_cast<std::size_t>(q * v.size()))]; };
+  auto at = [&](double q) {
+    return v[std::min(v.size() - 1, static_cast<std::size_t>(q * v.size()))];
+  };
   return {at(0.5), at(0.99), at(0.999)};
 }
 
@@ -268,8 +270,8 @@ std::vector<std::byte> submit_request(const std::string& id) {
 }
 
 // Pipelined ZeroMQ submits from `clients` DEALER sockets, each keeping `window` in flight.
-double zmq_throughput(const std::string& ep, const std::string& prefix, std::uint64_t n, int clients,
-                      int window) {
+double zmq_throughput(const std::string& ep, const std::string& prefix, std::uint64_t n,
+                      int clients, int window) {
   std::atomic<std::uint64_t> accepted{0};
   const auto t0 = Clock::now();
   std::vector<std::thread> threads;
@@ -284,7 +286,8 @@ double zmq_throughput(const std::string& ep, const std::string& prefix, std::uin
       std::uint64_t sent = 0, got = 0;
       while (got < mine) {
         while (sent < mine && sent - got < static_cast<std::uint64_t>(window)) {
-          const auto req = submit_request(prefix + std::to_string(c) + "-" + std::to_string(sent++));
+          const auto req =
+              submit_request(prefix + std::to_string(c) + "-" + std::to_string(sent++));
           s.send(zmq::message_t(), zmq::send_flags::sndmore);
           s.send(zmq::buffer(req.data(), req.size()), zmq::send_flags::none);
         }
@@ -298,8 +301,10 @@ double zmq_throughput(const std::string& ep, const std::string& prefix, std::uin
   }
   for (auto& t : threads) t.join();
   const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (accepted.load() < n / static_cast<std::uint64_t>(clients) * static_cast<std::uint64_t>(clients)) {
-    std::printf("  (warning: only %llu accepted)\n", static_cast<unsigned long long>(accepted.load()));
+  if (accepted.load() <
+      n / static_cast<std::uint64_t>(clients) * static_cast<std::uint64_t>(clients)) {
+    std::printf("  (warning: only %llu accepted)\n",
+                static_cast<unsigned long long>(accepted.load()));
   }
   return static_cast<double>(accepted.load()) / secs;
 }
@@ -359,11 +364,16 @@ int main(int argc, char** argv) {
   std::uint64_t n_throughput = 200000;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
-    if (k == "--bin-dir") bin = argv[i + 1];
-    else if (k == "--plugin-dir") plugins = argv[i + 1];
-    else if (k == "--latency") n_latency = std::atoi(argv[i + 1]);
-    else if (k == "--throughput") n_throughput = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (k == "--daemon-arg") g_daemon_args.push_back(argv[i + 1]);
+    if (k == "--bin-dir")
+      bin = argv[i + 1];
+    else if (k == "--plugin-dir")
+      plugins = argv[i + 1];
+    else if (k == "--latency")
+      n_latency = std::atoi(argv[i + 1]);
+    else if (k == "--throughput")
+      n_throughput = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (k == "--daemon-arg")
+      g_daemon_args.push_back(argv[i + 1]);
   }
   const std::string dir = "/tmp/shmsched-dispatch-bench-" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
@@ -435,18 +445,22 @@ int main(int argc, char** argv) {
   print_latency("submit-to-CreatePodCommand, shared memory, back to back", sl);
   print_latency("submit-to-CreatePodCommand, shared memory, futex wake", sw);
 
-  std::printf("\nshmschedd sustained throughput, %llu submits:\n", static_cast<unsigned long long>(n_throughput));
+  std::printf("\nshmschedd sustained throughput, %llu submits:\n",
+              static_cast<unsigned long long>(n_throughput));
   const double zmq_tp = zmq_throughput(zo.endpoint, "tz", n_throughput, 2, 512);
   commands.count(n_throughput);
   std::printf("  %-52s %10.0f /s\n", "ZeroMQ submits (2 pipelined DEALER clients)", zmq_tp);
   const auto t0 = Clock::now();
   for (std::uint64_t i = 0; i < n_throughput; ++i) {
     op.execution_id = "ts-" + std::to_string(i);
-    if (!sclient.submit(op).result.accepted()) std::printf("  (rejected %llu)\n", static_cast<unsigned long long>(i));
+    if (!sclient.submit(op).result.accepted())
+      std::printf("  (rejected %llu)\n", static_cast<unsigned long long>(i));
   }
-  const double shm_submit = static_cast<double>(n_throughput) / std::chrono::duration<double>(Clock::now() - t0).count();
+  const double shm_submit =
+      static_cast<double>(n_throughput) / std::chrono::duration<double>(Clock::now() - t0).count();
   commands.count(n_throughput);
-  const double shm_e2e = static_cast<double>(n_throughput) / std::chrono::duration<double>(Clock::now() - t0).count();
+  const double shm_e2e =
+      static_cast<double>(n_throughput) / std::chrono::duration<double>(Clock::now() - t0).count();
   std::printf("  %-52s %10.0f /s\n", "shared-memory submits (1 producer)", shm_submit);
   std::printf("  %-52s %10.0f /s\n", "shared memory, submitted and dispatched", shm_e2e);
 
@@ -471,7 +485,8 @@ int main(int argc, char** argv) {
     std::thread scheduler([&] {
       redisContext* c = redis_connect(redis.port);
       while (!stop) {
-        auto* r = static_cast<redisReply*>(redisCommand(c, "EVALSHA %s 0 %s", sched_sha.c_str(), "1000000000"));
+        auto* r = static_cast<redisReply*>(
+            redisCommand(c, "EVALSHA %s 0 %s", sched_sha.c_str(), "1000000000"));
         if (r && r->type == REDIS_REPLY_STRING) {
           popped_at = wall_ns();
           popped_seq = std::atoi(r->str + 3);
@@ -483,8 +498,8 @@ int main(int argc, char** argv) {
     for (int i = 0; i < n_latency; ++i) {
       const std::string id = "lr-" + std::to_string(i);
       const std::int64_t t0 = wall_ns();
-      freeReplyObject(redisCommand(rc, "EVALSHA %s 0 %s %s %s %s %s", submit_sha.c_str(), id.c_str(),
-                                   "bench", "2", "payload", "1000000000"));
+      freeReplyObject(redisCommand(rc, "EVALSHA %s 0 %s %s %s %s %s", submit_sha.c_str(),
+                                   id.c_str(), "bench", "2", "payload", "1000000000"));
       while (popped_seq.load() != i) {
       }
       redis_ns.push_back(static_cast<double>(popped_at.load() - t0));
@@ -503,45 +518,64 @@ int main(int argc, char** argv) {
   while (got < n_throughput) {
     while (sent < n_throughput && sent - got < window) {
       const std::string id = "tr-" + std::to_string(sent++);
-      redisAppendCommand(rc, "EVALSHA %s 0 %s %s %s %s %s", submit_sha2.c_str(), id.c_str(), "bench",
-                         "2", "payload", "1000000000");
+      redisAppendCommand(rc, "EVALSHA %s 0 %s %s %s %s %s", submit_sha2.c_str(), id.c_str(),
+                         "bench", "2", "payload", "1000000000");
     }
     void* reply = nullptr;
     if (redisGetReply(rc, &reply) != REDIS_OK) break;
     freeReplyObject(reply);
     ++got;
   }
-  const double redis_submit = static_cast<double>(got) / std::chrono::duration<double>(Clock::now() - r0).count();
+  const double redis_submit =
+      static_cast<double>(got) / std::chrono::duration<double>(Clock::now() - r0).count();
   const std::string sched_sha2 = load_script(rc, kRedisSchedule);
   const auto p0 = Clock::now();
   std::uint64_t pops = 0;
   for (;;) {
-    auto* r = static_cast<redisReply*>(redisCommand(rc, "EVALSHA %s 0 %s", sched_sha2.c_str(), "1000000000"));
+    auto* r = static_cast<redisReply*>(
+        redisCommand(rc, "EVALSHA %s 0 %s", sched_sha2.c_str(), "1000000000"));
     const bool ok = r && r->type == REDIS_REPLY_STRING;
     freeReplyObject(r);
     if (!ok) break;
     ++pops;
   }
-  const double redis_pop = static_cast<double>(pops) / std::chrono::duration<double>(Clock::now() - p0).count();
-  const double redis_e2e = static_cast<double>(n_throughput) /
-                           (static_cast<double>(n_throughput) / redis_submit + static_cast<double>(pops) / redis_pop);
+  const double redis_pop =
+      static_cast<double>(pops) / std::chrono::duration<double>(Clock::now() - p0).count();
+  const double redis_e2e =
+      static_cast<double>(n_throughput) /
+      (static_cast<double>(n_throughput) / redis_submit + static_cast<double>(pops) / redis_pop);
   redisFree(rc);
   std::printf("  %-52s %10.0f /s\n", "pipelined submits (EVALSHA, window 512)", redis_submit);
   std::printf("  %-52s %10.0f /s\n", "schedules (EVALSHA pop under the cap)", redis_pop);
   std::printf("  %-52s %10.0f /s\n", "submitted and scheduled (sequential phases)", redis_e2e);
 
   std::printf("\nRatios (same run):\n");
-  std::printf("  ZeroMQ submit-to-dispatch p50 / TCP round trip p50        %6.2fx  (goal <= 1.5x)\n", zl.p50 / tcp.p50);
-  std::printf("  ZeroMQ submit-to-dispatch p50 / ZeroMQ REQ/REP p50        %6.2fx\n", zl.p50 / zrt.p50);
-  std::printf("  shared-memory submit-to-dispatch p50, back to back        %6.1f us (goal < 20 us)\n", sl.p50 / 1000);
-  std::printf("  shared-memory submit-to-dispatch p50, futex wake incl.    %6.1f us (goal < 20 us; "
-              "the bare wake is %.1f us here)\n", sw.p50 / 1000, fw.p50 / 1000);
-  std::printf("  ZeroMQ submits/s                                          %8.0f (goal >= 100,000)\n", zmq_tp);
-  std::printf("  shared-memory submits/s                                   %8.0f (goal >= 1,000,000)\n", shm_submit);
-  std::printf("  shmschedd vs Redis, submit-to-dispatch p50 (Redis/ours)   %6.2fx\n", rl.p50 / zl.p50);
-  std::printf("  shmschedd vs Redis, submits/s over ZeroMQ (ours/Redis)    %6.2fx\n", zmq_tp / redis_submit);
-  std::printf("  shmschedd vs Redis, submits/s over shm (ours/Redis)       %6.2fx\n", shm_submit / redis_submit);
-  std::printf("  shmschedd vs Redis, submit+dispatch/s, shm (ours/Redis)   %6.2fx (goal >= 10x)\n", shm_e2e / redis_e2e);
+  std::printf(
+      "  ZeroMQ submit-to-dispatch p50 / TCP round trip p50        %6.2fx  (goal <= 1.5x)\n",
+      zl.p50 / tcp.p50);
+  std::printf("  ZeroMQ submit-to-dispatch p50 / ZeroMQ REQ/REP p50        %6.2fx\n",
+              zl.p50 / zrt.p50);
+  std::printf(
+      "  shared-memory submit-to-dispatch p50, back to back        %6.1f us (goal < 20 us)\n",
+      sl.p50 / 1000);
+  std::printf(
+      "  shared-memory submit-to-dispatch p50, futex wake incl.    %6.1f us (goal < 20 us; "
+      "the bare wake is %.1f us here)\n",
+      sw.p50 / 1000, fw.p50 / 1000);
+  std::printf(
+      "  ZeroMQ submits/s                                          %8.0f (goal >= 100,000)\n",
+      zmq_tp);
+  std::printf(
+      "  shared-memory submits/s                                   %8.0f (goal >= 1,000,000)\n",
+      shm_submit);
+  std::printf("  shmschedd vs Redis, submit-to-dispatch p50 (Redis/ours)   %6.2fx\n",
+              rl.p50 / zl.p50);
+  std::printf("  shmschedd vs Redis, submits/s over ZeroMQ (ours/Redis)    %6.2fx\n",
+              zmq_tp / redis_submit);
+  std::printf("  shmschedd vs Redis, submits/s over shm (ours/Redis)       %6.2fx\n",
+              shm_submit / redis_submit);
+  std::printf("  shmschedd vs Redis, submit+dispatch/s, shm (ours/Redis)   %6.2fx (goal >= 10x)\n",
+              shm_e2e / redis_e2e);
   std::filesystem::remove_all(dir);
   return 0;
 }

@@ -49,9 +49,12 @@ int main(int argc, char** argv) {
   std::string linger = "5";
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
-    if (k == "--n") n = std::strtoull(argv[i + 1], nullptr, 10);
-    else if (k == "--latency") n_latency = std::atoi(argv[i + 1]);
-    else if (k == "--linger-ms") linger = argv[i + 1];
+    if (k == "--n")
+      n = std::strtoull(argv[i + 1], nullptr, 10);
+    else if (k == "--latency")
+      n_latency = std::atoi(argv[i + 1]);
+    else if (k == "--linger-ms")
+      linger = argv[i + 1];
   }
   test::KafkaMock mock;
   const std::string dir = "/tmp/shmsched-kafka-bench-" + std::to_string(::getpid());
@@ -59,14 +62,21 @@ int main(int argc, char** argv) {
   const std::string segment = "shmsched-kbench-" + std::to_string(::getpid());
   ipc::Segment::remove(segment);
   const std::string cap = std::to_string(n + static_cast<std::uint64_t>(n_latency) + 1000);
-  std::vector<std::string> args = {SHMSCHED_BIN_DIR "/shmschedd", "--runtime-dir=" + dir,
-                                   "--segment=" + segment, "--plugin-dir=" SHMSCHED_PLUGIN_DIR,
-                                   "--transports=kafka", "--kafka.brokers=" + mock.bootstrap(),
+  std::vector<std::string> args = {SHMSCHED_BIN_DIR "/shmschedd",
+                                   "--runtime-dir=" + dir,
+                                   "--segment=" + segment,
+                                   "--plugin-dir=" SHMSCHED_PLUGIN_DIR,
+                                   "--transports=kafka",
+                                   "--kafka.brokers=" + mock.bootstrap(),
                                    "--kafka.group_id=bench-" + std::to_string(::getpid()),
-                                   "--kafka.rdkafka.linger.ms=" + linger, "--max-queue-size=" + cap,
-                                   "--max-active=" + cap, "--max-active-executions=" + cap,
-                                   "--max-executions-per-user=" + cap, "--max-payload-bytes=256",
-                                   "--max-extras-bytes=64", "--log-level=warn"};
+                                   "--kafka.rdkafka.linger.ms=" + linger,
+                                   "--max-queue-size=" + cap,
+                                   "--max-active=" + cap,
+                                   "--max-active-executions=" + cap,
+                                   "--max-executions-per-user=" + cap,
+                                   "--max-payload-bytes=256",
+                                   "--max-extras-bytes=64",
+                                   "--log-level=warn"};
   struct Reaper {  // the daemon goes down with us, however we leave
     pid_t pid = -1;
     ~Reaper() {
@@ -112,7 +122,8 @@ int main(int argc, char** argv) {
   char err[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
   rd_kafka_conf_set(conf, "bootstrap.servers", mock.bootstrap().c_str(), err, sizeof err);
-  rd_kafka_conf_set(conf, "group.id", ("bench-reader-" + std::to_string(::getpid())).c_str(), err, sizeof err);
+  rd_kafka_conf_set(conf, "group.id", ("bench-reader-" + std::to_string(::getpid())).c_str(), err,
+                    sizeof err);
   rd_kafka_conf_set(conf, "auto.offset.reset", "latest", err, sizeof err);
   rd_kafka_conf_set(conf, "fetch.wait.max.ms", "1", err, sizeof err);
   rd_kafka_conf_set(conf, "log_level", "0", err, sizeof err);
@@ -149,8 +160,9 @@ int main(int argc, char** argv) {
     for (;;) {
       rd_kafka_message_t* m = rd_kafka_consumer_poll(reader, 5000);
       if (!m) break;
-      const bool mine = !m->err && m->key_len == op.execution_id.size() &&
-                        std::string(static_cast<const char*>(m->key), m->key_len) == op.execution_id;
+      const bool mine =
+          !m->err && m->key_len == op.execution_id.size() &&
+          std::string(static_cast<const char*>(m->key), m->key_len) == op.execution_id;
       rd_kafka_message_destroy(m);
       if (mine) {
         us.push_back(static_cast<double>(wall_ns() - t0) / 1000.0);
@@ -159,7 +171,9 @@ int main(int argc, char** argv) {
     }
   }
   std::sort(us.begin(), us.end());
-  auto at = [&](double q) { return us.empty() ? 0.0 : us[std::min(us.size() - 1, static_cast<std::size_t>(q * us.size()))]; };
+  auto at = [&](double q) {
+    return us.empty() ? 0.0 : us[std::min(us.size() - 1, static_cast<std::size_t>(q * us.size()))];
+  };
 
   const std::int64_t before = counter(*client, "dispatched");
   const auto t0 = Clock::now();
@@ -176,12 +190,17 @@ int main(int argc, char** argv) {
   const std::int64_t acked = counter(*client, "dispatched") - before;
   const std::int64_t failures = counter(*client, "publish_failures");
 
-  std::printf("kafka transport into librdkafka's mock cluster (3 brokers, 1 partition per topic), "
-              "linger.ms=%s:\n", linger.c_str());
-  std::printf("  submit -> CreatePodCommand readable by a consumer (%zu samples): p50 %.0f us  p99 %.0f us\n",
-              us.size(), at(0.5), at(0.99));
-  std::printf("  %llu submits through shared memory in %.2f s; acknowledged by Kafka after %.2f s\n",
-              static_cast<unsigned long long>(n), submit_s, total_s);
+  std::printf(
+      "kafka transport into librdkafka's mock cluster (3 brokers, 1 partition per topic), "
+      "linger.ms=%s:\n",
+      linger.c_str());
+  std::printf(
+      "  submit -> CreatePodCommand readable by a consumer (%zu samples): p50 %.0f us  p99 %.0f "
+      "us\n",
+      us.size(), at(0.5), at(0.99));
+  std::printf(
+      "  %llu submits through shared memory in %.2f s; acknowledged by Kafka after %.2f s\n",
+      static_cast<unsigned long long>(n), submit_s, total_s);
   std::printf("  acknowledged dispatches/s: %.0f (goal >= 100,000); publish failures: %lld\n",
               static_cast<double>(acked) / total_s, static_cast<long long>(failures));
   rd_kafka_consumer_close(reader);

@@ -12,6 +12,7 @@ namespace shmsched::test {
 namespace {
 
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 std::string segment_name(const std::string& tag) {
   static int n = 0;
@@ -128,6 +129,12 @@ TEST(DaemonE2E, ActiveCapQueuePositionsAndReactiveDispatch) {
   auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
   EXPECT_EQ(stats.integer("active"), 2);
   EXPECT_EQ(stats.integer("capacity"), 2);
+  const auto* waits = ipc::find_field(stats.get(), "oldest_wait_ms");
+  ASSERT_NE(waits, nullptr);
+  EXPECT_GE(ipc::get_int(*waits, "normal").value_or(-1), 0);
+  const auto* depth = ipc::find_field(stats.get(), "queue_depth");
+  ASSERT_NE(depth, nullptr);
+  EXPECT_EQ(ipc::get_int(*depth, "normal").value_or(-1), 2);
 }
 
 TEST(DaemonE2E, RejectionsAreExactAndPublished) {
@@ -418,6 +425,49 @@ TEST(DaemonE2E, AgingLiftsLongWaitingEntries) {
   auto cmd = f.events->next("CreatePodCommand");
   ASSERT_TRUE(cmd);
   EXPECT_EQ(cmd->str("execution_id"), "starving") << "the aged background entry should go first";
+}
+
+std::string run_ctl(const Fixture& f, const std::string& args, int* rc = nullptr) {
+  const std::string cmd = std::string(SHMSCHED_BIN_DIR "/shmschedctl --runtime-dir ") + f.dir +
+                          " --segment " + f.segment + " " + args + " 2>&1";
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  char buf[4096];
+  while (p && std::fgets(buf, sizeof buf, p)) out += buf;
+  const int status = p ? ::pclose(p) : -1;
+  if (rc) *rc = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return out;
+}
+
+TEST(DaemonE2E, ShmschedctlForPeopleAndScripts) {
+  Fixture f("ctl", {"--max-active-executions=1"});
+  int rc = 0;
+  EXPECT_THAT(run_ctl(f, "submit --user alice --id c1 --priority high --payload 'print(1)'", &rc),
+              HasSubstr("accepted c1 at queue position 0 (shared memory)"));
+  EXPECT_EQ(rc, 0);
+  EXPECT_THAT(
+      run_ctl(f, "--json submit --user bob --id c2 --via-ingress --meta lang=py", &rc),
+      HasSubstr("\"ok\":true,\"execution_id\":\"c2\",\"queue_position\":0,\"via\":\"ingress\""));
+  EXPECT_THAT(run_ctl(f, "submit --user bob --id c2", &rc), HasSubstr("rejected c2: duplicate"));
+  EXPECT_EQ(rc, 1);
+  ASSERT_TRUE(f.events->next("CreatePodCommand"));
+  EXPECT_THAT(run_ctl(f, "status c2"), HasSubstr("queued"));
+  EXPECT_THAT(run_ctl(f, "--json status c1"), HasSubstr("\"state\":\"dispatched\""));
+  const std::string list = run_ctl(f, "list");
+  EXPECT_THAT(list, HasSubstr("c1"));
+  EXPECT_THAT(list, HasSubstr("c2"));
+  EXPECT_THAT(run_ctl(f, "list --state queued --json"), Not(HasSubstr("\"c1\"")));
+  EXPECT_THAT(run_ctl(f, "top --iterations 1"), HasSubstr("oldest wait"));
+  EXPECT_THAT(run_ctl(f, "--json stats"), HasSubstr("\"queue_depth\""));
+  EXPECT_THAT(run_ctl(f, "cancel c2 --reason test"), Not(HasSubstr("error")));
+  EXPECT_THAT(run_ctl(f, "complete c1 --exit-code 0", &rc), Not(HasSubstr("error")));
+  EXPECT_EQ(rc, 0);
+  EXPECT_THAT(run_ctl(f, "complete c1", &rc), HasSubstr("finished"));
+  EXPECT_EQ(rc, 1);
+  EXPECT_THAT(run_ctl(f, "frobnicate", &rc), HasSubstr("unknown command"));
+  EXPECT_EQ(rc, 2);
+  EXPECT_THAT(run_ctl(f, "submit", &rc), HasSubstr("--user"));
+  EXPECT_EQ(rc, 2);
 }
 
 TEST(DaemonE2E, BadConfigurationNamesTheKey) {

@@ -160,14 +160,6 @@ std::optional<ActiveRef> Consumer::dequeue(Priority level, std::uint64_t* pos_ou
   return ref;
 }
 
-std::optional<std::int64_t> Consumer::head_enqueued_at(Priority level) const {
-  const SegmentView& v = *view_;
-  RingRef ring = ring_of(v, priority_index(level) % kLevels);
-  const auto index = ring.peek();
-  if (!index) return std::nullopt;
-  return v.slot(*index).enqueued_at_ns;
-}
-
 Consumer::ScanItem Consumer::scan_at(std::size_t level, std::uint64_t pos) const {
   const SegmentView& v = *view_;
   RingRef ring = ring_of(v, level);

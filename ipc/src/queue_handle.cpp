@@ -304,6 +304,14 @@ std::uint64_t QueueHandle::user_count(std::string_view user_id) {
   return entry ? users.count(*entry) : 0;
 }
 
+std::optional<std::int64_t> QueueHandle::head_enqueued_at(Priority level) const {
+  const SegmentView& v = *view_;
+  RingRef ring = ring_of(v, priority_index(level) % kLevels);
+  const auto index = ring.peek();
+  if (!index) return std::nullopt;
+  return v.slot(*index).enqueued_at_ns;
+}
+
 QueueStats QueueHandle::stats() const {
   const SegmentView& v = *view_;
   QueueStats st;

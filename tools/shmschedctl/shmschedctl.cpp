@@ -286,15 +286,17 @@ int cmd_top(const Globals& g, const po::variables_map& vm) {
       std::cout << "active " << ipc::get_int(r, "active").value_or(0) << " / "
                 << ipc::get_int(r, "capacity").value_or(0) << "    queued " << counter(r, "queued")
                 << " / " << ipc::get_int(r, "queue_capacity").value_or(0) << "\n\n";
-      std::cout << "depth by priority:\n";
-      if (const auto* d = ipc::find_field(r, "queue_depth")) {
-        for (std::size_t l = 0; l < kPriorityLevels; ++l) {
-          const auto n = ipc::get_int(*d, kPriorityNames[l]).value_or(0);
-          std::cout << "  " << std::left << std::setw(11) << kPriorityNames[l] << std::right
-                    << std::setw(9) << n << "  "
-                    << std::string(static_cast<std::size_t>(std::min<std::int64_t>(n, 50)), '#')
-                    << "\n";
-        }
+      std::cout << "priority       queued  oldest wait\n";
+      const auto* d = ipc::find_field(r, "queue_depth");
+      const auto* w = ipc::find_field(r, "oldest_wait_ms");
+      for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+        const auto n = d ? ipc::get_int(*d, kPriorityNames[l]).value_or(0) : 0;
+        const auto ms = w ? ipc::get_int(*w, kPriorityNames[l]).value_or(0) : 0;
+        std::cout << "  " << std::left << std::setw(11) << kPriorityNames[l] << std::right
+                  << std::setw(8) << n << std::setw(11) << (n ? std::to_string(ms) + " ms" : "-")
+                  << "  "
+                  << std::string(static_cast<std::size_t>(std::min<std::int64_t>(n, 40)), '#')
+                  << "\n";
       }
       std::cout << std::fixed << std::setprecision(1) << "\nrates/s: submitted " << sub
                 << "  dispatched " << disp << "  finished " << done << "\n";
@@ -302,8 +304,6 @@ int cmd_top(const Globals& g, const po::variables_map& vm) {
                 << counter(r, "failed") << "  cancelled " << counter(r, "cancelled") << "  expired "
                 << counter(r, "expired") << "  retried " << counter(r, "retried")
                 << "  publish failures " << counter(r, "publish_failures") << "\n";
-      const auto oldest = ipc::find_field(r, "oldest_wait_ms");
-      if (oldest) std::cout << "oldest queued wait: " << text(*oldest) << " ms\n";
       std::cout << std::flush;
     }
     if (iterations <= 0 || i + 1 < iterations) std::this_thread::sleep_for(interval);

@@ -92,8 +92,13 @@ void Supervisor::ingress_main() {
     if (std::holds_alternative<protocol::StatsOp>(req)) {
       const auto st = producer.stats();
       std::vector<std::pair<std::string, std::int64_t>> depth;
+      std::vector<std::pair<std::string, std::int64_t>> waits;
+      const std::int64_t now = ipc::events::now_ns();
       for (std::size_t l = 0; l < kPriorityLevels; ++l) {
         depth.emplace_back(std::string(kPriorityNames[l]), static_cast<std::int64_t>(st.depth[l]));
+        const auto oldest = producer.head_enqueued_at(static_cast<Priority>(l));
+        waits.emplace_back(std::string(kPriorityNames[l]),
+                           oldest ? std::max<std::int64_t>(0, (now - *oldest) / 1'000'000) : 0);
       }
       auto c = [](const std::atomic<std::uint64_t>& a) {
         return static_cast<std::int64_t>(a.load(std::memory_order_relaxed));
@@ -124,6 +129,7 @@ void Supervisor::ingress_main() {
           MapBuilder()
               .boolean("ok", true)
               .int_map("queue_depth", depth)
+              .int_map("oldest_wait_ms", waits)
               .integer("active", c(counters_.active))
               .integer("capacity", c(counters_.max_active))
               .integer("queue_capacity", static_cast<std::int64_t>(st.capacity))

@@ -75,6 +75,9 @@ class QueueHandle {
 
   QueueStats stats() const;
 
+  // Enqueue time of the entry at the head of `level` (the longest waiting), if any.
+  std::optional<std::int64_t> head_enqueued_at(Priority level) const;
+
   const std::shared_ptr<Segment>& segment() const { return segment_; }
 
   // Rebuilds all derived state from the slots, once every other participant is outside its
@@ -142,9 +145,6 @@ class Consumer : public QueueHandle {
   // The next execution of one priority level only; `pos_out` receives its ring position (what
   // scan_new() counts in).
   std::optional<ActiveRef> dequeue(Priority level, std::uint64_t* pos_out = nullptr);
-
-  // Enqueue time of the entry at the head of `level`, if any (for anti-starvation aging).
-  std::optional<std::int64_t> head_enqueued_at(Priority level) const;
 
   // Visits the queued entries of `level` at positions >= `from` (oldest first) and returns the
   // position after the last one: how the owner learns of new submissions. `visit` gets the
