@@ -16,7 +16,10 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <map>
+#include <memory>
 #include <msgpack.hpp>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -26,8 +29,40 @@
 
 namespace {
 
+// Offsets are committed in order, and only up to the first message that is not done yet (taken
+// by the supervisor, or skipped): a crash never loses an operation the supervisor had not taken.
+// Shared with the acknowledgements, which may outlive the transport (the supervisor may hold one
+// while a reload replaces us).
+struct Commits {
+  std::mutex mu;
+  rd_kafka_t* consumer = nullptr;  // null once stopped: acknowledgements then commit nothing
+  std::map<std::pair<std::string, std::int32_t>, std::map<std::int64_t, bool>> outstanding;
+
+  void track(const std::string& topic, std::int32_t partition, std::int64_t offset) {
+    std::lock_guard lock(mu);
+    outstanding[{topic, partition}][offset] = false;
+  }
+
+  void done(const std::string& topic, std::int32_t partition, std::int64_t offset) {
+    std::lock_guard lock(mu);
+    auto& offsets = outstanding[{topic, partition}];
+    offsets[offset] = true;
+    std::int64_t last = -1;
+    while (!offsets.empty() && offsets.begin()->second) {
+      last = offsets.begin()->first;
+      offsets.erase(offsets.begin());
+    }
+    if (last < 0 || !consumer) return;
+    rd_kafka_topic_partition_list_t* l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, topic.c_str(), partition)->offset = last + 1;
+    rd_kafka_commit(consumer, l, 1);
+    rd_kafka_topic_partition_list_destroy(l);
+  }
+};
+
 struct Kafka {
   shmsched_host host{};
+  std::shared_ptr<Commits> commits = std::make_shared<Commits>();
   std::string brokers;
   std::string command_topic = "saga_commands";
   std::string event_topic = "execution_events";
@@ -170,23 +205,21 @@ const char* op_for(std::string_view type) {
 }
 
 struct Ack {
-  Kafka* k;
-  rd_kafka_topic_partition_list_t* offsets;
+  std::shared_ptr<Commits> commits;
+  std::string topic;
+  std::int32_t partition;
+  std::int64_t offset;
 };
 
 void ack_cb(void* ctx) {
   auto* a = static_cast<Ack*>(ctx);
-  if (a->k->consumer) rd_kafka_commit(a->k->consumer, a->offsets, 1);
-  rd_kafka_topic_partition_list_destroy(a->offsets);
+  a->commits->done(a->topic, a->partition, a->offset);
   delete a;
 }
 
+// A message that needs nothing from the supervisor is done at once.
 void commit_now(Kafka* k, const rd_kafka_message_t* m) {
-  rd_kafka_topic_partition_list_t* l = rd_kafka_topic_partition_list_new(1);
-  rd_kafka_topic_partition_list_add(l, rd_kafka_topic_name(m->rkt), m->partition)->offset =
-      m->offset + 1;
-  rd_kafka_commit(k->consumer, l, 1);
-  rd_kafka_topic_partition_list_destroy(l);
+  k->commits->done(rd_kafka_topic_name(m->rkt), m->partition, m->offset);
 }
 
 std::string header(const rd_kafka_message_t* m, const char* name) {
@@ -199,6 +232,7 @@ std::string header(const rd_kafka_message_t* m, const char* name) {
 }
 
 void handle(Kafka* k, const rd_kafka_message_t* m) {
+  k->commits->track(rd_kafka_topic_name(m->rkt), m->partition, m->offset);
   if (header(m, "origin") == "shmsched") {  // our own publications
     k->skipped++;
     commit_now(k, m);
@@ -259,9 +293,7 @@ void handle(Kafka* k, const rd_kafka_message_t* m) {
     pk.pack(kv.key);
     pk.pack(kv.val);
   }
-  auto* ack = new Ack{k, rd_kafka_topic_partition_list_new(1)};
-  rd_kafka_topic_partition_list_add(ack->offsets, rd_kafka_topic_name(m->rkt), m->partition)
-      ->offset = m->offset + 1;
+  auto* ack = new Ack{k->commits, rd_kafka_topic_name(m->rkt), m->partition, m->offset};
   shmsched_inbound_done done{nullptr, ack_cb, ack};
   // Offered until the host takes it (it is only refused while it is overloaded).
   while (k->running &&
@@ -358,6 +390,10 @@ void stop(shmsched_transport* t) {
   auto* k = reinterpret_cast<Kafka*>(t);
   if (!k->running.exchange(false)) return;
   if (k->reader.joinable()) k->reader.join();
+  {
+    std::lock_guard lock(k->commits->mu);
+    k->commits->consumer = nullptr;
+  }
   if (k->consumer) {
     rd_kafka_consumer_close(k->consumer);
     rd_kafka_destroy(k->consumer);

@@ -106,22 +106,40 @@ void Supervisor::apply_transports(const Config& next) {
       kept.push_back(std::move(*same));
       continue;
     }
-    // Stop an old instance of the same name first: it may hold the same endpoint.
+    // A changed or new transport. Start the new instance while the old one still runs; if
+    // that fails (the old one may hold the same endpoint), stop the old one and try again; if
+    // that fails too, bring the old configuration back: a failed reload keeps what ran.
     auto old = std::find_if(transports_.begin(), transports_.end(),
                             [&](const auto& t) { return t && t->name() == name; });
-    if (old != transports_.end()) {
+    std::unique_ptr<Transport> fresh;
+    std::string error;
+    auto start = [&](const std::map<std::string, std::string>& opts) {
+      try {
+        auto& lib = libraries_[name];
+        if (!lib) lib = PluginLibrary::load(next.plugin_dir, name);
+        fresh = std::make_unique<Transport>(lib, name, opts, &callbacks_);
+        fresh->first_token = next_token_;
+        spdlog::info("transport {} started ({})", name, lib->path());
+        return true;
+      } catch (const PluginError& e) {
+        error = e.what();
+        return false;
+      }
+    };
+    if (!start(options) && old != transports_.end()) {
+      const auto old_options = (*old)->options();
       const std::size_t left = (*old)->flush(static_cast<std::uint32_t>(next.flush_timeout_ms));
       if (left) spdlog::warn("transport {}: {} deliveries outstanding when replaced", name, left);
       old->reset();
+      if (!start(options)) {
+        spdlog::error("{}; keeping its previous configuration", error);
+        if (!start(old_options))
+          spdlog::error("transport {} could not be restarted: {}", name, error);
+      }
+    } else if (!fresh) {
+      spdlog::error("{}", error);
     }
-    try {
-      auto& lib = libraries_[name];
-      if (!lib) lib = PluginLibrary::load(next.plugin_dir, name);
-      kept.push_back(std::make_unique<Transport>(lib, name, options, &callbacks_));
-      spdlog::info("transport {} started ({})", name, lib->path());
-    } catch (const PluginError& e) {
-      spdlog::error("{}", e.what());
-    }
+    if (fresh) kept.push_back(std::move(fresh));
   }
   for (auto& t : transports_) {
     if (!t) continue;
@@ -131,16 +149,28 @@ void Supervisor::apply_transports(const Config& next) {
     t.reset();
   }
   transports_ = std::move(kept);
-  // Dispatches waiting for a transport that is gone (or restarted) are published again to the
-  // transports that do not have them yet.
+  // Dispatches still waiting for a result from an instance that was removed or replaced stop
+  // waiting for it. A replaced transport has not got the message: that counts as a failed
+  // publish, so the execution is published again, to the transports that do not have it only.
+  std::set<std::string> running;
+  for (const auto& t : transports_) running.insert(t->name());
+  std::vector<Active*> resolved;
   for (auto& [id, a] : active_) {
-    if (a.phase == Phase::kDispatching && a.token != 0) {
-      tokens_.erase(a.token);
-      a.token = 0;
-      a.pending = 0;
-      hold(a, Clock::duration::zero(), true);
+    if (a.phase != Phase::kDispatching) continue;
+    for (auto it = a.pending.begin(); it != a.pending.end();) {
+      const bool still = std::any_of(transports_.begin(), transports_.end(), [&](const auto& t) {
+        return t->name() == *it && t->first_token <= a.token;
+      });
+      if (still) {
+        ++it;
+        continue;
+      }
+      if (running.count(*it)) a.publish_failed = true;
+      it = a.pending.erase(it);
     }
+    if (a.pending.empty()) resolved.push_back(&a);
   }
+  for (Active* a : resolved) resolve_dispatch(*a);
 }
 
 void Supervisor::publish_event(const char* type, const std::string& key,
@@ -157,7 +187,7 @@ void Supervisor::publish_event(const char* type, const std::string& key,
 void Supervisor::publish_dispatch(Active& a) {
   const auto body = ipc::events::dispatch(a.rec, a.attempt);
   a.token = next_token_++;
-  a.pending = 0;
+  a.pending.clear();
   a.publish_failed = false;
   tokens_[a.token] = a.rec.execution_id;
   shmsched_message msg{"CreatePodCommand", a.rec.execution_id.c_str(),
@@ -166,14 +196,15 @@ void Supervisor::publish_dispatch(Active& a) {
   set_phase(a, Phase::kDispatching);
   for (auto& t : transports_) {
     if (a.acked.count(t->name())) continue;  // never twice to one transport for one attempt
-    if (t->publish(msg, a.token) == SHMSCHED_OK) {
-      ++a.pending;
-    } else {
+    // Pending before publish: a transport may report the delivery from inside publish().
+    a.pending.insert(t->name());
+    if (t->publish(msg, a.token) != SHMSCHED_OK) {
+      a.pending.erase(t->name());
       a.publish_failed = true;
       spdlog::warn("transport {} refused CreatePodCommand for {}", t->name(), a.rec.execution_id);
     }
   }
-  if (a.pending == 0) resolve_dispatch(a);
+  if (a.pending.empty()) resolve_dispatch(a);
 }
 
 void Supervisor::resolve_dispatch(Active& a) {
@@ -205,6 +236,8 @@ void Supervisor::handle_delivery(const DeliveryMessage& d) {
   auto a = active_.find(it->second);
   if (a == active_.end()) return;
   Active& e = a->second;
+  // A result from an instance that a reload replaced or removed is no longer awaited.
+  if (e.pending.erase(d.transport) == 0) return;
   if (d.ok) {
     e.acked.insert(d.transport);
   } else {
@@ -212,7 +245,7 @@ void Supervisor::handle_delivery(const DeliveryMessage& d) {
     spdlog::warn("transport {} failed to deliver CreatePodCommand for {}: {}", d.transport,
                  e.rec.execution_id, d.error);
   }
-  if (e.pending > 0 && --e.pending == 0) resolve_dispatch(e);
+  if (e.pending.empty()) resolve_dispatch(e);
 }
 
 // ---- State changes ------------------------------------------------------------------------
@@ -234,6 +267,15 @@ void Supervisor::set_phase(Active& a, Phase p) {
 }
 
 void Supervisor::hold(Active& a, Clock::duration delay, bool front) {
+  // Whatever was in flight for the previous attempt is no longer awaited, and an execution sits
+  // in exactly one lane.
+  if (a.token) tokens_.erase(a.token);
+  a.token = 0;
+  a.pending.clear();
+  if (a.phase == Phase::kHeld) {
+    auto& old = lanes_[a.level];
+    old.erase(std::remove(old.begin(), old.end(), a.rec.execution_id), old.end());
+  }
   set_phase(a, Phase::kHeld);
   a.ready_at = Clock::now() + delay;
   auto& lane = lanes_[a.level];
@@ -348,11 +390,13 @@ void Supervisor::handle_op(OpMessage& op) {
     if (retry) {
       counters_.retried.fetch_add(1, std::memory_order_relaxed);
       const auto delay = backoff(config_.retry_backoff_ms, a.attempt);
-      ++a.attempt;
-      consumer_->set_attempt(a.ref, a.attempt);
-      a.acked.clear();
+      // Held first: a supervisor that dies right here re-dispatches it rather than believing the
+      // new attempt was already published.
       a.publish_failures = 0;
       hold(a, delay, true);
+      a.acked.clear();
+      ++a.attempt;
+      consumer_->set_attempt(a.ref, a.attempt);
     } else {
       counters_.failed.fetch_add(1, std::memory_order_relaxed);
       finish(a);
@@ -595,7 +639,9 @@ void Supervisor::sleep() {
     for (std::size_t l = 0; l < kPriorityLevels; ++l) {
       if (consumer_->level_tail(static_cast<Priority>(l)) != announced_[l]) return true;
     }
-    return dispatched_ < config_.max_active_executions && consumer_->has_work();
+    // Queued work makes us ready only when it can be dispatched now.
+    return dispatched_ < config_.max_active_executions && !transports_.empty() &&
+           Clock::now() >= dispatch_paused_until_ && consumer_->has_work();
   };
   const auto now = Clock::now();
   if (worked_ && config_.idle_spin_us > 0) {

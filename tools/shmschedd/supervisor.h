@@ -65,7 +65,7 @@ class Supervisor {
     Clock::time_point ready_at{};
     std::uint32_t publish_failures = 0;
     std::uint64_t token = 0;
-    std::size_t pending = 0;
+    std::set<std::string> pending;  // transports whose delivery result for `token` is due
     bool publish_failed = false;
     std::set<std::string> acked;  // transports that have this attempt
   };

@@ -60,6 +60,10 @@ class Transport {
   Transport& operator=(const Transport&) = delete;
 
   const std::string& name() const { return name_; }
+
+  // The first publish token this instance could have been given (set by the owner when it
+  // starts the instance): a dispatch with a lower token never reached it.
+  std::uint64_t first_token = 0;
   const std::map<std::string, std::string>& options() const { return options_; }
 
   // SHMSCHED_OK when the message was taken (a delivery callback follows for `token`).
