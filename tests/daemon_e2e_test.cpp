@@ -319,6 +319,33 @@ TEST(DaemonE2E, FailingTransportBacksOffAndNothingIsLost) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(DaemonE2E, RetryWhileASlowTransportStillAcknowledgesTheFirstAttempt) {
+  const std::string dir = temp_dir("slow-files");
+  const std::string log_file = dir + "/delivered";
+  Fixture f("slow", {"--transports=zeromq,flaky", "--flaky.delay_ms=700",
+                     "--flaky.log_file=" + log_file, "--max-attempts=2", "--retry-backoff-ms=50"});
+  ASSERT_TRUE(f.ingress->submit("slow-1", "u").ok());
+  auto first = f.events->next("CreatePodCommand");
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->integer("attempt"), 1);
+  // The worker fails attempt 1 while the slow transport has not acknowledged it yet.
+  ASSERT_TRUE(f.ingress->fail("slow-1", "crashed", true).ok());
+  auto second = f.events->next("CreatePodCommand");
+  ASSERT_TRUE(second);
+  EXPECT_EQ(second->integer("attempt"), 2);
+  // The late acknowledgement of attempt 1 must not count for attempt 2: attempt 2 reaches the
+  // slow transport too, once, and stays dispatched until it finishes.
+  const auto deadline = Clock::now() + std::chrono::seconds(10);
+  while (count_lines(log_file, "CreatePodCommand slow-1") < 2 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(count_lines(log_file, "CreatePodCommand slow-1"), 2u);
+  EXPECT_EQ(f.events->count_for("CreatePodCommand", std::chrono::milliseconds(1500)), 0u);
+  EXPECT_EQ(f.ingress->op("status", "slow-1").str("state"), "dispatched");
+  ASSERT_TRUE(f.ingress->complete("slow-1").ok());
+  std::filesystem::remove_all(dir);
+}
+
 TEST(DaemonE2E, RestartCarriesOnWithQueuedAndActiveWork) {
   Fixture f("restart", {"--max-active-executions=1"});
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(f.ingress->submit("r" + std::to_string(i), "u").ok());

@@ -2,11 +2,14 @@
 // given. Options:
 //   fail_file  while this file exists, every CreatePodCommand fails (asynchronously, like a
 //              broker that is down)
-//   log_file   each delivered message is appended as "<type> <key>\n"
+//   log_file   each delivered message is appended as "<type> <key> <attempt-token>\n"
+//   delay_ms   report deliveries of commands this much later, from another thread (a slow broker)
 // Built against include/shmsched/transport.h only, like any third-party transport.
 #include <sys/stat.h>
 
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -20,7 +23,9 @@ struct Flaky {
   shmsched_host host;
   std::string fail_file;
   std::string log_file;
+  int delay_ms = 0;
   std::mutex mu;
+  std::vector<std::thread> late;  // delayed delivery reports, joined by stop()
 };
 
 void err_out(char* err, size_t len, const std::string& m) {
@@ -33,12 +38,15 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
   f->host = *host;
   for (size_t i = 0; i < n; ++i) {
     const std::string k = kv[i].key;
-    if (k == "fail_file")
+    if (k == "fail_file") {
       f->fail_file = kv[i].value;
-    else if (k == "log_file")
+    } else if (k == "log_file") {
       f->log_file = kv[i].value;
-    else if (k != "runtime_dir") {
-      err_out(err, err_len, "unknown option flaky." + k + " (known: fail_file, log_file)");
+    } else if (k == "delay_ms") {
+      f->delay_ms = std::atoi(kv[i].value);
+    } else if (k != "runtime_dir") {
+      err_out(err, err_len,
+              "unknown option flaky." + k + " (known: fail_file, log_file, delay_ms)");
       delete f;
       return nullptr;
     }

@@ -236,8 +236,9 @@ void Supervisor::handle_delivery(const DeliveryMessage& d) {
   auto a = active_.find(it->second);
   if (a == active_.end()) return;
   Active& e = a->second;
-  // A result from an instance that a reload replaced or removed is no longer awaited.
-  if (e.pending.erase(d.transport) == 0) return;
+  // Only a result for the current publish counts; one from an instance that a reload replaced
+  // or removed is no longer awaited.
+  if (e.token != d.token || e.pending.erase(d.transport) == 0) return;
   if (d.ok) {
     e.acked.insert(d.transport);
   } else {
