@@ -123,7 +123,9 @@ std::optional<ActiveRef> take_from_level(const SegmentView& v, std::size_t level
       std::atomic_ref<std::uint64_t>(s.reserved[0]).store(0, std::memory_order_relaxed);
       ring.pop_at(pos, *index);
       v.hdr->queued.fetch_sub(1, std::memory_order_acq_rel);
-      v.hdr->active.fetch_add(1, std::memory_order_acq_rel);
+      // Only the consumer (or maintenance, which excludes it) writes `active`: no RMW needed.
+      v.hdr->active.store(v.hdr->active.load(std::memory_order_relaxed) + 1,
+                          std::memory_order_relaxed);
       if (pos_out) *pos_out = pos;
       return ActiveRef{*index, ctrl_gen(c)};
     }
@@ -265,7 +267,7 @@ bool Consumer::release(ActiveRef ref) {
   if (!UserTable{&v}.release(s.user_entry)) {
     v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
   }
-  v.hdr->active.fetch_sub(1, std::memory_order_acq_rel);
+  v.hdr->active.store(v.hdr->active.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   free_slot(v, ref.slot);
   count(kReleased);
   leave();

@@ -78,8 +78,11 @@ struct DedupIndex {
     return std::nullopt;
   }
 
-  Insert insert(std::uint64_t h, std::string_view id, std::uint32_t slot) const {
-    if (find(h, id)) return Insert::kDuplicate;
+  // `looked_up`: the caller has just done find() itself (the re-scan below catches any insert
+  // of the same id since).
+  Insert insert(std::uint64_t h, std::string_view id, std::uint32_t slot,
+                bool looked_up = false) const {
+    if (!looked_up && find(h, id)) return Insert::kDuplicate;
     const std::uint64_t mine = word_of(h, slot);
     const std::uint64_t b1 = first_bucket(h);
     std::atomic<std::uint64_t>* placed = claim_empty(bucket(b1), mine);

@@ -171,7 +171,7 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
     if (!req.payload.empty()) std::memcpy(data, req.payload.data(), req.payload.size());
     if (!extras.empty()) std::memcpy(data + req.payload.size(), extras.data(), extras.size());
 
-    switch (DedupIndex{&v}.insert(id_hash, req.execution_id, *index)) {
+    switch (DedupIndex{&v}.insert(id_hash, req.execution_id, *index, /*looked_up=*/true)) {
       case DedupIndex::Insert::kInserted:
         break;
       case DedupIndex::Insert::kDuplicate:
