@@ -56,15 +56,7 @@ ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
   ClientSubmitResult out;
   out.execution_id = op.execution_id.empty() ? protocol::new_uuid() : op.execution_id;
   if (producer_) {
-    SubmitRequest req;
-    req.execution_id = out.execution_id;
-    req.user_id = op.user_id;
-    req.priority = op.priority;
-    req.payload = op.payload;
-    req.required_capabilities = op.required_capabilities;
-    req.metadata = op.metadata;
-    req.timeout_seconds = op.timeout_seconds;
-    out.result = producer_->submit(req);
+    out.result = producer_->submit(protocol::to_submit_request(op, out.execution_id));
     out.via_shared_memory = true;
     return out;
   }

@@ -265,6 +265,18 @@ MapBuilder& MapBuilder::field(std::string_view key, PackValue&& pack_value) {
   return *this;
 }
 
+SubmitRequest to_submit_request(const SubmitOp& op, std::string_view execution_id) {
+  SubmitRequest r;
+  r.execution_id = execution_id;
+  r.user_id = op.user_id;
+  r.priority = op.priority;
+  r.payload = op.payload;
+  r.required_capabilities = op.required_capabilities;
+  r.metadata = op.metadata;
+  r.timeout_seconds = op.timeout_seconds;
+  return r;
+}
+
 MapBuilder& MapBuilder::str(std::string_view key, std::string_view value) {
   return field(key, [&](auto& pk) { pk.pack(value); });
 }

@@ -48,15 +48,7 @@ void Supervisor::ingress_main() {
   auto handler = [&](const protocol::Request& req, std::uint64_t token) {
     if (const auto* s = std::get_if<protocol::SubmitOp>(&req)) {
       const std::string id = s->execution_id.empty() ? protocol::new_uuid() : s->execution_id;
-      ipc::SubmitRequest r;
-      r.execution_id = id;
-      r.user_id = s->user_id;
-      r.priority = s->priority;
-      r.payload = s->payload;
-      r.required_capabilities = s->required_capabilities;
-      r.metadata = s->metadata;
-      r.timeout_seconds = s->timeout_seconds;
-      const auto res = producer.submit(r);
+      const auto res = producer.submit(protocol::to_submit_request(*s, id));
       if (res.accepted()) {
         return std::optional<ipc::IngressServer::Reply>(
             MapBuilder()

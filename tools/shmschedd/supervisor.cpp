@@ -409,15 +409,7 @@ void Supervisor::handle_op(OpMessage& op) {
     // A submission that arrived through a transport (e.g. ExecutionRequested on Kafka).
     ipc::Producer producer(segment_);
     const std::string id = s->execution_id.empty() ? protocol::new_uuid() : s->execution_id;
-    ipc::SubmitRequest req;
-    req.execution_id = id;
-    req.user_id = s->user_id;
-    req.priority = s->priority;
-    req.payload = s->payload;
-    req.required_capabilities = s->required_capabilities;
-    req.metadata = s->metadata;
-    req.timeout_seconds = s->timeout_seconds;
-    const auto r = producer.submit(req);
+    const auto r = producer.submit(protocol::to_submit_request(*s, id));
     if (r.accepted()) {
       reply(op.reply_to, MapBuilder()
                              .boolean("ok", true)
@@ -470,6 +462,27 @@ void Supervisor::announce() {
   }
 }
 
+Supervisor::Active* Supervisor::take(std::size_t level) {
+  std::uint64_t pos = 0;
+  const auto ref = consumer_->dequeue(static_cast<Priority>(level), &pos);
+  if (!ref) return nullptr;
+  auto rec = consumer_->record(*ref);
+  if (!rec) return nullptr;
+  if (pos >= announced_[level]) {
+    // Queued after this round's announcements: announce it before anything else happens to it.
+    publish_event("ExecutionAccepted", rec->execution_id,
+                  ipc::events::accepted(rec->execution_id, rec->user_id, rec->priority, 0));
+    announced_[level] = pos + 1;
+  }
+  Active a;
+  a.ref = *ref;
+  a.attempt = rec->attempt;
+  a.level = level;
+  a.rec = std::move(*rec);
+  const std::string id = a.rec.execution_id;
+  return &active_.insert_or_assign(id, std::move(a)).first->second;
+}
+
 void Supervisor::dispatch() {
   const auto now = Clock::now();
   // After a failed publish, nothing new is taken from the rings until its backoff has passed:
@@ -489,24 +502,7 @@ void Supervisor::dispatch() {
         }
       }
       if (chosen) break;
-      std::uint64_t pos = 0;
-      if (auto ref = consumer_->dequeue(static_cast<Priority>(l), &pos)) {
-        auto rec = consumer_->record(*ref);
-        if (!rec) continue;
-        if (pos >= announced_[l]) {
-          // Queued after this round's announcements: announce it before its dispatch.
-          publish_event("ExecutionAccepted", rec->execution_id,
-                        ipc::events::accepted(rec->execution_id, rec->user_id, rec->priority, 0));
-          announced_[l] = pos + 1;
-        }
-        Active a;
-        a.ref = *ref;
-        a.attempt = rec->attempt;
-        a.level = l;
-        a.rec = std::move(*rec);
-        const std::string id = a.rec.execution_id;
-        chosen = &active_.insert_or_assign(id, std::move(a)).first->second;
-      }
+      chosen = take(l);
     }
     if (!chosen) return;
     worked_ = true;
@@ -583,24 +579,10 @@ void Supervisor::timers() {
       for (;;) {
         const auto head = consumer_->head_enqueued_at(static_cast<Priority>(l));
         if (!head || lifted_level(l, *head) >= l) break;
-        std::uint64_t pos = 0;
-        auto ref = consumer_->dequeue(static_cast<Priority>(l), &pos);
-        if (!ref) break;
-        auto rec = consumer_->record(*ref);
-        if (!rec) break;
-        if (pos >= announced_[l]) {
-          publish_event("ExecutionAccepted", rec->execution_id,
-                        ipc::events::accepted(rec->execution_id, rec->user_id, rec->priority, 0));
-          announced_[l] = pos + 1;
-        }
-        Active a;
-        a.ref = *ref;
-        a.attempt = rec->attempt;
-        a.level = lifted_level(l, rec->enqueued_at_ns);
-        a.rec = std::move(*rec);
-        const std::string id = a.rec.execution_id;
-        Active& stored = active_.insert_or_assign(id, std::move(a)).first->second;
-        hold(stored, Clock::duration::zero(), false);
+        Active* taken = take(l);
+        if (!taken) break;
+        taken->level = lifted_level(l, taken->rec.enqueued_at_ns);
+        hold(*taken, Clock::duration::zero(), false);
         counters_.aged.fetch_add(1, std::memory_order_relaxed);
         worked_ = true;
       }

@@ -80,6 +80,8 @@ class Supervisor {
   void handle_op(OpMessage& op);
   void handle_delivery(const DeliveryMessage& d);
   void announce();
+  // Dequeues the head of `level` into active_ (announcing it if it was not yet), or nullptr.
+  Active* take(std::size_t level);
   void dispatch();
   void timers();
   void sleep();

@@ -65,6 +65,10 @@ struct DecodeError {
 
 std::variant<Request, DecodeError> decode_request(std::span<const std::byte> frame);
 
+// The queue request for a decoded submit, under `execution_id` (the op's own, or a generated
+// one). It refers to `op`'s strings and bytes: keep `op` alive while it is used.
+SubmitRequest to_submit_request(const SubmitOp& op, std::string_view execution_id);
+
 // ---- Encoding of replies and events ------------------------------------------------------
 
 // A msgpack map built field by field (keys in insertion order).
