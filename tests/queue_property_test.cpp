@@ -20,7 +20,9 @@ constexpr int kChildren = 3;
 constexpr int kOpsPerChild = 20000;
 constexpr int kIdsPerChild = 600;
 constexpr int kUsers = 6;
-constexpr std::uint64_t kUserCap = 60;
+// Six users at this cap hold at most 180 < max_queue_size (256): every saturation of the queue
+// is a saturation of some user first, so user_limit is always exercised.
+constexpr std::uint64_t kUserCap = 30;
 
 std::string user_of(const std::string& id) {
   return "u" + std::to_string(std::hash<std::string>{}(id) % kUsers);
