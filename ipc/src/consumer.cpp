@@ -4,7 +4,9 @@
 
 #include <algorithm>
 
+#include "crash_point.h"
 #include "futex.h"
+#include "identity.h"
 #include "queue_internals.h"
 #include "shmsched/core/stable_hash.h"
 #include "shmsched/ipc/queue.h"
@@ -28,12 +30,14 @@ void pass_tombstone(const SegmentView& v, std::size_t level, std::uint64_t pos,
                     std::uint32_t index) {
   RingRef ring = ring_of(v, level);
   if (!ring.pop_at(pos, index)) return;
+  CRASH_POINT("pass a tombstone: uncount it");
   v.level(level).tombstones.fetch_sub(1, std::memory_order_acq_rel);
   rank_of(v, level).add(pos, -1);
   Slot& s = v.slot(index);
   std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
   for (;;) {
     if (ctrl_state(c) == SlotState::kCancelling) {
+      CRASH_POINT("pass a tombstone: orphan it to its canceller");
       if (s.ctrl.compare_exchange_weak(c,
                                        ctrl_make(ctrl_gen(c), ctrl_owner(c), SlotState::kOrphaned),
                                        std::memory_order_acq_rel)) {
@@ -72,31 +76,53 @@ Consumer::Consumer(std::shared_ptr<Segment> segment)
   const SegmentView& v = *view_;
   auto& consumer = v.hdr->consumer;
   for (;;) {
-    std::uint32_t current = consumer.load(std::memory_order_acquire);
-    if (current != 0 && participant_alive(current - 1)) {
+    std::uint64_t current = consumer.load(std::memory_order_seq_cst);
+    if (current != 0 && identity_alive(current)) {
       throw SegmentError("shared memory segment /dev/shm/" + segment_->name() +
                          " already has a live consumer (pid " +
-                         std::to_string(v.participant(current - 1).pid.load()) +
+                         std::to_string(identity_pid(current)) +
                          "): only one supervisor may schedule from a queue");
     }
-    if (consumer.compare_exchange_strong(current, self_ + 1, std::memory_order_acq_rel)) break;
+    CRASH_POINT("consumer: register as the consumer");
+    if (consumer.compare_exchange_strong(current, identity_, std::memory_order_seq_cst)) break;
   }
+  is_consumer_ = true;
   // Whatever a previous consumer (or any dead producer) left half done is repaired before we
-  // start: a rebuild from the slots.
-  run_maintenance();
+  // start: a rebuild from the slots. A maintainer that started before we registered is waited
+  // for; a live process that stays inside an operation (stopped) only matters when a repair is
+  // really needed.
+  const auto start_wait = std::chrono::seconds(5);
+  if (!maintain(std::chrono::steady_clock::now() + start_wait) && rebuild_needed()) {
+    const pid_t blocker = blocked_by_;
+    std::uint64_t me = identity_;
+    consumer.compare_exchange_strong(me, 0, std::memory_order_seq_cst);
+    throw SegmentError("cannot recover shared memory segment /dev/shm/" + segment_->name() +
+                       ": pid " + std::to_string(blocker) +
+                       " stayed inside a queue operation for " +
+                       std::to_string(start_wait.count()) +
+                       " s (stopped by a signal or a debugger?). Let it continue (kill -CONT " +
+                       std::to_string(blocker) + ") or end it, then start again");
+  }
+  maintenance_wait_ = std::chrono::milliseconds(50);
 }
 
 Consumer::~Consumer() {
-  std::uint32_t me = self_ + 1;
-  view_->hdr->consumer.compare_exchange_strong(me, 0, std::memory_order_acq_rel);
+  std::uint64_t me = identity_;
+  CRASH_POINT("consumer: unregister");
+  view_->hdr->consumer.compare_exchange_strong(me, 0, std::memory_order_seq_cst);
 }
 
-bool Consumer::has_work() const {
+bool Consumer::has_work() {
   const SegmentView& v = *view_;
-  for (std::size_t l = 0; l < kLevels; ++l) {
-    if (!ring_of(v, l).empty()) return true;
-  }
-  return false;
+  if (!enter()) return false;
+  bool work = false;
+  for (std::size_t l = 0; l < kLevels && !work; ++l) work = !ring_of(v, l).empty();
+  leave();
+  return work;
+}
+
+bool Consumer::maintenance_requested() const {
+  return view_->hdr->maintenance_requested.load(std::memory_order_seq_cst) != 0;
 }
 
 namespace {
@@ -115,13 +141,15 @@ std::optional<ActiveRef> take_from_level(const SegmentView& v, std::size_t level
     if (st == SlotState::kQueued || st == SlotState::kPending) {
       // A pending slot in the ring is committed; its producer has only to mark it queued, and
       // we may do that for it.
+      // The owner's annotation word starts at 0 (the producer cleared it when it filled the
+      // slot): a consumer that dies right after the CAS leaves an active entry in no phase.
+      CRASH_POINT("dequeue: claim the slot (the race with cancel)");
       if (!s.ctrl.compare_exchange_strong(c, ctrl_make(ctrl_gen(c), 0, SlotState::kActive),
                                           std::memory_order_acq_rel)) {
         continue;  // a canceller or the producer changed it: look again
       }
-      s.ring_pos.store(pos, std::memory_order_relaxed);
-      std::atomic_ref<std::uint64_t>(s.reserved[0]).store(0, std::memory_order_relaxed);
       ring.pop_at(pos, *index);
+      CRASH_POINT("dequeue: move the count from queued to active");
       v.hdr->queued.fetch_sub(1, std::memory_order_acq_rel);
       // Only the consumer (or maintenance, which excludes it) writes `active`: no RMW needed.
       v.hdr->active.store(v.hdr->active.load(std::memory_order_relaxed) + 1,
@@ -134,6 +162,7 @@ std::optional<ActiveRef> take_from_level(const SegmentView& v, std::size_t level
       continue;
     }
     // Any other state cannot be in a ring; drop the cell rather than stall on it.
+    CRASH_POINT("dequeue: drop an impossible cell");
     v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
     ring.pop_at(pos, *index);
   }
@@ -142,7 +171,7 @@ std::optional<ActiveRef> take_from_level(const SegmentView& v, std::size_t level
 }  // namespace
 
 std::optional<ActiveRef> Consumer::dequeue() {
-  enter();
+  if (!enter()) return std::nullopt;
   for (std::size_t level = 0; level < kLevels; ++level) {
     if (auto ref = take_from_level(*view_, level)) {
       count(kDequeued);
@@ -155,7 +184,7 @@ std::optional<ActiveRef> Consumer::dequeue() {
 }
 
 std::optional<ActiveRef> Consumer::dequeue(Priority level, std::uint64_t* pos_out) {
-  enter();
+  if (!enter()) return std::nullopt;
   auto ref = take_from_level(*view_, priority_index(level) % kLevels, pos_out);
   if (ref) count(kDequeued);
   leave();
@@ -195,6 +224,7 @@ std::uint64_t Consumer::level_tail(Priority level) const {
 
 void Consumer::annotate(ActiveRef ref, std::uint64_t value) {
   if (ref.slot >= view_->geo->slot_count) return;
+  CRASH_POINT("annotate an active execution");
   std::atomic_ref<std::uint64_t>(view_->slot(ref.slot).reserved[0])
       .store(value, std::memory_order_release);
 }
@@ -207,6 +237,7 @@ std::uint64_t Consumer::annotation(ActiveRef ref) const {
 
 void Consumer::set_attempt(ActiveRef ref, std::uint32_t attempt) {
   if (ref.slot >= view_->geo->slot_count) return;
+  CRASH_POINT("set an active execution's attempt");
   view_->slot(ref.slot).attempt = attempt;
 }
 
@@ -255,7 +286,8 @@ std::optional<ExecutionRecord> Consumer::record(ActiveRef ref) const {
 bool Consumer::release(ActiveRef ref) {
   const SegmentView& v = *view_;
   if (ref.slot >= v.geo->slot_count) return false;
-  enter();
+  if (!enter()) return false;
+  blocked_by_ = 0;
   Slot& s = v.slot(ref.slot);
   const std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
   if (ctrl_state(c) != SlotState::kActive || ctrl_gen(c) != ref.generation) {
@@ -267,6 +299,7 @@ bool Consumer::release(ActiveRef ref) {
   if (!UserTable{&v}.release(s.user_entry)) {
     v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
   }
+  CRASH_POINT("release: uncount the active execution");
   v.hdr->active.store(v.hdr->active.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   free_slot(v, ref.slot);
   count(kReleased);
@@ -292,7 +325,7 @@ std::vector<ExecutionRecord> Consumer::sweep_stale(std::chrono::seconds timeout,
   const std::int64_t cutoff =
       now_ns - std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
   std::vector<ExecutionRecord> expired;
-  enter();
+  if (!enter()) return expired;
   for (std::size_t level = 0; level < kLevels; ++level) {
     RingRef ring = ring_of(v, level);
     for (;;) {
@@ -310,6 +343,7 @@ std::vector<ExecutionRecord> Consumer::sweep_stale(std::chrono::seconds timeout,
       if ((st != SlotState::kQueued && st != SlotState::kPending) || s.enqueued_at_ns >= cutoff) {
         break;
       }
+      CRASH_POINT("sweep: claim a stale slot");
       if (!s.ctrl.compare_exchange_strong(c, ctrl_make(ctrl_gen(c), 0, SlotState::kExpired),
                                           std::memory_order_acq_rel)) {
         continue;
@@ -330,6 +364,7 @@ std::vector<ExecutionRecord> Consumer::sweep_stale(std::chrono::seconds timeout,
       if (!UserTable{&v}.release(s.user_entry)) {
         v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
       }
+      CRASH_POINT("sweep: give the capacity back");
       v.hdr->queued.fetch_sub(1, std::memory_order_acq_rel);
       free_slot(v, *index);
       count(kExpired);
@@ -342,6 +377,7 @@ std::vector<ExecutionRecord> Consumer::sweep_stale(std::chrono::seconds timeout,
 bool Consumer::wait_for_work(std::chrono::nanoseconds timeout) {
   if (has_work()) return true;
   Header& hdr = *view_->hdr;
+  CRASH_POINT("sleep: announce it");
   hdr.consumer_sleeping.store(1, std::memory_order_seq_cst);
   const std::uint32_t seq = hdr.wake_seq.load(std::memory_order_seq_cst);
   if (!has_work()) futex_wait(&hdr.wake_seq, seq, timeout);
@@ -352,22 +388,30 @@ bool Consumer::wait_for_work(std::chrono::nanoseconds timeout) {
 std::uint64_t Consumer::reap_dead() {
   const SegmentView& v = *view_;
   std::uint64_t dead = 0;
+  // Reaping is one CAS from the identity found dead (reap_participant), safe at any time, so it
+  // needs no bracket. An entry whose process died inside an operation is left to the rebuild,
+  // which repairs what it held first.
   bool needs_rebuild = false;
   for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
     if (i == self_) continue;
     Participant& p = v.participant(i);
-    const std::uint32_t pid = p.pid.load(std::memory_order_acquire);
-    if (pid == 0 || pid == UINT32_MAX || participant_alive(i)) continue;
+    const std::uint64_t w = p.ident.load(std::memory_order_seq_cst);
+    if (w == 0 || identity_alive(w)) continue;
     ++dead;
-    // A participant that died between operations held nothing: free its entry. One that died
-    // inside an operation may have left anything half done: rebuild.
     if (p.busy.load(std::memory_order_seq_cst) != 0) {
       needs_rebuild = true;
     } else {
-      reap_participant(v, i);
+      reap_participant(v, i, w);
     }
   }
-  if (needs_rebuild) run_maintenance();
+  CRASH_POINT("reap: take a producer's maintenance request");
+  if (v.hdr->maintenance_requested.exchange(0, std::memory_order_seq_cst) != 0) {
+    needs_rebuild = true;
+  }
+  // A deferred repair (a live process stayed inside an operation) is tried again next time: the
+  // dead entry, or the dirty maintenance word, is still there to say so.
+  blocked_by_ = 0;
+  if (needs_rebuild || rebuild_needed()) run_maintenance();
   return dead;
 }
 

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string_view>
 
+#include "crash_point.h"
 #include "segment_view.h"
 #include "slot_text.h"
 
@@ -68,10 +69,11 @@ struct DedupIndex {
     const std::uint64_t b1 = first_bucket(h);
     for (int pass = 0; pass < 2; ++pass) {
       const std::uint64_t b = pass == 0 ? b1 : second_bucket(h);
-      if (pass == 1 && seg->dedup_overflow()[b1].load(std::memory_order_acquire) == 0) break;
+      if (pass == 1 && seg->dedup_overflow()[b1].load(std::memory_order_seq_cst) == 0) break;
       auto* words = bucket(b);
       for (std::size_t i = 0; i < kWays; ++i) {
-        const std::uint64_t w = words[i].load(std::memory_order_acquire);
+        // seq_cst: an insert's re-scan must not be ordered before its own seq_cst claim.
+        const std::uint64_t w = words[i].load(std::memory_order_seq_cst);
         if (w != ignore_word && matches(w, h, id)) return static_cast<std::uint32_t>(w) - 1;
       }
     }
@@ -87,11 +89,13 @@ struct DedupIndex {
     const std::uint64_t b1 = first_bucket(h);
     std::atomic<std::uint64_t>* placed = claim_empty(bucket(b1), mine);
     if (!placed) {
+      CRASH_POINT("dedup insert: mark the first bucket overflowed");
       seg->dedup_overflow()[b1].store(1, std::memory_order_seq_cst);
       placed = claim_empty(bucket(second_bucket(h)), mine);
       if (!placed) return Insert::kFull;
     }
     if (find(h, id, mine)) {
+      CRASH_POINT("dedup insert: withdraw after a concurrent duplicate");
       std::uint64_t expected = mine;
       placed->compare_exchange_strong(expected, 0, std::memory_order_acq_rel);
       return Insert::kDuplicate;
@@ -105,6 +109,8 @@ struct DedupIndex {
     for (std::uint64_t b : {first_bucket(h), second_bucket(h)}) {
       auto* words = bucket(b);
       for (std::size_t i = 0; i < kWays; ++i) {
+        if (words[i].load(std::memory_order_relaxed) != mine) continue;
+        CRASH_POINT("dedup remove: CAS the entry to empty");
         std::uint64_t expected = mine;
         if (words[i].compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) return;
       }
@@ -126,8 +132,9 @@ struct DedupIndex {
                                                  std::uint64_t mine) {
     for (std::size_t i = 0; i < kWays; ++i) {
       std::uint64_t expected = 0;
-      if (words[i].load(std::memory_order_relaxed) == 0 &&
-          words[i].compare_exchange_strong(expected, mine, std::memory_order_seq_cst)) {
+      if (words[i].load(std::memory_order_relaxed) != 0) continue;
+      CRASH_POINT("dedup insert: claim an empty entry (the identity commit)");
+      if (words[i].compare_exchange_strong(expected, mine, std::memory_order_seq_cst)) {
         return &words[i];
       }
     }

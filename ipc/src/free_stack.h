@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "crash_point.h"
 #include "segment_view.h"
 
 namespace shmsched::ipc::detail {
@@ -21,6 +22,7 @@ struct FreeStack {
     for (;;) {
       seg->slot(index).next_free.store(old & 0xffffffffULL, std::memory_order_relaxed);
       const std::uint64_t next = (((old >> 32) + 1) << 32) | (std::uint64_t{index} + 1);
+      CRASH_POINT("free stack: push CAS");
       if (top.compare_exchange_weak(old, next, std::memory_order_release,
                                     std::memory_order_acquire)) {
         return;
@@ -39,6 +41,7 @@ struct FreeStack {
       const std::uint64_t link =
           seg->slot(first - 1).next_free.load(std::memory_order_relaxed) & 0xffffffffULL;
       const std::uint64_t next = (((old >> 32) + 1) << 32) | link;
+      CRASH_POINT("free stack: pop CAS");
       if (top.compare_exchange_weak(old, next, std::memory_order_acquire,
                                     std::memory_order_acquire)) {
         return first - 1;

@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <optional>
 
+#include "crash_point.h"
+
 namespace shmsched::ipc::detail {
 
 struct RingRef {
@@ -33,16 +35,23 @@ struct RingRef {
   }
   static std::uint32_t cell_index1(std::uint64_t cell) { return static_cast<std::uint32_t>(cell); }
 
-  // Appends `index`; returns its position, or nullopt if the ring is full.
-  std::optional<std::uint64_t> push(std::uint32_t index) const {
+  // Appends `index`; returns its position, or nullopt if the ring is full. `pos_out` (the
+  // slot's ring_pos) receives each candidate position before the cell CAS that would publish
+  // the index there, so whoever finds the index in a cell also finds its position.
+  std::optional<std::uint64_t> push(std::uint32_t index,
+                                    std::atomic<std::uint64_t>* pos_out = nullptr) const {
     for (;;) {
       const std::uint64_t t = tail->load(std::memory_order_acquire);
       auto& cell = cells[t & mask];
       std::uint64_t c = cell.load(std::memory_order_acquire);
       const std::uint32_t l = lap(t);
       if (c == make(l, 0)) {
+        CRASH_POINT("ring push: store the candidate position");
+        if (pos_out) pos_out->store(t, std::memory_order_relaxed);
+        CRASH_POINT("ring push: cell CAS (the queue commit)");
         if (cell.compare_exchange_strong(c, make(l, std::uint64_t{index} + 1),
                                          std::memory_order_seq_cst)) {
+          CRASH_POINT("ring push: tail CAS");
           std::uint64_t expected = t;
           tail->compare_exchange_strong(expected, t + 1, std::memory_order_release);
           return t;
@@ -52,6 +61,7 @@ struct RingRef {
       if ((cell_lap(c) == l && cell_index1(c) != 0) || c == make(l + 1, 0)) {
         // Filled at this lap, or filled and already taken by the consumer: the tail lags (its
         // owner may have died between the two CASes). Help it on.
+        CRASH_POINT("ring push: help a lagging tail");
         std::uint64_t expected = t;
         tail->compare_exchange_strong(expected, t + 1, std::memory_order_release);
         continue;
@@ -65,11 +75,13 @@ struct RingRef {
     }
   }
 
-  // The index at the head without removing it, or nullopt if the ring is empty.
+  // The index at the head without removing it, or nullopt if the ring is empty. The loads are
+  // sequentially consistent: the consumer's last look before it sleeps must not be ordered
+  // before its store of consumer_sleeping (the producers' side of that handshake).
   std::optional<std::uint32_t> peek(std::uint64_t* pos_out = nullptr) const {
     for (;;) {
-      const std::uint64_t h = head->load(std::memory_order_acquire);
-      const std::uint64_t c = cells[h & mask].load(std::memory_order_acquire);
+      const std::uint64_t h = head->load(std::memory_order_seq_cst);
+      const std::uint64_t c = cells[h & mask].load(std::memory_order_seq_cst);
       const std::uint32_t l = lap(h);
       if (cell_lap(c) == l && cell_index1(c) != 0) {
         if (pos_out) *pos_out = h;
@@ -78,6 +90,7 @@ struct RingRef {
       if (c == make(l, 0)) return std::nullopt;
       if (c == make(l + 1, 0)) {
         // Popped but the head lags: help it on.
+        CRASH_POINT("ring peek: help a lagging head");
         std::uint64_t expected = h;
         head->compare_exchange_strong(expected, h + 1, std::memory_order_release);
         continue;
@@ -89,14 +102,16 @@ struct RingRef {
   // Removes the entry at `pos` if it still holds `index` (the caller peeked it).
   bool pop_at(std::uint64_t pos, std::uint32_t index) const {
     std::uint64_t c = make(lap(pos), std::uint64_t{index} + 1);
+    CRASH_POINT("ring pop: cell CAS");
     const bool won = cells[pos & mask].compare_exchange_strong(c, make(lap(pos) + 1, 0),
                                                                std::memory_order_seq_cst);
+    CRASH_POINT("ring pop: head CAS");
     std::uint64_t expected = pos;
     head->compare_exchange_strong(expected, pos + 1, std::memory_order_release);
     return won;
   }
 
-  // Removes and returns the head entry (used for the free list of slots).
+  // Removes and returns the head entry.
   std::optional<std::uint32_t> pop() const {
     for (;;) {
       std::uint64_t pos = 0;

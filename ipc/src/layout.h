@@ -12,7 +12,9 @@
 namespace shmsched::ipc::detail {
 
 inline constexpr std::uint64_t kMagic = 0x3144484353534d53ULL;  // "SMSSCHD1" little-endian
-inline constexpr std::uint32_t kLayoutVersion = 1;
+// 2: participants and the maintenance and consumer words name a process identity (pid + start
+//    time) instead of an entry index; counters stay with their entry.
+inline constexpr std::uint32_t kLayoutVersion = 2;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kMaxIdBytes = 64;  // execution ids and user ids
 inline constexpr std::size_t kLevels = kPriorityLevels;
@@ -46,8 +48,9 @@ struct Geometry {
   std::uint64_t total_size;
 };
 
-// Counters kept per participant (no sharing on the hot path) and folded into the header's totals
-// when a participant leaves or is reaped.
+// Counters kept per participant entry (no sharing on the hot path). Only the entry's current
+// occupant writes them, and they are never reset: an entry's counters are the sum over all its
+// occupants, and the queue's totals are the sum over all entries.
 enum Counter : std::size_t {
   kEnqueued = 0,
   kRejectedQueueFull,
@@ -79,11 +82,17 @@ struct alignas(kCacheLine) Header {
   alignas(kCacheLine) std::atomic<std::uint32_t> per_user_limit;
   std::atomic<std::uint32_t> queue_limit;
 
-  // Maintenance (recovery and compaction): 0, or (epoch << 32 | participant index + 1) of the
-  // participant that holds it. maintenance_seq is the futex word waiters sleep on.
+  // Maintenance (recovery and compaction), see docs/architecture.md: 0 when free, else the
+  // identity of the process holding it, with kMaintenanceCommitted once the holder has checked
+  // that it may maintain (until then the claim is tentative and may be cancelled), and
+  // kMaintenanceDirty when a rebuild was cut short and must be redone before anyone operates
+  // (alone, it means exactly that with nobody holding the word). maintenance_seq is the futex
+  // word waiters sleep on.
   alignas(kCacheLine) std::atomic<std::uint64_t> maintenance;
   std::atomic<std::uint32_t> maintenance_seq;
+  std::atomic<std::uint32_t> maintenance_requested;  // a producer asks the consumer to maintain
   std::atomic<std::uint64_t> maintenance_runs;
+  std::atomic<std::uint64_t> maintenance_deferred;  // attempts given up: a live process was busy
   std::atomic<std::uint64_t> reclaimed_slots;
   std::atomic<std::uint64_t> reaped_participants;
 
@@ -91,7 +100,7 @@ struct alignas(kCacheLine) Header {
   // bumps wake_seq and calls futex_wake only when it sees consumer_sleeping set.
   alignas(kCacheLine) std::atomic<std::uint32_t> wake_seq;
   alignas(kCacheLine) std::atomic<std::uint32_t> consumer_sleeping;
-  std::atomic<std::uint32_t> consumer;  // participant index + 1 of the consumer, or 0
+  std::atomic<std::uint64_t> consumer;  // identity of the consumer's process, or 0
 
   alignas(kCacheLine) std::atomic<std::uint64_t> user_entries;  // claimed user-table entries
   std::atomic<std::uint64_t> inconsistencies;  // impossible states met and repaired (should be 0)
@@ -101,20 +110,22 @@ struct alignas(kCacheLine) Header {
   // Slots at or above this index have never been used: they are handed out before they are ever
   // touched, so a large segment costs memory only for the slots it really used.
   alignas(kCacheLine) std::atomic<std::uint64_t> fresh_next;
-  alignas(kCacheLine) std::atomic<std::uint64_t> totals[kCounterCount];  // from departed parts
-
   LevelState levels[kLevels];
 };
 
 enum class ParticipantRole : std::uint32_t { kProducer = 1, kConsumer = 2 };
 
 struct alignas(kCacheLine) Participant {
-  std::atomic<std::uint32_t> pid;         // 0 = free entry; claimed by CAS 0 -> pid
-  std::atomic<std::uint32_t> busy;        // 1 while inside an operation (see maintenance)
-  std::atomic<std::uint64_t> start_time;  // /proc/<pid>/stat field 22; 0 while registering
+  // 0 = free; else the occupant's process identity (see identity.h). Claimed by CAS 0 -> ident,
+  // freed by its owner, or by a reaper with one CAS from the identity it found dead.
+  std::atomic<std::uint64_t> ident;
+  std::atomic<std::uint32_t> busy;  // 1 while inside an operation (see maintenance)
   std::atomic<std::uint32_t> role;
   std::atomic<std::uint64_t> counters[kCounterCount];
 };
+
+inline constexpr std::uint64_t kMaintenanceCommitted = 1ULL << 63;
+inline constexpr std::uint64_t kMaintenanceDirty = 1ULL << 62;
 
 // Slot states, the low byte of Slot::ctrl.
 enum class SlotState : std::uint8_t {

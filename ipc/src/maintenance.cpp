@@ -9,7 +9,7 @@
 #include <algorithm>
 #include <vector>
 
-#include "process_liveness.h"
+#include "identity.h"
 #include "queue_internals.h"
 #include "shmsched/core/stable_hash.h"
 #include "slot_text.h"
@@ -17,30 +17,16 @@
 namespace shmsched::ipc::detail {
 
 bool participant_is_alive(const SegmentView& v, std::uint32_t index) {
-  Participant& p = v.participant(index);
-  const std::uint32_t pid = p.pid.load(std::memory_order_acquire);
-  if (pid == 0 || pid == UINT32_MAX) return false;
-  const std::uint64_t recorded = p.start_time.load(std::memory_order_acquire);
-  const std::uint64_t now = process_start_time(static_cast<pid_t>(pid));
-  if (now == 0) return false;
-  return recorded == 0 || recorded == now;  // 0: still registering
+  return identity_alive(v.participant(index).ident.load(std::memory_order_seq_cst));
 }
 
-bool reap_participant(const SegmentView& v, std::uint32_t index) {
-  Participant& p = v.participant(index);
-  std::uint32_t pid = p.pid.load(std::memory_order_acquire);
-  if (pid == 0 || pid == UINT32_MAX) return false;
-  // UINT32_MAX marks "being reaped" so that two reapers never fold the counters twice.
-  if (!p.pid.compare_exchange_strong(pid, UINT32_MAX, std::memory_order_acq_rel)) return false;
-  for (std::size_t c = 0; c < kCounterCount; ++c) {
-    v.hdr->totals[c].fetch_add(p.counters[c].exchange(0, std::memory_order_relaxed),
-                               std::memory_order_relaxed);
+bool reap_participant(const SegmentView& v, std::uint32_t index, std::uint64_t observed) {
+  if (observed == 0) return false;
+  CRASH_POINT("reap: free a dead participant's entry");
+  std::uint64_t expected = observed;
+  if (!v.participant(index).ident.compare_exchange_strong(expected, 0, std::memory_order_acq_rel)) {
+    return false;  // freed or reaped by someone else, perhaps already taken by a newcomer
   }
-  std::uint32_t consumer = index + 1;
-  v.hdr->consumer.compare_exchange_strong(consumer, 0, std::memory_order_acq_rel);
-  p.busy.store(0, std::memory_order_relaxed);
-  p.start_time.store(0, std::memory_order_relaxed);
-  p.pid.store(0, std::memory_order_release);
   v.hdr->reaped_participants.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
@@ -54,6 +40,7 @@ bool is_tombstone(SlotState s) {
 
 void set_state(Slot& s, SlotState st) {
   const std::uint64_t c = s.ctrl.load(std::memory_order_relaxed);
+  CRASH_POINT("rebuild: set a slot's state");
   s.ctrl.store(ctrl_make(ctrl_gen(c), st == SlotState::kFree ? 0 : ctrl_owner(c), st),
                std::memory_order_relaxed);
 }
@@ -91,6 +78,7 @@ void rebuild_ring(const SegmentView& v, std::size_t level, std::vector<std::uint
     }
     // Tombstones and already-taken entries are dropped; the slot pass frees the former.
   }
+  CRASH_POINT("rebuild: rewrite a ring's cells");
   for (std::uint64_t k = 0; k < cap; ++k) {
     const std::uint64_t pos = h + k;
     const std::uint64_t cell =
@@ -98,6 +86,7 @@ void rebuild_ring(const SegmentView& v, std::size_t level, std::vector<std::uint
     r.cells[pos & r.mask].store(cell, std::memory_order_relaxed);
     if (k < keep.size()) v.slot(keep[k]).ring_pos.store(pos, std::memory_order_relaxed);
   }
+  CRASH_POINT("rebuild: normalise a ring's head and tail");
   r.head->store(h, std::memory_order_relaxed);
   r.tail->store(h + keep.size(), std::memory_order_relaxed);
   v.level(level).tombstones.store(0, std::memory_order_relaxed);
@@ -107,17 +96,12 @@ void rebuild_ring(const SegmentView& v, std::size_t level, std::vector<std::uint
 
 }  // namespace
 
-void rebuild(const SegmentView& v, std::uint32_t self) {
+void rebuild(const SegmentView& v) {
   Header& hdr = *v.hdr;
   const Geometry& g = *v.geo;
 
-  for (std::uint32_t i = 0; i < g.max_participants; ++i) {
-    if (i != self && v.participant(i).pid.load() != 0 && !participant_is_alive(v, i)) {
-      reap_participant(v, i);
-    }
-  }
-
   const std::uint64_t used = std::min(hdr.fresh_next.load(), g.slot_count);
+  CRASH_POINT("rebuild: clamp the never-used mark");
   hdr.fresh_next.store(used);
   std::vector<std::uint8_t> in_ring(used, 0);
   for (std::size_t l = 0; l < kLevels; ++l) rebuild_ring(v, l, in_ring, used);
@@ -125,6 +109,7 @@ void rebuild(const SegmentView& v, std::uint32_t self) {
   UserTable users{&v};
   DedupIndex dedup{&v};
   FreeStack free{&v};
+  CRASH_POINT("rebuild: clear the user table, dedup index and free stack");
   for (std::uint64_t i = 0; i < g.user_table_size; ++i) v.users()[i].store(0);
   dedup.clear();
   free.clear();
@@ -155,6 +140,7 @@ void rebuild(const SegmentView& v, std::uint32_t self) {
       continue;
     }
     if (!before) ++user_entries;
+    CRASH_POINT("rebuild: count a live slot for its user");
     v.users()[*entry].fetch_add(1, std::memory_order_relaxed);
     s.user_entry = *entry;
     const std::string id = load_text(s.id_words, s.id_len);
@@ -164,6 +150,7 @@ void rebuild(const SegmentView& v, std::uint32_t self) {
   }
   // Push in reverse so that the lowest (warmest) slots are handed out first.
   for (auto it = freed.rbegin(); it != freed.rend(); ++it) free.push(*it);
+  CRASH_POINT("rebuild: store the queued and active counts");
   hdr.queued.store(queued);
   hdr.active.store(active);
   hdr.user_entries.store(user_entries);

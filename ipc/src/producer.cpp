@@ -10,6 +10,7 @@
 
 #include <cstring>
 
+#include "crash_point.h"
 #include "futex.h"
 #include "queue_internals.h"
 #include "shmsched/core/stable_hash.h"
@@ -105,12 +106,17 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
     }
     Header& hdr = *v.hdr;
     const std::int64_t limit = hdr.queue_limit.load(std::memory_order_relaxed);
+    CRASH_POINT("submit: take a unit of capacity");
     if (hdr.queued.fetch_add(1, std::memory_order_acq_rel) >= limit) {
+      CRASH_POINT("submit: give back the unit over capacity");
       hdr.queued.fetch_sub(1, std::memory_order_acq_rel);
       return {reject(Admission::kQueueFull,
                      "the queue holds max_queue_size = " + std::to_string(limit) + " executions")};
     }
-    auto undo_queued = [&] { hdr.queued.fetch_sub(1, std::memory_order_acq_rel); };
+    auto undo_queued = [&] {
+      CRASH_POINT("submit: undo the unit of capacity");
+      hdr.queued.fetch_sub(1, std::memory_order_acq_rel);
+    };
 
     UserTable users{&v};
     std::optional<std::uint32_t> entry = users.find(user_hash);
@@ -130,6 +136,7 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
       }
       // Counted approximately (a concurrent claim of the same user may count twice); the
       // maintenance pass recounts exactly.
+      CRASH_POINT("submit: count a new user entry");
       hdr.user_entries.fetch_add(1, std::memory_order_relaxed);
     }
     const std::uint32_t user_limit = hdr.per_user_limit.load(std::memory_order_relaxed);
@@ -152,7 +159,9 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
     }
     Slot& s = v.slot(*index);
     const std::uint32_t gen = ctrl_gen(s.ctrl.load(std::memory_order_relaxed)) + 1;
+    CRASH_POINT("submit: mark the slot pending");
     s.ctrl.store(ctrl_make(gen, self_ + 1, SlotState::kPending), std::memory_order_relaxed);
+    CRASH_POINT("submit: fill the slot");
     s.id_hash.store(id_hash, std::memory_order_relaxed);
     s.enqueued_at_ns = enqueued_at;
     s.user_entry = *entry;
@@ -160,6 +169,9 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
     s.extras_len = static_cast<std::uint32_t>(extras.size());
     s.attempt = req.attempt;
     s.timeout_seconds = req.timeout_seconds;
+    // The consumer's annotation word (the supervisor's dispatch phase) starts clear for every
+    // generation: a consumer that dies right after taking the slot leaves it in no phase.
+    std::atomic_ref<std::uint64_t>(s.reserved[0]).store(0, std::memory_order_relaxed);
     s.priority = static_cast<std::uint8_t>(level);
     std::atomic_ref<std::uint8_t>(s.id_len).store(
         static_cast<std::uint8_t>(req.execution_id.size()), std::memory_order_relaxed);
@@ -187,7 +199,7 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
     }
 
     // The queue commit. The ring has a cell for every slot, so it cannot be full.
-    const auto pos = ring_of(v, level).push(*index);
+    const auto pos = ring_of(v, level).push(*index, &s.ring_pos);
     if (!pos) {
       DedupIndex{&v}.remove(id_hash, *index);
       free_slot(v, *index);
@@ -196,17 +208,18 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
       hdr.inconsistencies.fetch_add(1, std::memory_order_relaxed);
       return {reject(Admission::kQueueFull, "priority ring is full")};
     }
-    s.ring_pos.store(*pos, std::memory_order_relaxed);
     // Pending -> queued. The consumer may already have taken it (it helps a pending entry it
-    // finds in the ring), so this is a CAS whose failure is fine.
+    // finds in the ring), or a canceller cancelled it, so this is a CAS whose failure is fine.
     std::uint64_t expect = ctrl_make(gen, self_ + 1, SlotState::kPending);
+    CRASH_POINT("submit: mark the slot queued");
     s.ctrl.compare_exchange_strong(expect, ctrl_make(gen, self_ + 1, SlotState::kQueued),
                                    std::memory_order_acq_rel);
     return {SubmitResult{Admission::kAccepted, rank_at(v, level, *pos), {}}};
   };
 
   for (bool maintained = false;; maintained = true) {
-    enter();
+    while (!enter()) {  // a producer's enter() waits; this loop only guards the contract
+    }
     Attempt a = attempt(maintained);
     leave();
     if (a.needs_maintenance) {
@@ -218,10 +231,13 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
       // Ring the consumer only if it is (about to be) asleep; exchange so that one producer
       // rings per sleep.
       Header& hdr = *v.hdr;
-      if (hdr.consumer_sleeping.load(std::memory_order_seq_cst) != 0 &&
-          hdr.consumer_sleeping.exchange(0, std::memory_order_seq_cst) != 0) {
-        hdr.wake_seq.fetch_add(1, std::memory_order_seq_cst);
-        futex_wake(&hdr.wake_seq, 1);
+      if (hdr.consumer_sleeping.load(std::memory_order_seq_cst) != 0) {
+        CRASH_POINT("submit: take the consumer's sleep flag");
+        if (hdr.consumer_sleeping.exchange(0, std::memory_order_seq_cst) != 0) {
+          CRASH_POINT("submit: ring the consumer");
+          hdr.wake_seq.fetch_add(1, std::memory_order_seq_cst);
+          futex_wake(&hdr.wake_seq, 1);
+        }
       }
     }
     return a.result;

@@ -5,8 +5,9 @@
 #include <chrono>
 #include <thread>
 
+#include "crash_point.h"
 #include "futex.h"
-#include "process_liveness.h"
+#include "identity.h"
 #include "queue_internals.h"
 #include "shmsched/core/stable_hash.h"
 #include "shmsched/ipc/queue.h"
@@ -15,34 +16,68 @@
 namespace shmsched::ipc {
 
 using namespace detail;
+using SteadyClock = std::chrono::steady_clock;
 
 namespace {
 
 constexpr auto kMaintenancePoll = std::chrono::milliseconds(10);
+// A tentative maintenance claim is settled within a few instructions; one that stays longer
+// belongs to a stopped process and is cancelled.
+constexpr std::uint32_t kTentativeRounds = 20;
 
-bool claim_entry(const SegmentView& v, std::uint32_t pid, std::uint32_t& index) {
+std::uint64_t holder_of(std::uint64_t m) {
+  return m & kIdentityMask;
+}
+bool committed(std::uint64_t m) {
+  return (m & kMaintenanceCommitted) != 0;
+}
+
+// A rebuild was cut short (a maintainer died in it, or gave up after a takeover): nobody may
+// operate until one completes.
+bool needs_redo(std::uint64_t m) {
+  return (m & kMaintenanceDirty) != 0 || (committed(m) && !identity_alive(holder_of(m)));
+}
+
+}  // namespace
+
+bool QueueHandle::claim_entry() {
+  const SegmentView& v = *view_;
   for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
-    std::uint32_t expected = 0;
-    if (v.participant(i).pid.compare_exchange_strong(expected, pid, std::memory_order_acq_rel)) {
-      index = i;
+    auto& ident = v.participant(i).ident;
+    std::uint64_t expected = 0;
+    if (ident.load(std::memory_order_relaxed) != 0) continue;
+    CRASH_POINT("register: claim a participant entry");
+    if (ident.compare_exchange_strong(expected, identity_, std::memory_order_acq_rel)) {
+      self_ = i;
       return true;
     }
   }
   return false;
 }
 
-}  // namespace
-
 QueueHandle::QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role)
-    : segment_(std::move(segment)), view_(&segment_->view()) {
+    : segment_(std::move(segment)), view_(&segment_->view()), identity_(self_identity()) {
   const SegmentView& v = *view_;
-  const auto pid = static_cast<std::uint32_t>(::getpid());
-  if (!claim_entry(v, pid, self_)) {
-    // Entries of dead processes may be holding the table: reap them and try once more.
+  if (!claim_entry()) {
+    // Entries of dead processes may be holding the table. One that died between operations
+    // held nothing and is freed at once; one that died inside an operation is freed by a
+    // rebuild (by us, or by the consumer on our request).
+    bool dead_busy = false;
     for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
-      if (!participant_is_alive(v, i) && v.participant(i).busy.load() == 0) reap_participant(v, i);
+      Participant& p = v.participant(i);
+      const std::uint64_t w = p.ident.load(std::memory_order_seq_cst);
+      if (w == 0 || identity_alive(w)) continue;
+      if (p.busy.load(std::memory_order_seq_cst) != 0) {
+        dead_busy = true;
+      } else {
+        reap_participant(v, i, w);
+      }
     }
-    if (!claim_entry(v, pid, self_)) {
+    if (!claim_entry() && dead_busy) {
+      maintain(SteadyClock::now() + maintenance_wait_);
+      claim_entry();
+    }
+    if (self_ == kNoEntry) {
       throw SegmentError("all " + std::to_string(v.geo->max_participants) +
                          " participant entries of shared memory segment /dev/shm/" +
                          segment_->name() +
@@ -51,21 +86,17 @@ QueueHandle::QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role)
     }
   }
   Participant& me = v.participant(self_);
-  me.busy.store(0, std::memory_order_relaxed);
+  // A previous occupant that died inside an operation left busy set; the entry is ours now.
+  me.busy.store(0, std::memory_order_seq_cst);
   me.role.store(role, std::memory_order_relaxed);
-  for (auto& c : me.counters) c.store(0, std::memory_order_relaxed);
-  me.start_time.store(process_start_time(static_cast<pid_t>(pid)), std::memory_order_release);
 }
 
 QueueHandle::~QueueHandle() {
-  const SegmentView& v = *view_;
-  Participant& me = v.participant(self_);
-  for (std::size_t c = 0; c < kCounterCount; ++c) {
-    v.hdr->totals[c].fetch_add(me.counters[c].exchange(0), std::memory_order_relaxed);
-  }
-  me.busy.store(0, std::memory_order_relaxed);
-  me.start_time.store(0, std::memory_order_relaxed);
-  me.pid.store(0, std::memory_order_release);
+  if (self_ == kNoEntry) return;
+  Participant& me = view_->participant(self_);
+  me.busy.store(0, std::memory_order_seq_cst);
+  CRASH_POINT("unregister: free our participant entry");
+  me.ident.store(0, std::memory_order_release);
 }
 
 void QueueHandle::count(std::size_t counter, std::uint64_t n) {
@@ -77,134 +108,283 @@ bool QueueHandle::participant_alive(std::uint32_t index) const {
   return participant_is_alive(*view_, index);
 }
 
-void QueueHandle::enter() {
+bool QueueHandle::may_maintain() const {
+  // While a live consumer is attached, only its process maintains: a producer stopped in the
+  // middle of a rebuild would otherwise stop the supervisor with it.
+  if (is_consumer_) return true;
+  const std::uint64_t c = view_->hdr->consumer.load(std::memory_order_seq_cst);
+  return c == 0 || c == identity_ || !identity_alive(c);
+}
+
+bool QueueHandle::rebuild_needed() const {
+  const SegmentView& v = *view_;
+  if (needs_redo(v.hdr->maintenance.load(std::memory_order_seq_cst))) return true;
+  for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
+    const Participant& p = v.participant(i);
+    const std::uint64_t w = p.ident.load(std::memory_order_seq_cst);
+    if (w != 0 && p.busy.load(std::memory_order_seq_cst) != 0 && !identity_alive(w)) return true;
+  }
+  return false;
+}
+
+bool QueueHandle::enter() {
   const SegmentView& v = *view_;
   auto& busy = v.participant(self_).busy;
-  for (;;) {
+  const auto deadline = SteadyClock::now() + maintenance_wait_;
+  for (std::uint32_t round = 0;; ++round) {
     // Dekker-style with the maintainer: it publishes `maintenance` then reads every `busy`;
     // we publish `busy` then read `maintenance`. With seq_cst one of us sees the other.
+    CRASH_POINT("enter: announce busy");
     busy.store(1, std::memory_order_seq_cst);
     const std::uint64_t m = v.hdr->maintenance.load(std::memory_order_seq_cst);
-    if (m == 0) return;
+    if (m == 0) return true;
+    CRASH_POINT("enter: back off for maintenance");
     busy.store(0, std::memory_order_seq_cst);
-    wait_for_maintenance(m);
+    if (!wait_for_maintenance(m, round, deadline)) return false;
   }
 }
 
 void QueueHandle::leave() {
-  view_->participant(self_).busy.store(0, std::memory_order_release);
+  CRASH_POINT("leave: clear busy");
+  view_->participant(self_).busy.store(0, std::memory_order_seq_cst);
 }
 
-bool QueueHandle::acquire_maintenance() {
+// One round of waiting for the maintenance word `m` to clear. False only for the consumer, when
+// a repair it needs could not run before `deadline`.
+bool QueueHandle::wait_for_maintenance(std::uint64_t m, std::uint32_t round,
+                                       SteadyClock::time_point deadline) {
   const SegmentView& v = *view_;
   auto& word = v.hdr->maintenance;
-  for (;;) {
-    std::uint64_t m = word.load(std::memory_order_seq_cst);
-    const std::uint64_t mine =
-        ((v.hdr->maintenance_runs.load(std::memory_order_relaxed) + 1) << 32) | (self_ + 1ULL);
-    if (m == 0 || !participant_alive(static_cast<std::uint32_t>(m & 0xffffffffULL) - 1)) {
-      // Free, or held by a dead maintainer: take it (a rebuild is idempotent, so starting over
-      // after a maintainer died midway is safe).
-      if (word.compare_exchange_strong(m, mine, std::memory_order_seq_cst)) return true;
-      continue;
+  const std::uint64_t holder = holder_of(m);
+  if (!committed(m) && holder != 0) {
+    // Tentative: its holder commits or withdraws within a few instructions. The consumer never
+    // waits for it, and nobody waits long (the holder may be stopped): cancel it, keeping the
+    // dirty mark. The holder's commit then fails and it starts over.
+    if (is_consumer_ || round >= kTentativeRounds || !identity_alive(holder)) {
+      CRASH_POINT("maintenance: cancel a tentative claim");
+      word.compare_exchange_strong(m, m & kMaintenanceDirty, std::memory_order_seq_cst);
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
-    const std::uint32_t seq = v.hdr->maintenance_seq.load(std::memory_order_acquire);
-    if (word.load(std::memory_order_seq_cst) != m) return false;
+    return true;
+  }
+  if (needs_redo(m)) {
+    if (may_maintain()) {
+      if (maintain(is_consumer_ ? deadline : SteadyClock::now() + maintenance_wait_)) return true;
+      return !is_consumer_;
+    }
+    request_from_consumer(SteadyClock::now() + kMaintenancePoll);
+    return true;
+  }
+  // Held by a live maintainer. After its start-up, the consumer never meets one (producers do
+  // not commit while it is attached, see may_maintain), so this wait is bounded for it too.
+  if (is_consumer_ && SteadyClock::now() >= deadline) {
+    blocked_by_ = identity_pid(holder);
+    return false;
+  }
+  const std::uint32_t seq = v.hdr->maintenance_seq.load(std::memory_order_seq_cst);
+  if (word.load(std::memory_order_seq_cst) == m) {
     futex_wait(&v.hdr->maintenance_seq, seq, kMaintenancePoll);
-    if (word.load(std::memory_order_seq_cst) != m) return false;  // someone else finished it
+  }
+  return true;
+}
+
+bool QueueHandle::run_maintenance() {
+  return maintain(SteadyClock::now() + maintenance_wait_);
+}
+
+bool QueueHandle::maintain(SteadyClock::time_point deadline) {
+  blocked_by_ = 0;
+  for (;;) {
+    if (!may_maintain()) return request_from_consumer(deadline);
+    switch (acquire_maintenance(deadline)) {
+      case Acquired::kClean:
+        return maintain_as_owner(false, deadline);
+      case Acquired::kDirty:
+        return maintain_as_owner(true, deadline);
+      case Acquired::kDoneByOther:
+        return true;
+      case Acquired::kConsumerAppeared:
+        continue;
+      case Acquired::kTimedOut:
+        return false;
+    }
   }
 }
 
-void QueueHandle::wait_for_maintenance(std::uint64_t seen) {
+QueueHandle::Acquired QueueHandle::acquire_maintenance(SteadyClock::time_point deadline) {
   const SegmentView& v = *view_;
-  const auto owner = static_cast<std::uint32_t>(seen & 0xffffffffULL) - 1;
-  if (!participant_alive(owner)) {
-    if (acquire_maintenance()) maintain_as_owner();
-    return;
+  auto& word = v.hdr->maintenance;
+  const std::uint64_t runs = v.hdr->maintenance_runs.load(std::memory_order_seq_cst);
+  for (std::uint32_t round = 0;; ++round) {
+    std::uint64_t m = word.load(std::memory_order_seq_cst);
+    const std::uint64_t holder = holder_of(m);
+    const bool free = m == 0 || holder == 0 || !identity_alive(holder) ||
+                      (!committed(m) && (is_consumer_ || round >= kTentativeRounds));
+    if (free) {
+      const std::uint64_t dirty = needs_redo(m) ? kMaintenanceDirty : 0;
+      if (is_consumer_) {
+        CRASH_POINT("maintenance: the consumer takes the word");
+        if (word.compare_exchange_strong(m, identity_ | kMaintenanceCommitted | dirty,
+                                         std::memory_order_seq_cst)) {
+          return dirty ? Acquired::kDirty : Acquired::kClean;
+        }
+        continue;
+      }
+      // Anyone else claims tentatively, then checks that no live consumer is attached (it may
+      // have registered since may_maintain() looked): Dekker again, with the consumer's
+      // registration store and its own look at the word.
+      CRASH_POINT("maintenance: claim the word tentatively");
+      if (!word.compare_exchange_strong(m, identity_ | dirty, std::memory_order_seq_cst)) continue;
+      if (!may_maintain()) {
+        std::uint64_t mine = identity_ | dirty;
+        CRASH_POINT("maintenance: withdraw the tentative claim");
+        word.compare_exchange_strong(mine, dirty, std::memory_order_seq_cst);
+        return Acquired::kConsumerAppeared;
+      }
+      std::uint64_t mine = identity_ | dirty;
+      CRASH_POINT("maintenance: commit the claim");
+      if (word.compare_exchange_strong(mine, identity_ | kMaintenanceCommitted | dirty,
+                                       std::memory_order_seq_cst)) {
+        return dirty ? Acquired::kDirty : Acquired::kClean;
+      }
+      continue;  // cancelled (by the consumer, or as stale): look again
+    }
+    // Held by a live process: wait for it to finish.
+    if (SteadyClock::now() >= deadline) {
+      blocked_by_ = identity_pid(holder);
+      return Acquired::kTimedOut;
+    }
+    const std::uint32_t seq = v.hdr->maintenance_seq.load(std::memory_order_seq_cst);
+    if (word.load(std::memory_order_seq_cst) != m) {
+    } else if (committed(m)) {
+      futex_wait(&v.hdr->maintenance_seq, seq, kMaintenancePoll);
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    if (v.hdr->maintenance_runs.load(std::memory_order_seq_cst) != runs) {
+      return Acquired::kDoneByOther;
+    }
   }
-  const std::uint32_t seq = v.hdr->maintenance_seq.load(std::memory_order_acquire);
-  if (v.hdr->maintenance.load(std::memory_order_seq_cst) != seen) return;
-  futex_wait(&v.hdr->maintenance_seq, seq, kMaintenancePoll);
 }
 
-void QueueHandle::run_maintenance() {
-  if (acquire_maintenance()) maintain_as_owner();
+void QueueHandle::release_maintenance(std::uint64_t value) {
+  const SegmentView& v = *view_;
+  CRASH_POINT("maintenance: release the word");
+  v.hdr->maintenance.store(value, std::memory_order_seq_cst);
+  v.hdr->maintenance_seq.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake(&v.hdr->maintenance_seq, INT32_MAX);
 }
 
-void QueueHandle::maintain_as_owner() {
+bool QueueHandle::maintain_as_owner(bool dirty, SteadyClock::time_point deadline) {
   const SegmentView& v = *view_;
   // Wait until every other live participant is outside its operation. New operations see the
-  // maintenance word and wait; a participant that died inside one is simply skipped.
+  // maintenance word and wait; one that died inside an operation is skipped (the rebuild
+  // repairs what it left). A live one that does not come out in time (stopped, say) makes us
+  // give up for now: nothing has been changed yet, so the queue goes on as it was.
   for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
     if (i == self_) continue;
     Participant& p = v.participant(i);
     for (std::uint32_t spins = 0;; ++spins) {
-      if (p.pid.load(std::memory_order_acquire) == 0) break;
+      const std::uint64_t w = p.ident.load(std::memory_order_seq_cst);
+      if (w == 0) break;
       if (p.busy.load(std::memory_order_seq_cst) == 0) break;
-      if (spins % 64 == 63 && !participant_alive(i)) break;
+      if (spins % 64 == 63 && !identity_alive(w)) break;
+      if (SteadyClock::now() >= deadline) {
+        blocked_by_ = identity_pid(w);
+        v.hdr->maintenance_deferred.fetch_add(1, std::memory_order_relaxed);
+        release_maintenance(dirty ? kMaintenanceDirty : 0);
+        return false;
+      }
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   }
-  rebuild(v, self_);
-  v.hdr->maintenance_runs.fetch_add(1, std::memory_order_relaxed);
-  v.hdr->maintenance.store(0, std::memory_order_seq_cst);
-  v.hdr->maintenance_seq.fetch_add(1, std::memory_order_release);
-  futex_wake(&v.hdr->maintenance_seq, INT32_MAX);
+  rebuild(v);
+  // Entries of dead participants are free now: whatever they held was rebuilt.
+  for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
+    const std::uint64_t w = v.participant(i).ident.load(std::memory_order_seq_cst);
+    if (i != self_ && w != 0 && !identity_alive(w)) reap_participant(v, i, w);
+  }
+  CRASH_POINT("maintenance: count the run");
+  v.hdr->maintenance_runs.fetch_add(1, std::memory_order_seq_cst);
+  release_maintenance(0);
+  return true;
+}
+
+bool QueueHandle::request_from_consumer(SteadyClock::time_point deadline) {
+  const SegmentView& v = *view_;
+  Header& hdr = *v.hdr;
+  const std::uint64_t runs = hdr.maintenance_runs.load(std::memory_order_seq_cst);
+  CRASH_POINT("maintenance: ask the consumer");
+  hdr.maintenance_requested.store(1, std::memory_order_seq_cst);
+  hdr.wake_seq.fetch_add(1, std::memory_order_seq_cst);
+  futex_wake(&hdr.wake_seq, 1);
+  for (;;) {
+    const std::uint32_t seq = hdr.maintenance_seq.load(std::memory_order_seq_cst);
+    if (hdr.maintenance_runs.load(std::memory_order_seq_cst) != runs) return true;
+    const auto now = SteadyClock::now();
+    if (now >= deadline || may_maintain()) return false;
+    futex_wait(&hdr.maintenance_seq, seq,
+               std::min<SteadyClock::duration>(deadline - now, kMaintenancePoll));
+  }
 }
 
 CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
   if (execution_id.empty() || execution_id.size() > kMaxIdBytes) return CancelOutcome::kNotFound;
   const SegmentView& v = *view_;
   const std::uint64_t h = stable_hash(execution_id);
-  for (std::uint32_t attempt = 0;; ++attempt) {
-    enter();
+  for (;;) {
+    if (!enter()) return CancelOutcome::kUnavailable;
     const auto index = DedupIndex{&v}.find(h, execution_id);
     if (!index) {
       leave();
       return CancelOutcome::kNotFound;
     }
     Slot& s = v.slot(*index);
-    std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
+    std::uint64_t c = s.ctrl.load(std::memory_order_seq_cst);
     const SlotState st = ctrl_state(c);
     if (st == SlotState::kActive) {
       leave();
       return CancelOutcome::kActive;
     }
+    // Read what we need before the CAS: afterwards the consumer may pass and free the slot.
+    const std::uint64_t pos = s.ring_pos.load(std::memory_order_seq_cst);
+    const std::size_t level = s.priority % kLevels;
+    const std::uint32_t user_entry = s.user_entry;
+    const std::uint32_t gen = ctrl_gen(c);
     if (st == SlotState::kPending) {
-      // Its producer is finishing the enqueue (a few instructions); let it, or reclaim it if it
-      // died there.
-      const std::uint32_t owner = ctrl_owner(c);
-      leave();
-      if (attempt % 1024 == 1023) {
-        if (!participant_alive(owner)) run_maintenance();
-        std::this_thread::sleep_for(std::chrono::microseconds(100));
+      // Its producer is between its dedup insert and marking it queued, and may be stopped or
+      // dead there: never wait for it. The entry is committed once its index is in its ring
+      // (the producer stores ring_pos before the cell CAS that publishes it), and is then
+      // cancelled like a queued one; before that it was never accepted.
+      RingRef ring = ring_of(v, level);
+      const std::uint64_t cell = ring.cells[pos & ring.mask].load(std::memory_order_seq_cst);
+      if (cell != RingRef::make(ring.lap(pos), std::uint64_t{*index} + 1)) {
+        leave();
+        return CancelOutcome::kNotFound;
       }
-      std::this_thread::yield();
-      continue;
-    }
-    if (st != SlotState::kQueued) {
+    } else if (st != SlotState::kQueued) {
       leave();
       return CancelOutcome::kNotFound;
     }
-    // Read what we need before the CAS: afterwards the consumer may pass and free the slot.
-    const std::uint64_t pos = s.ring_pos.load(std::memory_order_relaxed);
-    const std::size_t level = s.priority;
-    const std::uint32_t user_entry = s.user_entry;
-    const std::uint32_t gen = ctrl_gen(c);
+    CRASH_POINT("cancel: claim the slot (the race with the consumer)");
     if (!s.ctrl.compare_exchange_strong(c, ctrl_make(gen, self_ + 1, SlotState::kCancelling),
                                         std::memory_order_acq_rel)) {
       leave();
       continue;  // the consumer took it, or another canceller won: look again
     }
+    CRASH_POINT("cancel: count the tombstone");
     v.level(level).tombstones.fetch_add(1, std::memory_order_acq_rel);
     rank_of(v, level).add(pos, 1);
     DedupIndex{&v}.remove(h, *index);
     if (!UserTable{&v}.release(user_entry)) {
       v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
     }
+    CRASH_POINT("cancel: give the capacity back");
     v.hdr->queued.fetch_sub(1, std::memory_order_acq_rel);
     // Hand the tombstone to the consumer; if it already passed the cell, the slot is ours to free.
     std::uint64_t expect = ctrl_make(gen, self_ + 1, SlotState::kCancelling);
+    CRASH_POINT("cancel: hand the tombstone to the consumer");
     if (!s.ctrl.compare_exchange_strong(expect, ctrl_make(gen, 0, SlotState::kCancelled),
                                         std::memory_order_acq_rel)) {
       free_slot(v, *index);
@@ -262,7 +442,7 @@ std::optional<ExecutionRecord> QueueHandle::status(std::string_view execution_id
   const SegmentView& v = *view_;
   const std::uint64_t h = stable_hash(execution_id);
   for (int attempt = 0; attempt < 100; ++attempt) {
-    enter();
+    if (!enter()) return std::nullopt;
     const auto index = DedupIndex{&v}.find(h, execution_id);
     ExecutionRecord rec;
     const bool ok = index && snapshot(v, *index, rec);
@@ -282,7 +462,7 @@ std::vector<ExecutionRecord> QueueHandle::list(std::optional<std::string_view> u
     const SlotState st = ctrl_state(v.slot(i).ctrl.load(std::memory_order_acquire));
     if (st != SlotState::kQueued && st != SlotState::kActive) continue;
     ExecutionRecord rec;
-    enter();
+    if (!enter()) break;
     const bool ok = snapshot(v, i, rec);
     leave();
     if (!ok || (user_id && rec.user_id != *user_id)) continue;
@@ -304,12 +484,15 @@ std::uint64_t QueueHandle::user_count(std::string_view user_id) {
   return entry ? users.count(*entry) : 0;
 }
 
-std::optional<std::int64_t> QueueHandle::head_enqueued_at(Priority level) const {
+std::optional<std::int64_t> QueueHandle::head_enqueued_at(Priority level) {
   const SegmentView& v = *view_;
+  if (!enter()) return std::nullopt;
   RingRef ring = ring_of(v, priority_index(level) % kLevels);
   const auto index = ring.peek();
-  if (!index) return std::nullopt;
-  return v.slot(*index).enqueued_at_ns;
+  const std::optional<std::int64_t> at =
+      index ? std::optional<std::int64_t>(v.slot(*index).enqueued_at_ns) : std::nullopt;
+  leave();
+  return at;
 }
 
 QueueStats QueueHandle::stats() const {
@@ -320,13 +503,10 @@ QueueStats QueueHandle::stats() const {
   st.active = static_cast<std::uint64_t>(std::max<std::int64_t>(0, v.hdr->active.load()));
   st.capacity = v.hdr->queue_limit.load();
   st.consumer_sleeping = v.hdr->consumer_sleeping.load() != 0;
-  std::uint64_t totals[kCounterCount];
-  for (std::size_t c = 0; c < kCounterCount; ++c) totals[c] = v.hdr->totals[c].load();
+  std::uint64_t totals[kCounterCount] = {};
   for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
     const Participant& p = v.participant(i);
-    const std::uint32_t pid = p.pid.load();
-    if (pid == 0 || pid == UINT32_MAX) continue;
-    ++st.participants;
+    if (p.ident.load() != 0) ++st.participants;
     for (std::size_t c = 0; c < kCounterCount; ++c) totals[c] += p.counters[c].load();
   }
   st.enqueued = totals[kEnqueued];
@@ -340,6 +520,7 @@ QueueStats QueueHandle::stats() const {
   st.expired = totals[kExpired];
   st.released = totals[kReleased];
   st.maintenance_runs = v.hdr->maintenance_runs.load();
+  st.maintenance_deferred = v.hdr->maintenance_deferred.load();
   st.reclaimed_slots = v.hdr->reclaimed_slots.load();
   st.reaped_participants = v.hdr->reaped_participants.load();
   return st;

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string_view>
 
+#include "crash_point.h"
 #include "dedup_index.h"
 #include "free_stack.h"
 #include "index_ring.h"
@@ -52,6 +53,7 @@ inline std::optional<std::uint32_t> take_slot(const SegmentView& v) {
   auto& fresh = v.hdr->fresh_next;
   std::uint64_t n = fresh.load(std::memory_order_relaxed);
   while (n < v.geo->slot_count) {
+    CRASH_POINT("take a never-used slot");
     if (fresh.compare_exchange_weak(n, n + 1, std::memory_order_acq_rel)) {
       return static_cast<std::uint32_t>(n);
     }
@@ -63,18 +65,21 @@ inline std::optional<std::uint32_t> take_slot(const SegmentView& v) {
 inline void free_slot(const SegmentView& v, std::uint32_t index) {
   auto& ctrl = v.slot(index).ctrl;
   const std::uint64_t c = ctrl.load(std::memory_order_relaxed);
+  CRASH_POINT("free a slot: mark it free");
   ctrl.store(ctrl_make(ctrl_gen(c), 0, SlotState::kFree), std::memory_order_release);
   FreeStack{&v}.push(index);
 }
 
 // Rebuilds every derived structure from the slots (maintenance.cpp). Every other participant
-// must be outside its operations; `self` is the caller's participant index.
-void rebuild(const SegmentView& v, std::uint32_t self);
+// must be outside its operations.
+void rebuild(const SegmentView& v);
 
-// True when the participant entry holds a live process (pid + start time).
+// True when participant entry `index` holds a live process.
 bool participant_is_alive(const SegmentView& v, std::uint32_t index);
 
-// Frees a dead participant's entry, adding its counters to the totals. Only one caller wins.
-bool reap_participant(const SegmentView& v, std::uint32_t index);
+// Frees participant entry `index` if it still holds `observed`, the identity of a process the
+// caller found dead: one CAS, so a reaper killed at any point leaves the entry either taken by
+// the dead process (to be reaped again) or free, and never frees a newcomer's entry.
+bool reap_participant(const SegmentView& v, std::uint32_t index, std::uint64_t observed);
 
 }  // namespace shmsched::ipc::detail

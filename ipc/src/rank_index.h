@@ -9,6 +9,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "crash_point.h"
+
 namespace shmsched::ipc::detail {
 
 struct RankIndex {
@@ -17,6 +19,7 @@ struct RankIndex {
 
   void add(std::uint64_t pos, std::int32_t delta) const {
     for (std::uint64_t i = (pos & (capacity - 1)) + 1; i <= capacity; i += i & (~i + 1)) {
+      CRASH_POINT("rank index: add at one node");
       tree[i - 1].fetch_add(delta, std::memory_order_relaxed);
     }
   }

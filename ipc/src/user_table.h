@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <optional>
 
+#include "crash_point.h"
 #include "segment_view.h"
 
 namespace shmsched::ipc::detail {
@@ -36,6 +37,7 @@ struct UserTable {
     for (std::uint64_t probes = 0; probes <= mask(); ++probes, i = (i + 1) & mask()) {
       std::uint64_t w = words()[i].load(std::memory_order_acquire);
       if (w == 0) {
+        CRASH_POINT("user table: claim an entry");
         if (words()[i].compare_exchange_strong(w, tag << 24, std::memory_order_acq_rel)) {
           return static_cast<std::uint32_t>(i);
         }
@@ -60,8 +62,10 @@ struct UserTable {
 
   // Takes one unit of the user's cap; false (and nothing taken) when the user is at `limit`.
   bool acquire(std::uint32_t entry, std::uint64_t limit) const {
+    CRASH_POINT("user table: take a unit of the cap");
     const std::uint64_t before = words()[entry].fetch_add(1, std::memory_order_acq_rel);
     if ((before & kCountMask) < limit) return true;
+    CRASH_POINT("user table: give back the unit over the cap");
     words()[entry].fetch_sub(1, std::memory_order_acq_rel);
     return false;
   }
@@ -72,6 +76,7 @@ struct UserTable {
     std::uint64_t w = words()[entry].load(std::memory_order_acquire);
     do {
       if ((w & kCountMask) == 0) return false;
+      CRASH_POINT("user table: give a unit back");
     } while (!words()[entry].compare_exchange_weak(w, w - 1, std::memory_order_acq_rel,
                                                    std::memory_order_acquire));
     return true;

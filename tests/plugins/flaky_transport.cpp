@@ -2,14 +2,21 @@
 // given. Options:
 //   fail_file  while this file exists, every CreatePodCommand fails (asynchronously, like a
 //              broker that is down)
-//   log_file   each delivered message is appended as "<type> <key> <attempt-token>\n"
+//   log_file   each delivered message is appended as "<type> <key>\n"
 //   delay_ms   report deliveries of commands this much later, from another thread (a slow broker)
+//   inbound_dir  every <name>.req file that appears here is handed to the host as an inbound
+//              operation (renamed <name>.taken first); the host's reply is written to
+//              <name>.reply and its acknowledgement creates <name>.acked
 // Built against include/shmsched/transport.h only, like any third-party transport.
 #include <sys/stat.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -24,9 +31,55 @@ struct Flaky {
   std::string fail_file;
   std::string log_file;
   int delay_ms = 0;
+  std::string inbound_dir;
+  std::atomic<bool> running{false};
+  std::thread inbound;
   std::mutex mu;
   std::vector<std::thread> late;  // delayed delivery reports, joined by stop()
 };
+
+struct InboundOp {
+  std::string base;  // <inbound_dir>/<name>
+};
+
+void write_file(const std::string& path, const void* data, size_t len) {
+  std::ofstream out(path + ".tmp", std::ios::binary);
+  out.write(static_cast<const char*>(data), static_cast<std::streamsize>(len));
+  out.close();
+  std::filesystem::rename(path + ".tmp", path);
+}
+
+void on_reply(void* ctx, const uint8_t* body, size_t len) {
+  write_file(static_cast<InboundOp*>(ctx)->base + ".reply", body, len);
+}
+
+void on_ack(void* ctx) {
+  auto* op = static_cast<InboundOp*>(ctx);
+  write_file(op->base + ".acked", "", 0);
+  delete op;
+}
+
+void poll_inbound(Flaky* f) {
+  namespace fs = std::filesystem;
+  while (f->running) {
+    std::error_code ec;
+    for (const auto& e : fs::directory_iterator(f->inbound_dir, ec)) {
+      if (e.path().extension() != ".req") continue;
+      const std::string base = (e.path().parent_path() / e.path().stem()).string();
+      fs::rename(e.path(), base + ".taken", ec);
+      if (ec) continue;
+      std::ifstream in(base + ".taken", std::ios::binary);
+      const std::string body((std::istreambuf_iterator<char>(in)), {});
+      auto* op = new InboundOp{base};
+      const shmsched_inbound_done done{on_reply, on_ack, op};
+      if (f->host.inbound(f->host.host_ctx, reinterpret_cast<const uint8_t*>(body.data()),
+                          body.size(), done) != SHMSCHED_OK) {
+        delete op;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
 
 void err_out(char* err, size_t len, const std::string& m) {
   if (err && len) std::snprintf(err, len, "%s", m.c_str());
@@ -44,9 +97,11 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
       f->log_file = kv[i].value;
     } else if (k == "delay_ms") {
       f->delay_ms = std::atoi(kv[i].value);
+    } else if (k == "inbound_dir") {
+      f->inbound_dir = kv[i].value;
     } else if (k != "runtime_dir") {
       err_out(err, err_len,
-              "unknown option flaky." + k + " (known: fail_file, log_file, delay_ms)");
+              "unknown option flaky." + k + " (known: fail_file, log_file, delay_ms, inbound_dir)");
       delete f;
       return nullptr;
     }
@@ -59,7 +114,10 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
   return reinterpret_cast<shmsched_transport*>(f);
 }
 
-int start(shmsched_transport*, char*, size_t) {
+int start(shmsched_transport* t, char*, size_t) {
+  auto* f = reinterpret_cast<Flaky*>(t);
+  f->running = true;
+  if (!f->inbound_dir.empty()) f->inbound = std::thread(poll_inbound, f);
   return SHMSCHED_OK;
 }
 
@@ -79,15 +137,39 @@ int publish(shmsched_transport* t, const shmsched_message* m, uint64_t token) {
       std::fclose(out);
     }
   }
+  if (m->is_command && f->delay_ms > 0) {
+    std::lock_guard lock(f->mu);
+    f->late.emplace_back([f, token] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(f->delay_ms));
+      f->host.delivery(f->host.host_ctx, token, 1, nullptr);
+    });
+    return SHMSCHED_OK;
+  }
   f->host.delivery(f->host.host_ctx, token, 1, nullptr);
   return SHMSCHED_OK;
 }
 
-size_t flush(shmsched_transport*, uint32_t) {
+void join_late(Flaky* f) {
+  std::vector<std::thread> late;
+  {
+    std::lock_guard lock(f->mu);
+    late.swap(f->late);
+  }
+  for (auto& th : late) th.join();
+}
+
+size_t flush(shmsched_transport* t, uint32_t) {
+  join_late(reinterpret_cast<Flaky*>(t));
   return 0;
 }
-void stop(shmsched_transport*) {}
+void stop(shmsched_transport* t) {
+  auto* f = reinterpret_cast<Flaky*>(t);
+  f->running = false;
+  if (f->inbound.joinable()) f->inbound.join();
+  join_late(f);
+}
 void destroy(shmsched_transport* t) {
+  stop(t);
   delete reinterpret_cast<Flaky*>(t);
 }
 

@@ -7,6 +7,8 @@
 // docs/architecture.md explains the algorithms, their progress guarantees and crash recovery.
 #pragma once
 
+#include <sys/types.h>
+
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -24,9 +26,10 @@
 namespace shmsched::ipc {
 
 enum class CancelOutcome {
-  kCancelled,  // it was queued; it will never be dequeued, and its counts were given back
-  kNotFound,   // no queued or active execution has that id
-  kActive,     // it has been dequeued; the consumer must release it (Consumer::release)
+  kCancelled,    // it was queued; it will never be dequeued, and its counts were given back
+  kNotFound,     // no queued or active execution has that id
+  kActive,       // it has been dequeued; the consumer must release it (Consumer::release)
+  kUnavailable,  // the consumer could not enter: a repair is pending (see blocked_by()); retry
 };
 
 struct QueueStats {
@@ -46,9 +49,10 @@ struct QueueStats {
   std::uint64_t cancelled = 0;
   std::uint64_t expired = 0;
   std::uint64_t released = 0;
-  std::uint64_t maintenance_runs = 0;     // recoveries and compactions
-  std::uint64_t reclaimed_slots = 0;      // slots given back by maintenance
-  std::uint64_t reaped_participants = 0;  // dead producers/consumers cleaned up
+  std::uint64_t maintenance_runs = 0;      // recoveries and compactions
+  std::uint64_t maintenance_deferred = 0;  // given up for now: a live process stayed busy
+  std::uint64_t reclaimed_slots = 0;       // slots given back by maintenance
+  std::uint64_t reaped_participants = 0;   // dead producers/consumers cleaned up
 };
 
 // What producers and the consumer share: registration in the segment, cancel, status, stats.
@@ -76,34 +80,57 @@ class QueueHandle {
   QueueStats stats() const;
 
   // Enqueue time of the entry at the head of `level` (the longest waiting), if any.
-  std::optional<std::int64_t> head_enqueued_at(Priority level) const;
+  std::optional<std::int64_t> head_enqueued_at(Priority level);
 
   const std::shared_ptr<Segment>& segment() const { return segment_; }
 
   // Rebuilds all derived state from the slots, once every other participant is outside its
   // operation: returns what dead participants held and compacts cancelled entries. Runs by itself
-  // when needed; exposed for tools and tests.
-  void run_maintenance();
+  // when needed; exposed for tools and tests. While a live consumer is attached, only the
+  // consumer's process maintains: other processes ask it to and wait. True when a rebuild ran
+  // (here or on our request); false when it could not within the handle's wait, because a live
+  // process stayed inside an operation (stopped, say): blocked_by() names it.
+  bool run_maintenance();
+
+  // The pid that kept this handle's last maintenance (or, for the consumer, its last operation)
+  // from going ahead, or 0.
+  pid_t blocked_by() const { return blocked_by_; }
 
  protected:
   QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role);
 
-  // Brackets every operation that touches shared state (see "Maintenance" in the docs).
-  void enter();
+  // Brackets every operation that touches shared state (see "Maintenance" in the docs). A
+  // producer's enter() waits as long as maintenance runs; the consumer's waits at most its
+  // maintenance wait and returns false when a repair it needs cannot run yet.
+  bool enter();
   void leave();
-  // Waits for a running maintenance to finish, taking it over if its owner died.
-  void wait_for_maintenance(std::uint64_t seen);
   bool participant_alive(std::uint32_t index) const;
   void count(std::size_t counter, std::uint64_t n = 1);
-  void fold_counters(std::uint32_t index);
+  // Maintains (or has the consumer maintain) before `deadline`; see run_maintenance().
+  bool maintain(std::chrono::steady_clock::time_point deadline);
+  // True when something a dead process left half done needs a rebuild.
+  bool rebuild_needed() const;
 
   std::shared_ptr<Segment> segment_;
   const detail::SegmentView* view_;
-  std::uint32_t self_ = 0;
+  static constexpr std::uint32_t kNoEntry = UINT32_MAX;
+  std::uint32_t self_ = kNoEntry;
+  std::uint64_t identity_ = 0;  // this process: pid + start time
+  bool is_consumer_ = false;
+  pid_t blocked_by_ = 0;
+  // How long one maintenance attempt waits for busy participants (and the consumer for a repair).
+  std::chrono::milliseconds maintenance_wait_{1000};
 
  private:
-  void maintain_as_owner();
-  bool acquire_maintenance();
+  enum class Acquired { kClean, kDirty, kDoneByOther, kConsumerAppeared, kTimedOut };
+  Acquired acquire_maintenance(std::chrono::steady_clock::time_point deadline);
+  bool maintain_as_owner(bool dirty, std::chrono::steady_clock::time_point deadline);
+  void release_maintenance(std::uint64_t value);
+  bool may_maintain() const;
+  bool request_from_consumer(std::chrono::steady_clock::time_point deadline);
+  bool wait_for_maintenance(std::uint64_t seen, std::uint32_t round,
+                            std::chrono::steady_clock::time_point deadline);
+  bool claim_entry();
 };
 
 class Producer : public QueueHandle {
@@ -150,7 +177,7 @@ class Consumer : public QueueHandle {
   // position after the last one: how the owner learns of new submissions. `visit` gets the
   // entry's view and its current rank.
   template <typename Visit>
-  std::uint64_t scan_new(Priority level, std::uint64_t from, Visit&& visit) const;
+  std::uint64_t scan_new(Priority level, std::uint64_t from, Visit&& visit);
   std::uint64_t level_tail(Priority level) const;
 
   // A 64-bit word the owner may keep with an active execution (its dispatch phase, say); it
@@ -166,7 +193,8 @@ class Consumer : public QueueHandle {
   std::optional<ExecutionRecord> record(ActiveRef ref) const;
 
   // Finishes an active execution (completed, failed, cancelled while running): gives back its
-  // user's count and its slot. False if the reference is stale.
+  // user's count and its slot. False if the reference is stale, or if a pending repair kept the
+  // consumer out (blocked_by() != 0): then call it again later.
   bool release(ActiveRef ref);
 
   // All executions currently active, e.g. after taking over from a dead consumer.
@@ -184,11 +212,20 @@ class Consumer : public QueueHandle {
   template <typename Ready>
   void sleep_unless(Ready&& ready, std::chrono::nanoseconds timeout);
 
-  // Checks every participant for liveness and reclaims what dead ones held. Call it
-  // periodically; returns the number of dead participants found.
+  // Checks every participant for liveness and reclaims what dead ones held, and runs the
+  // maintenance a producer asked for. Call it periodically, and when maintenance_requested();
+  // returns the number of dead participants found. Never waits longer than the consumer's
+  // maintenance wait: when a live process stays inside an operation, the repair is deferred to
+  // the next call and blocked_by() names that process.
   std::uint64_t reap_dead();
 
-  bool has_work() const;
+  // A producer asked for maintenance (compaction or recovery), or a repair is pending.
+  bool maintenance_requested() const;
+
+  // How long the consumer waits for busy participants before deferring a repair (default 50 ms).
+  void set_maintenance_wait(std::chrono::milliseconds wait) { maintenance_wait_ = wait; }
+
+  bool has_work();
 
  private:
   struct ScanItem {
@@ -209,8 +246,13 @@ class Consumer : public QueueHandle {
 void kick(const Segment& segment);
 
 template <typename Visit>
-std::uint64_t Consumer::scan_new(Priority level, std::uint64_t from, Visit&& visit) const {
+std::uint64_t Consumer::scan_new(Priority level, std::uint64_t from, Visit&& visit) {
   const std::size_t l = priority_index(level);
+  if (!enter()) return from;
+  struct Leave {
+    Consumer* c;
+    ~Leave() { c->leave(); }
+  } bracket{this};
   std::uint64_t pos = from;
   for (;;) {
     const ScanItem item = scan_at(l, pos);

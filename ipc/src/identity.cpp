@@ -1,11 +1,14 @@
-#include "process_liveness.h"
+#include "identity.h"
+
+#include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <sstream>
 #include <string>
+
+#include "shmsched/ipc/segment.h"
 
 namespace shmsched::ipc::detail {
 
@@ -31,9 +34,22 @@ std::uint64_t process_start_time(pid_t pid) {
   return 0;
 }
 
-bool process_alive(pid_t pid, std::uint64_t start_time) {
-  const std::uint64_t now = process_start_time(pid);
-  return now != 0 && now == start_time;
+std::uint64_t self_identity() {
+  const pid_t pid = ::getpid();
+  const std::uint64_t start = process_start_time(pid);
+  if (start == 0 || static_cast<std::uint64_t>(pid) > kPidMask) {
+    throw SegmentError("cannot read this process's start time from /proc/" + std::to_string(pid) +
+                       "/stat: shmsched needs /proc (mounted, without hidepid for the process "
+                       "itself) to tell live participants from dead ones");
+  }
+  return make_identity(pid, start);
+}
+
+bool identity_alive(std::uint64_t identity) {
+  identity &= kIdentityMask;
+  if (identity == 0) return false;
+  const std::uint64_t now = process_start_time(identity_pid(identity));
+  return now != 0 && make_identity(identity_pid(identity), now) == identity;
 }
 
 }  // namespace shmsched::ipc::detail

@@ -1,0 +1,17 @@
+// Test-only control of the crash points compiled into shmsched::ipc_crash_points (see
+// ipc/src/crash_point.h). Not available in the normal library.
+#pragma once
+
+#include <cstdint>
+
+namespace shmsched::ipc::crash_points {
+
+// From now on, count crash points passed by this process; at the `target`-th (1-based), write
+// "<file>:<line> <what>\n" to `report_fd` (if >= 0) and raise `signal` (SIGKILL or SIGSTOP).
+// target 0 counts without ever firing.
+void arm(std::uint64_t target, int signal, int report_fd);
+void disarm();
+// Crash points passed since the last arm().
+std::uint64_t passed();
+
+}  // namespace shmsched::ipc::crash_points
