@@ -495,8 +495,8 @@ std::optional<std::int64_t> QueueHandle::head_enqueued_at(Priority level) {
   return at;
 }
 
-QueueStats QueueHandle::stats() const {
-  const SegmentView& v = *view_;
+QueueStats queue_stats(const Segment& segment) {
+  const SegmentView& v = segment.view();
   QueueStats st;
   for (std::size_t l = 0; l < kLevels; ++l) st.depth[l] = level_depth(v, l);
   st.queued = static_cast<std::uint64_t>(std::max<std::int64_t>(0, v.hdr->queued.load()));
@@ -524,6 +524,10 @@ QueueStats QueueHandle::stats() const {
   st.reclaimed_slots = v.hdr->reclaimed_slots.load();
   st.reaped_participants = v.hdr->reaped_participants.load();
   return st;
+}
+
+QueueStats QueueHandle::stats() const {
+  return queue_stats(*segment_);
 }
 
 }  // namespace shmsched::ipc

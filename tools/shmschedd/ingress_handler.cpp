@@ -44,11 +44,35 @@ void Supervisor::start_ingress() {
 
 void Supervisor::ingress_main() {
   // Signals are for the signal thread only (they are blocked in main() before threads start).
-  ipc::Producer producer(segment_);
+  // The ingress registers with the queue on first use, and again after a failure: with every
+  // participant entry taken by other processes, a submit is refused, not the whole process.
+  std::unique_ptr<ipc::Producer> registered;
+  Clock::time_point next_error_log{};
+  auto producer_or_error = [&](std::string& error) -> ipc::Producer* {
+    if (registered) return registered.get();
+    try {
+      registered = std::make_unique<ipc::Producer>(segment_);
+      return registered.get();
+    } catch (const ipc::SegmentError& e) {
+      counters_.rejected_no_participant_entry.fetch_add(1, std::memory_order_relaxed);
+      error = std::string("the supervisor cannot submit to the queue now: ") + e.what();
+      if (Clock::now() >= next_error_log) {
+        next_error_log = Clock::now() + std::chrono::seconds(5);
+        spdlog::error("the ingress refuses submits: {}", e.what());
+      }
+      return nullptr;
+    }
+  };
   auto handler = [&](const protocol::Request& req, std::uint64_t token) {
+    std::string error;
     if (const auto* s = std::get_if<protocol::SubmitOp>(&req)) {
       const std::string id = s->execution_id.empty() ? protocol::new_uuid() : s->execution_id;
-      const auto res = producer.submit(protocol::to_submit_request(*s, id));
+      ipc::Producer* producer = producer_or_error(error);
+      if (!producer) {
+        inbox_->post(RejectedMessage{id, s->user_id, "queue_full", error});
+        return std::optional<ipc::IngressServer::Reply>(protocol::error_reply("queue_full", error));
+      }
+      const auto res = producer->submit(protocol::to_submit_request(*s, id));
       if (res.accepted()) {
         return std::optional<ipc::IngressServer::Reply>(
             MapBuilder()
@@ -61,8 +85,13 @@ void Supervisor::ingress_main() {
       inbox_->post(RejectedMessage{id, s->user_id, reason, res.message});
       return std::optional<ipc::IngressServer::Reply>(protocol::error_reply(reason, res.message));
     }
+    ipc::Producer* producer = producer_or_error(error);
+    if (!producer && (std::holds_alternative<protocol::StatusOp>(req) ||
+                      std::holds_alternative<protocol::ListOp>(req))) {
+      return std::optional<ipc::IngressServer::Reply>(protocol::error_reply("queue_full", error));
+    }
     if (const auto* s = std::get_if<protocol::StatusOp>(&req)) {
-      const auto rec = producer.status(s->execution_id);
+      const auto rec = producer->status(s->execution_id);
       if (!rec) {
         return std::optional<ipc::IngressServer::Reply>(
             protocol::error_reply("not_found", "no queued or active execution " + s->execution_id));
@@ -73,7 +102,7 @@ void Supervisor::ingress_main() {
       std::optional<std::string_view> user;
       if (l->user_id) user = *l->user_id;
       std::vector<std::vector<std::byte>> items;
-      for (const auto& rec : producer.list(user, SIZE_MAX)) {
+      for (const auto& rec : producer->list(user, SIZE_MAX)) {
         if (items.size() >= l->limit) break;
         if (l->state && *l->state != state_of(rec)) continue;
         items.push_back(execution_map(rec, false));
@@ -82,13 +111,14 @@ void Supervisor::ingress_main() {
           MapBuilder().boolean("ok", true).raw_array("executions", items).finish());
     }
     if (std::holds_alternative<protocol::StatsOp>(req)) {
-      const auto st = producer.stats();
+      const auto st = ipc::queue_stats(*segment_);
       std::vector<std::pair<std::string, std::int64_t>> depth;
       std::vector<std::pair<std::string, std::int64_t>> waits;
       const std::int64_t now = ipc::events::now_ns();
       for (std::size_t l = 0; l < kPriorityLevels; ++l) {
         depth.emplace_back(std::string(kPriorityNames[l]), static_cast<std::int64_t>(st.depth[l]));
-        const auto oldest = producer.head_enqueued_at(static_cast<Priority>(l));
+        const auto oldest =
+            producer ? producer->head_enqueued_at(static_cast<Priority>(l)) : std::nullopt;
         waits.emplace_back(std::string(kPriorityNames[l]),
                            oldest ? std::max<std::int64_t>(0, (now - *oldest) / 1'000'000) : 0);
       }
@@ -110,6 +140,8 @@ void Supervisor::ingress_main() {
           {"expired", c(counters_.expired)},
           {"publish_failures", c(counters_.publish_failures)},
           {"aged", c(counters_.aged)},
+          {"rejected_no_participant_entry", c(counters_.rejected_no_participant_entry)},
+          {"maintenance_deferred", c(counters_.maintenance_deferred)},
           {"queued", static_cast<std::int64_t>(st.queued)},
           {"held_in_segment", static_cast<std::int64_t>(st.active)},
           {"maintenance_runs", static_cast<std::int64_t>(st.maintenance_runs)},

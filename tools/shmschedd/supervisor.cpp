@@ -302,8 +302,13 @@ void Supervisor::finish(Active& a) {
     auto& lane = lanes_[a.level];
     lane.erase(std::remove(lane.begin(), lane.end(), a.rec.execution_id), lane.end());
   }
-  set_phase(a, Phase::kUnknown);
-  consumer_->release(a.ref);
+  // Marked finished first: a supervisor that dies before the release releases it on restart
+  // instead of dispatching it again.
+  set_phase(a, Phase::kFinished);
+  if (!consumer_->release(a.ref) && consumer_->blocked_by() != 0) {
+    pending_releases_.push_back(a.ref);
+    note_blocked("releasing a finished execution");
+  }
   remember_finished(a.rec.execution_id);
   active_.erase(a.rec.execution_id);
 }
@@ -334,6 +339,11 @@ void Supervisor::handle_op(OpMessage& op) {
     // Find the user before the cancel makes the entry disappear.
     const auto rec = consumer_->status(c->execution_id);
     const auto outcome = consumer_->cancel(c->execution_id);
+    if (outcome == ipc::CancelOutcome::kUnavailable) {
+      note_blocked("a cancel");
+      deferred_ops_.push_back(std::move(op));
+      return;
+    }
     if (outcome == ipc::CancelOutcome::kCancelled) {
       counters_.cancelled.fetch_add(1, std::memory_order_relaxed);
       remember_finished(c->execution_id);
@@ -407,9 +417,16 @@ void Supervisor::handle_op(OpMessage& op) {
   }
   if (auto* s = std::get_if<protocol::SubmitOp>(&op.request)) {
     // A submission that arrived through a transport (e.g. ExecutionRequested on Kafka).
-    ipc::Producer producer(segment_);
     const std::string id = s->execution_id.empty() ? protocol::new_uuid() : s->execution_id;
-    const auto r = producer.submit(protocol::to_submit_request(*s, id));
+    std::string error;
+    ipc::Producer* producer = loop_producer(error);
+    if (!producer) {
+      publish_event("ExecutionRejected", id,
+                    ipc::events::rejected(id, s->user_id, "queue_full", error));
+      reply(op.reply_to, protocol::error_reply("queue_full", error));
+      return;
+    }
+    const auto r = producer->submit(protocol::to_submit_request(*s, id));
     if (r.accepted()) {
       reply(op.reply_to, MapBuilder()
                              .boolean("ok", true)
@@ -425,6 +442,43 @@ void Supervisor::handle_op(OpMessage& op) {
     return;
   }
   reply(op.reply_to, protocol::error_reply("invalid", "this operation is not accepted here"));
+}
+
+ipc::Producer* Supervisor::loop_producer(std::string& error) {
+  if (loop_producer_) return loop_producer_.get();
+  try {
+    loop_producer_ = std::make_unique<ipc::Producer>(segment_);
+    return loop_producer_.get();
+  } catch (const ipc::SegmentError& e) {
+    counters_.rejected_no_participant_entry.fetch_add(1, std::memory_order_relaxed);
+    error = std::string("the supervisor cannot submit to the queue now: ") + e.what();
+    spdlog::error("refused a submit from a transport: {}", e.what());
+    return nullptr;
+  }
+}
+
+void Supervisor::note_blocked(const char* what) {
+  const auto now = Clock::now();
+  if (now < next_blocked_log_) return;
+  next_blocked_log_ = now + std::chrono::seconds(5);
+  spdlog::warn(
+      "{} waits for a repair of the queue, which pid {} blocks: it stays inside a queue "
+      "operation (stopped by a signal or a debugger?). Dispatch of queued work goes on; the "
+      "repair is retried every {} ms",
+      what, consumer_->blocked_by(), config_.reap_interval_ms);
+}
+
+void Supervisor::retry_deferred() {
+  for (auto it = pending_releases_.begin(); it != pending_releases_.end();) {
+    if (consumer_->release(*it) || consumer_->blocked_by() == 0) {
+      it = pending_releases_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  auto ops = std::move(deferred_ops_);
+  deferred_ops_.clear();
+  for (auto& op : ops) handle_op(op);
 }
 
 void Supervisor::process_inbox() {
@@ -518,6 +572,12 @@ void Supervisor::recover_active() {
     auto rec = consumer_->record(ref);
     if (!rec) continue;
     const std::uint64_t ann = consumer_->annotation(ref);
+    if (static_cast<Phase>(ann & 0xff) == Phase::kFinished) {
+      // Its final event was published; the previous supervisor died before the release.
+      if (!consumer_->release(ref)) pending_releases_.push_back(ref);
+      remember_finished(rec->execution_id);
+      continue;
+    }
     Active a;
     a.ref = ref;
     a.attempt = rec->attempt;
@@ -546,11 +606,18 @@ void Supervisor::recover_active() {
 
 void Supervisor::timers() {
   const auto now = Clock::now();
-  if (now >= next_reap_) {
+  if (now >= next_reap_ || consumer_->maintenance_requested()) {
     next_reap_ = now + std::chrono::milliseconds(config_.reap_interval_ms);
+    const auto deferred_before = consumer_->stats().maintenance_deferred;
     if (const auto dead = consumer_->reap_dead()) {
-      spdlog::warn("reclaimed what {} dead producer(s) held", dead);
+      spdlog::warn("found {} dead queue participant(s); reclaiming what they held", dead);
     }
+    if (consumer_->blocked_by() != 0) {
+      counters_.maintenance_deferred.fetch_add(
+          consumer_->stats().maintenance_deferred - deferred_before, std::memory_order_relaxed);
+      note_blocked("a repair of the queue");
+    }
+    if (!pending_releases_.empty() || !deferred_ops_.empty()) retry_deferred();
   }
   if (now >= next_sweep_) {
     next_sweep_ = now + std::chrono::seconds(1);
@@ -618,7 +685,7 @@ void Supervisor::timers() {
 
 void Supervisor::sleep() {
   auto ready = [&] {
-    if (stop_ || reload_ || !inbox_->empty()) return true;
+    if (stop_ || reload_ || !inbox_->empty() || consumer_->maintenance_requested()) return true;
     for (std::size_t l = 0; l < kPriorityLevels; ++l) {
       if (consumer_->level_tail(static_cast<Priority>(l)) != announced_[l]) return true;
     }
@@ -722,20 +789,27 @@ int Supervisor::run() {
   spdlog::info("shmschedd ready: segment {}, ingress {}, {} transport(s), max_active_executions {}",
                config_.segment, config_.ingress_endpoint(), transports_.size(),
                config_.max_active_executions);
-  for (;;) {
-    worked_ = false;
-    process_inbox();
-    if (stop_) break;
-    if (reload_) reload();
-    announce();
-    dispatch();
-    timers();
-    sleep();
+  int code = 0;
+  try {
+    for (;;) {
+      worked_ = false;
+      process_inbox();
+      if (stop_) break;
+      if (reload_) reload();
+      announce();
+      dispatch();
+      timers();
+      sleep();
+    }
+    shutdown();
+  } catch (const std::exception& e) {
+    // Nothing accepted is lost: it stays in the segment for the next supervisor.
+    spdlog::critical("the scheduling loop stopped: {}", e.what());
+    code = 1;
   }
-  shutdown();
   signals_stop = true;
   signal_thread.join();
-  return 0;
+  return code;
 }
 
 }  // namespace shmsched::daemon

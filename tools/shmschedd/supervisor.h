@@ -34,6 +34,9 @@ struct SupervisorCounters {
   std::atomic<std::uint64_t> expired{0};
   std::atomic<std::uint64_t> publish_failures{0};
   std::atomic<std::uint64_t> aged{0};
+  // Submits refused because every participant entry of the segment was taken.
+  std::atomic<std::uint64_t> rejected_no_participant_entry{0};
+  std::atomic<std::uint64_t> maintenance_deferred{0};
   std::atomic<std::uint64_t> active{0};  // dispatched and unfinished
   std::atomic<std::uint64_t> max_active{0};
 };
@@ -45,6 +48,7 @@ enum class Phase : std::uint8_t {
   kHeld = 1,         // waiting in a lane: backoff, retry, or lifted by aging
   kDispatching = 2,  // published, acknowledgements outstanding
   kDispatched = 3,   // every transport has it
+  kFinished = 4,     // its final event is out; only the release of its slot is left
 };
 
 class Supervisor {
@@ -97,12 +101,23 @@ class Supervisor {
   void reply(const ReplyTo& to, const std::vector<std::byte>& body);
   std::chrono::milliseconds backoff(std::uint64_t base_ms, std::uint32_t failures) const;
   void remember_finished(const std::string& id);
+  // The loop's own producer, for submits that arrive through transports; created on first use,
+  // and again after a failure (the participant table may have been full).
+  ipc::Producer* loop_producer(std::string& error);
+  void retry_deferred();
+  void note_blocked(const char* what);
 
   Config config_;
   int argc_;
   const char* const* argv_;
   std::shared_ptr<ipc::Segment> segment_;
   std::unique_ptr<ipc::Consumer> consumer_;
+  std::unique_ptr<ipc::Producer> loop_producer_;
+  // Work the queue could not take while a repair was pending (a stopped process blocks it):
+  // releases of finished executions and cancels, tried again on every reap.
+  std::vector<ipc::ActiveRef> pending_releases_;
+  std::vector<OpMessage> deferred_ops_;
+  Clock::time_point next_blocked_log_{};
   std::unique_ptr<Inbox> inbox_;
   HostCallbacks callbacks_;
   std::vector<std::unique_ptr<Transport>> transports_;

@@ -241,6 +241,9 @@ class Consumer : public QueueHandle {
   void finish_sleep(std::uint32_t seq, bool sleep, std::chrono::nanoseconds timeout);
 };
 
+// The queue's counts and counters, read without registering (plain atomic loads).
+QueueStats queue_stats(const Segment& segment);
+
 // Wakes the consumer from sleep_unless() / wait_for_work(); callable from any thread of any
 // attached process (used by the owner's other threads to hand it work).
 void kick(const Segment& segment);
