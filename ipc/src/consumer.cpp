@@ -71,7 +71,7 @@ ExecutionView make_view(const SegmentView& v, std::uint32_t index) {
 
 }  // namespace
 
-Consumer::Consumer(std::shared_ptr<Segment> segment)
+Consumer::Consumer(std::shared_ptr<Segment> segment, ConsumerOptions options)
     : QueueHandle(std::move(segment), static_cast<std::uint32_t>(ParticipantRole::kConsumer)) {
   const SegmentView& v = *view_;
   auto& consumer = v.hdr->consumer;
@@ -91,19 +91,18 @@ Consumer::Consumer(std::shared_ptr<Segment> segment)
   // start: a rebuild from the slots. A maintainer that started before we registered is waited
   // for; a live process that stays inside an operation (stopped) only matters when a repair is
   // really needed.
-  const auto start_wait = std::chrono::seconds(5);
-  if (!maintain(std::chrono::steady_clock::now() + start_wait) && rebuild_needed()) {
+  if (!maintain(std::chrono::steady_clock::now() + options.start_wait) && rebuild_needed()) {
     const pid_t blocker = blocked_by_;
     std::uint64_t me = identity_;
     consumer.compare_exchange_strong(me, 0, std::memory_order_seq_cst);
     throw SegmentError("cannot recover shared memory segment /dev/shm/" + segment_->name() +
                        ": pid " + std::to_string(blocker) +
                        " stayed inside a queue operation for " +
-                       std::to_string(start_wait.count()) +
-                       " s (stopped by a signal or a debugger?). Let it continue (kill -CONT " +
+                       std::to_string(options.start_wait.count()) +
+                       " ms (stopped by a signal or a debugger?). Let it continue (kill -CONT " +
                        std::to_string(blocker) + ") or end it, then start again");
   }
-  maintenance_wait_ = std::chrono::milliseconds(50);
+  maintenance_wait_ = options.maintenance_wait;
 }
 
 Consumer::~Consumer() {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace shmsched::ipc::crash_points {
 
@@ -10,6 +11,8 @@ namespace shmsched::ipc::crash_points {
 // "<file>:<line> <what>\n" to `report_fd` (if >= 0) and raise `signal` (SIGKILL or SIGSTOP).
 // target 0 counts without ever firing.
 void arm(std::uint64_t target, int signal, int report_fd);
+// Fires once, at the first crash point whose "<file>:<line> <what>" contains `what`.
+void arm_at(const std::string& what, int signal, int report_fd);
 void disarm();
 // Crash points passed since the last arm().
 std::uint64_t passed();

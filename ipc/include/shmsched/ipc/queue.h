@@ -160,11 +160,20 @@ struct ExecutionView {
   std::span<const std::byte> extras;  // encoded capabilities and metadata (see decode_extras)
 };
 
+struct ConsumerOptions {
+  // How long the constructor waits to repair what a dead process left half done when a live
+  // process stays inside an operation; then it throws SegmentError naming that process.
+  std::chrono::milliseconds start_wait{5000};
+  // How long one repair waits for busy participants before it is deferred (see reap_dead()).
+  std::chrono::milliseconds maintenance_wait{50};
+};
+
 class Consumer : public QueueHandle {
  public:
   // Registers as the segment's only consumer, taking over from a dead one (after recovering what
-  // it left). Throws SegmentError if a live consumer is attached.
-  explicit Consumer(std::shared_ptr<Segment> segment);
+  // it left). Throws SegmentError if a live consumer is attached, or if a repair that is needed
+  // cannot run within options.start_wait.
+  explicit Consumer(std::shared_ptr<Segment> segment, ConsumerOptions options = {});
   ~Consumer() override;
 
   // The next execution in priority order (FIFO within a priority), now active; or nullopt.
@@ -221,9 +230,6 @@ class Consumer : public QueueHandle {
 
   // A producer asked for maintenance (compaction or recovery), or a repair is pending.
   bool maintenance_requested() const;
-
-  // How long the consumer waits for busy participants before deferring a repair (default 50 ms).
-  void set_maintenance_wait(std::chrono::milliseconds wait) { maintenance_wait_ = wait; }
 
   bool has_work();
 
