@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "daemon_support.h"
+#include "notify_listener.h"
 #include "shmsched/ipc/queue.h"
 
 namespace shmsched::test {
@@ -110,6 +111,96 @@ TEST(DaemonRobustness, FullParticipantTableIsAnErrorForTheRequestNotACrash) {
   EXPECT_TRUE(decode(reply2->data(), reply2->size()).ok());
   EXPECT_EQ(daemon.signal(SIGTERM), 0);
   seg.reset();
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
+// Stopped, not dead: a producer frozen (SIGSTOP) inside its submit while another producer died
+// inside its own. The repair the dead one needs waits for the frozen one, but the supervisor's
+// loop must not: it logs which pid it waits for, keeps dispatching what is queued, keeps
+// answering, and keeps the watchdog fed. Once the frozen producer continues, the repair runs.
+TEST(DaemonRobustness, AProducerStoppedInsideAnOperationDoesNotStopTheLoop) {
+  const std::string dir = temp_dir("stopped");
+  const std::string segment = segment_name("stopped");
+  ipc::Segment::remove(segment);
+  NotifyListener notify(dir + "/notify.sock");
+  Daemon daemon(dir, segment, {"--max-active-executions=1", "--reap-interval-ms=50"});
+  daemon.env()["NOTIFY_SOCKET"] = notify.path();
+  daemon.env()["WATCHDOG_USEC"] = "400000";  // a ping every 200 ms
+  daemon.start();
+  Ingress ingress(daemon.endpoint());
+  Events events(daemon.events_endpoint());
+  events.sync(ingress);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ingress.submit("s" + std::to_string(i), "u").ok());
+  ASSERT_TRUE(events.next("CreatePodCommand"));
+
+  auto producer = [&](const std::string& how, const std::string& site, const std::string& id) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::execl(SHMSCHED_BIN_DIR "/crash_point_producer", "crash_point_producer", segment.c_str(),
+              how.c_str(), site.c_str(), id.c_str(), "p", nullptr);
+      ::_exit(127);
+    }
+    int status = 0;
+    ::waitpid(pid, &status, WUNTRACED);
+    return std::make_pair(pid, status);
+  };
+  const auto [frozen, frozen_status] = producer("stop", "ring push: tail CAS", "frozen");
+  ASSERT_TRUE(WIFSTOPPED(frozen_status));
+  const auto [dead, dead_status] = producer("kill", "dedup insert: claim an empty entry", "dead");
+  ASSERT_TRUE(WIFSIGNALED(dead_status));
+
+  // The loop says whom it waits for ...
+  const std::string frozen_pid = "pid " + std::to_string(frozen);
+  const auto deadline = Clock::now() + 10s;
+  while (daemon.log_text().find(frozen_pid) == std::string::npos && Clock::now() < deadline) {
+    std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_THAT(daemon.log_text(), HasSubstr(frozen_pid + " blocks"));
+  // ... and goes on: completions free capacity, what is queued is dispatched, requests are
+  // answered, and the watchdog is fed all the while.
+  const auto t0 = Clock::now();
+  std::size_t pings = 0;
+  auto longest_gap = 0ms;
+  auto last = t0;
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_TRUE(ingress.complete("s" + std::to_string(i)).ok());
+    const auto cmd = events.next("CreatePodCommand", 5s);
+    ASSERT_TRUE(cmd) << daemon.log_text();
+    EXPECT_EQ(cmd->str("execution_id"), "s" + std::to_string(i + 1));
+  }
+  EXPECT_TRUE(stats_of(ingress).ok());
+  while (notify.next(0ms)) {  // what queued up meanwhile
+  }
+  const auto t1 = Clock::now();
+  last = t1;
+  while (Clock::now() - t1 < 1500ms) {
+    if (auto m = notify.next(100ms); m && m->text.find("WATCHDOG=1") != std::string::npos) {
+      ++pings;
+      longest_gap = std::max(longest_gap,
+                             std::chrono::duration_cast<std::chrono::milliseconds>(m->at - last));
+      last = m->at;
+    }
+  }
+  EXPECT_GE(pings, 5u);
+  EXPECT_LT(longest_gap, 400ms) << "the watchdog went hungry";
+  EXPECT_GE(counter(stats_of(ingress), "maintenance_deferred"), 1);
+
+  // Let the frozen producer go: it finishes its submit, the repair runs, and the dead
+  // producer's half-done submit is gone (its id can be submitted again).
+  ::kill(frozen, SIGCONT);
+  int status = 0;
+  ::waitpid(frozen, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  const auto repaired = Clock::now() + 10s;
+  bool resubmitted = false;
+  while (!resubmitted && Clock::now() < repaired) {
+    resubmitted = ingress.submit("dead", "u").ok();
+    if (!resubmitted) std::this_thread::sleep_for(50ms);
+  }
+  EXPECT_TRUE(resubmitted) << daemon.log_text();
+  EXPECT_EQ(ingress.op("status", "frozen").str("execution_id"), "frozen");
+  EXPECT_EQ(daemon.signal(SIGTERM), 0);
   ipc::Segment::remove(segment);
   std::filesystem::remove_all(dir);
 }

@@ -62,6 +62,7 @@ class Daemon {
     log_ = runtime_dir_ + "/shmschedd-" + std::to_string(starts_++) + ".log";
     pid_ = ::fork();
     if (pid_ == 0) {
+      for (const auto& [k, v] : env_) ::setenv(k.c_str(), v.c_str(), 1);
       const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       ::dup2(fd, 1);
       ::dup2(fd, 2);
@@ -116,6 +117,8 @@ class Daemon {
   const std::string& runtime_dir() const { return runtime_dir_; }
   const std::string& segment() const { return segment_; }
   std::vector<std::string>& args() { return args_; }
+  // Environment variables set in the daemon's process (NOTIFY_SOCKET, WATCHDOG_USEC, ...).
+  std::map<std::string, std::string>& env() { return env_; }
 
   std::string log_text() const {
     std::ifstream in(log_);
@@ -126,6 +129,7 @@ class Daemon {
   std::string runtime_dir_;
   std::string segment_;
   std::vector<std::string> args_;
+  std::map<std::string, std::string> env_;
   std::string log_;
   pid_t pid_ = -1;
   int starts_ = 0;
