@@ -51,6 +51,25 @@ std::map<std::string, int> wait_commands(const std::string& brokers, std::size_t
   }
 }
 
+// Each test has a fresh cluster, so its groups read their topics from the beginning
+// (auto_offset_reset = earliest; the default, latest, would race the first produced message
+// against the group's first offset look-up). Waiting for the assignment checks the rebalance
+// callback.
+void wait_assigned(const Daemon& d, int times = 1) {
+  const auto deadline = Clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    const std::string log = d.log_text();
+    int n = 0;
+    for (auto at = log.find("kafka: assigned"); at != std::string::npos;
+         at = log.find("kafka: assigned", at + 1)) {
+      ++n;
+    }
+    if (n >= times) return;
+    if (Clock::now() > deadline) throw std::runtime_error("no partition assigned:\n" + log);
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+}
+
 struct KafkaFixture {
   KafkaMock mock;
   std::string dir = temp_dir("kafka");
@@ -61,11 +80,13 @@ struct KafkaFixture {
   explicit KafkaFixture(std::vector<std::string> args) {
     args.push_back("--transports=kafka");
     args.push_back("--kafka.brokers=" + mock.bootstrap());
+    args.push_back("--kafka.auto_offset_reset=earliest");
     args.push_back("--kafka.group_id=" +
                    unique("group"));  // the mock is slow to rebalance a rejoined group
     daemon = std::make_unique<Daemon>(dir, segment, std::move(args));
     daemon->start();
     ingress = std::make_unique<Ingress>(daemon->endpoint());
+    wait_assigned(*daemon);
   }
   ~KafkaFixture() {
     daemon.reset();
@@ -143,6 +164,88 @@ TEST(KafkaE2E, MalformedMessagesDoNotStopTheConsumer) {
   // Both bad messages were logged and skipped.
   EXPECT_THAT(f.daemon->log_text(), HasSubstr("skipped a malformed message"));
   EXPECT_THAT(f.daemon->log_text(), HasSubstr("missing field 'user_id'"));
+}
+
+// A replayed or redelivered ExecutionRequested for an execution that already finished must not
+// run it again: it is a duplicate.
+TEST(KafkaE2E, ARequestForARecentlyFinishedExecutionIsADuplicate) {
+  KafkaFixture f({});
+  ASSERT_TRUE(kcat_produce(f.mock.bootstrap(), "execution_events", "ExecutionRequested", "once",
+                           requested("once", "dave"), f.dir));
+  ASSERT_EQ(wait_commands(f.mock.bootstrap(), 1)["once"], 1);
+  ASSERT_TRUE(kcat_produce(f.mock.bootstrap(), "execution_events", "ExecutionCompleted", "once",
+                           completed("once"), f.dir));
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (f.ingress->op("status", "once").str("error") != "not_found" && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(kcat_produce(f.mock.bootstrap(), "execution_events", "ExecutionRequested", "once",
+                           requested("once", "dave"), f.dir));
+  std::map<std::string, int> rejected;
+  while (rejected["once"] == 0 && Clock::now() < deadline) {
+    rejected =
+        count_keys(kcat_consume(f.mock.bootstrap(), "execution_events"), "ExecutionRejected");
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(rejected["once"], 1);
+  EXPECT_EQ(wait_commands(f.mock.bootstrap(), 2, std::chrono::seconds(2))["once"], 1)
+      << "a finished execution ran again";
+}
+
+// Two supervisors on one cluster, each with the default consumer group: each sees the
+// completions of its own executions (with one shared group, the other could own the partition
+// and take them).
+TEST(KafkaE2E, TwoSupervisorsOnOneClusterEachGetTheirOwnCompletions) {
+  KafkaMock mock;
+  struct Side {
+    std::string dir = temp_dir("kafka-two");
+    std::string segment = unique("shmsched-e2e-ktwo");
+    std::unique_ptr<Daemon> daemon;
+    std::unique_ptr<Ingress> ingress;
+  };
+  Side a, b;
+  for (Side* s : {&a, &b}) {
+    ipc::Segment::remove(s->segment);
+    s->daemon = std::make_unique<Daemon>(
+        s->dir, s->segment,
+        std::vector<std::string>{"--transports=kafka", "--kafka.brokers=" + mock.bootstrap(),
+                                 "--kafka.auto_offset_reset=earliest",
+                                 "--max-active-executions=1"});
+    s->daemon->start();
+    s->ingress = std::make_unique<Ingress>(s->daemon->endpoint());
+  }
+  wait_assigned(*a.daemon);
+  wait_assigned(*b.daemon);
+  auto group_of = [](const Daemon& d) {
+    const std::string log = d.log_text();
+    const auto at = log.find("as group ");
+    return at == std::string::npos ? std::string()
+                                   : log.substr(at + 9, log.find(' ', at + 9) - at - 9);
+  };
+  EXPECT_THAT(group_of(*a.daemon), HasSubstr("shmsched."));
+  EXPECT_NE(group_of(*a.daemon), group_of(*b.daemon));
+  ASSERT_TRUE(a.ingress->submit("a1", "u").ok());
+  ASSERT_TRUE(a.ingress->submit("a2", "u").ok());
+  ASSERT_TRUE(b.ingress->submit("b1", "u").ok());
+  ASSERT_TRUE(b.ingress->submit("b2", "u").ok());
+  auto cmds = wait_commands(mock.bootstrap(), 2);
+  ASSERT_EQ(cmds["a1"], 1);
+  ASSERT_EQ(cmds["b1"], 1);
+  // Each one's first execution completes: each dispatches its second.
+  ASSERT_TRUE(kcat_produce(mock.bootstrap(), "execution_events", "ExecutionCompleted", "a1",
+                           completed("a1"), a.dir));
+  ASSERT_TRUE(kcat_produce(mock.bootstrap(), "execution_events", "ExecutionCompleted", "b1",
+                           completed("b1"), b.dir));
+  cmds = wait_commands(mock.bootstrap(), 4);
+  EXPECT_EQ(cmds["a2"], 1) << a.daemon->log_text();
+  EXPECT_EQ(cmds["b2"], 1) << b.daemon->log_text();
+  for (Side* s : {&a, &b}) {
+    auto stats = s->ingress->call(MapBuilder().str("op", "stats").finish());
+    EXPECT_EQ(ipc::get_int(*ipc::find_field(stats.get(), "counters"), "completed").value_or(0), 1);
+    EXPECT_EQ(s->daemon->signal(SIGTERM), 0);
+    ipc::Segment::remove(s->segment);
+    std::filesystem::remove_all(s->dir);
+  }
 }
 
 TEST(KafkaE2E, SwapFromZeromqToKafkaAndToBothBySighup) {

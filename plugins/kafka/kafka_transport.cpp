@@ -8,10 +8,18 @@
 // counted and skipped.
 //
 // Options: brokers (required), command_topic (saga_commands), event_topic (execution_events),
-// group_id (shmsched), consume (true), and rdkafka.<property> (or rdkafka_<property with _ for
-// .>) passed to librdkafka as is. Built against include/shmsched/transport.h, librdkafka and
-// msgpack-cxx only.
+// group_id (default: one group per supervisor, shmsched.<host>.<hash of runtime_dir>),
+// auto_offset_reset (latest), consume (true), and rdkafka.<property> (or rdkafka_<property with
+// _ for .>) passed to librdkafka as is. Built against include/shmsched/transport.h, librdkafka
+// and msgpack-cxx only.
+//
+// Partition ownership: a rebalance callback tracks which partitions this consumer owns, with an
+// epoch per assignment. An acknowledgement commits only for a partition still owned in the
+// epoch its message was read in, so a revoked partition's late acknowledgements never move the
+// group's offset (possibly backwards) under its new owner. Commit results are counted and
+// failures logged.
 #include <librdkafka/rdkafka.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
@@ -34,19 +42,55 @@ namespace {
 // Shared with the acknowledgements, which may outlive the transport (the supervisor may hold one
 // while a reload replaces us).
 struct Commits {
+  using Partition = std::pair<std::string, std::int32_t>;
   std::mutex mu;
   rd_kafka_t* consumer = nullptr;  // null once stopped: acknowledgements then commit nothing
-  std::map<std::pair<std::string, std::int32_t>, std::map<std::int64_t, bool>> outstanding;
+  std::uint64_t next_epoch = 1;
+  std::map<Partition, std::uint64_t> owned;  // partition -> epoch of its current assignment
+  std::map<Partition, std::map<std::int64_t, bool>> outstanding;
 
-  void track(const std::string& topic, std::int32_t partition, std::int64_t offset) {
+  // The epoch a message just read belongs to (0: its partition is not ours any more).
+  std::uint64_t track(const std::string& topic, std::int32_t partition, std::int64_t offset) {
     std::lock_guard lock(mu);
+    auto it = owned.find({topic, partition});
+    if (it == owned.end()) return 0;
     outstanding[{topic, partition}][offset] = false;
+    return it->second;
   }
 
-  void done(const std::string& topic, std::int32_t partition, std::int64_t offset) {
+  void assign(const rd_kafka_topic_partition_list_t* parts) {
     std::lock_guard lock(mu);
+    for (int i = 0; i < parts->cnt; ++i) {
+      const Partition p{parts->elems[i].topic, parts->elems[i].partition};
+      owned[p] = next_epoch++;
+      outstanding.erase(p);
+    }
+  }
+
+  void revoke(const rd_kafka_topic_partition_list_t* parts) {
+    std::lock_guard lock(mu);
+    for (int i = 0; i < parts->cnt; ++i) {
+      const Partition p{parts->elems[i].topic, parts->elems[i].partition};
+      owned.erase(p);
+      outstanding.erase(p);
+    }
+  }
+
+  void revoke_all() {
+    std::lock_guard lock(mu);
+    owned.clear();
+    outstanding.clear();
+  }
+
+  void done(const std::string& topic, std::int32_t partition, std::int64_t offset,
+            std::uint64_t epoch) {
+    std::lock_guard lock(mu);
+    auto own = owned.find({topic, partition});
+    if (own == owned.end() || own->second != epoch) return;  // revoked since it was read
     auto& offsets = outstanding[{topic, partition}];
-    offsets[offset] = true;
+    auto it = offsets.find(offset);
+    if (it == offsets.end()) return;
+    it->second = true;
     std::int64_t last = -1;
     while (!offsets.empty() && offsets.begin()->second) {
       last = offsets.begin()->first;
@@ -66,7 +110,9 @@ struct Kafka {
   std::string brokers;
   std::string command_topic = "saga_commands";
   std::string event_topic = "execution_events";
-  std::string group_id = "shmsched";
+  std::string group_id;  // empty: one per supervisor (default_group_id)
+  std::string auto_offset_reset = "latest";
+  std::string runtime_dir;
   bool consume = true;
   std::vector<std::pair<std::string, std::string>> properties;
   rd_kafka_t* producer = nullptr;
@@ -77,6 +123,9 @@ struct Kafka {
   std::atomic<std::uint64_t> malformed{0};
   std::atomic<std::uint64_t> skipped{0};
   std::atomic<std::uint64_t> handed{0};
+  std::atomic<std::uint64_t> commits_ok{0};
+  std::atomic<std::uint64_t> commit_failures{0};
+  std::atomic<std::uint64_t> rebalances{0};
 };
 
 void log(Kafka* k, shmsched_log_level level, const std::string& msg) {
@@ -108,6 +157,85 @@ void on_delivery(rd_kafka_t*, const rd_kafka_message_t* m, void* opaque) {
   }
 }
 
+// The default consumer group: one per supervisor (host and runtime directory), so that two
+// supervisors on one cluster never take each other's lifecycle events.
+std::string default_group_id(const std::string& runtime_dir) {
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::snprintf(host, sizeof host, "localhost");
+  std::uint32_t h = 2166136261u;  // FNV-1a
+  for (unsigned char c : runtime_dir) h = (h ^ c) * 16777619u;
+  char out[320];
+  std::snprintf(out, sizeof out, "shmsched.%s.%08x", host, h);
+  return out;
+}
+
+std::string partitions_text(const rd_kafka_topic_partition_list_t* parts) {
+  std::string out;
+  for (int i = 0; i < parts->cnt; ++i) {
+    if (!out.empty()) out += ",";
+    out +=
+        std::string(parts->elems[i].topic) + "[" + std::to_string(parts->elems[i].partition) + "]";
+  }
+  return out.empty() ? "none" : out;
+}
+
+void on_rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* parts,
+                  void* opaque) {
+  auto* k = static_cast<Kafka*>(opaque);
+  k->rebalances++;
+  const char* protocol = rd_kafka_rebalance_protocol(rk);
+  const bool cooperative = protocol && std::strcmp(protocol, "COOPERATIVE") == 0;
+  if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+    k->commits->assign(parts);
+    if (cooperative) {
+      if (rd_kafka_error_t* e = rd_kafka_incremental_assign(rk, parts)) rd_kafka_error_destroy(e);
+    } else {
+      rd_kafka_assign(rk, parts);
+    }
+    log(k, SHMSCHED_LOG_INFO,
+        "kafka: assigned " + partitions_text(parts) + " (group " + k->group_id + ")");
+    return;
+  }
+  // Revoked (or an error): acknowledgements of what was read from these partitions no longer
+  // commit; their next owner reads them again from the last committed offset (at least once).
+  if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+    k->commits->revoke(parts);
+    log(k, SHMSCHED_LOG_INFO, "kafka: revoked " + partitions_text(parts));
+  } else {
+    k->commits->revoke_all();
+    log(k, SHMSCHED_LOG_WARN, std::string("kafka: rebalance error: ") + rd_kafka_err2str(err));
+  }
+  if (cooperative) {
+    if (rd_kafka_error_t* e = rd_kafka_incremental_unassign(rk, parts)) rd_kafka_error_destroy(e);
+  } else {
+    rd_kafka_assign(rk, nullptr);
+  }
+}
+
+void on_commit(rd_kafka_t*, rd_kafka_resp_err_t err, rd_kafka_topic_partition_list_t* offsets,
+               void* opaque) {
+  auto* k = static_cast<Kafka*>(opaque);
+  if (err == RD_KAFKA_RESP_ERR__NO_OFFSET) return;  // nothing was due
+  std::string failed;
+  if (err) failed = rd_kafka_err2str(err);
+  for (int i = 0; offsets && i < offsets->cnt && !err; ++i) {
+    if (offsets->elems[i].err) {
+      failed = std::string(offsets->elems[i].topic) + "[" +
+               std::to_string(offsets->elems[i].partition) +
+               "]: " + rd_kafka_err2str(offsets->elems[i].err);
+    }
+  }
+  if (failed.empty()) {
+    k->commits_ok++;
+    return;
+  }
+  k->commit_failures++;
+  log(k, SHMSCHED_LOG_WARN,
+      "kafka: committing consumer offsets failed (" + failed + "; " +
+          std::to_string(k->commit_failures.load()) +
+          " failure(s) so far): those messages are read again after a restart or rebalance");
+}
+
 void on_log(const rd_kafka_t* rk, int level, const char*, const char* buf) {
   auto* k = static_cast<Kafka*>(rd_kafka_opaque(rk));
   log(k,
@@ -133,6 +261,10 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
         k->event_topic = value;
       else if (key == "group_id")
         k->group_id = value;
+      else if (key == "auto_offset_reset")
+        k->auto_offset_reset = value;
+      else if (key == "runtime_dir")
+        k->runtime_dir = value;
       else if (key == "consume")
         k->consume = value != "false" && value != "0" && value != "no";
       else if (key.rfind("rdkafka.", 0) == 0)
@@ -142,15 +274,24 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
         std::string prop = key.substr(8);
         for (char& c : prop) c = c == '_' ? '.' : c;
         k->properties.emplace_back(prop, value);
-      } else if (key != "runtime_dir") {
+      } else {
         write_err(err, err_len,
                   "unknown option kafka." + key +
                       " (known: brokers, command_topic, event_topic, group_id, "
-                      "consume, rdkafka.<property>)");
+                      "auto_offset_reset, consume, rdkafka.<property>)");
         delete k;
         return nullptr;
       }
     }
+    if (k->auto_offset_reset != "latest" && k->auto_offset_reset != "earliest") {
+      write_err(err, err_len,
+                "kafka.auto_offset_reset = " + k->auto_offset_reset +
+                    ": must be latest (a new group starts at the end of the event topic) or "
+                    "earliest (a new group reads the topic's whole history)");
+      delete k;
+      return nullptr;
+    }
+    if (k->group_id.empty()) k->group_id = default_group_id(k->runtime_dir);
     if (k->brokers.empty()) {
       write_err(err, err_len, "kafka.brokers is required (e.g. kafka.brokers = localhost:9092)");
       delete k;
@@ -172,7 +313,9 @@ rd_kafka_t* make_client(Kafka* k, rd_kafka_type_t type, std::string& why) {
   } else {
     ok = ok && set(conf, "group.id", k->group_id, why) &&
          set(conf, "enable.auto.commit", "false", why) &&
-         set(conf, "auto.offset.reset", "earliest", why);
+         set(conf, "auto.offset.reset", k->auto_offset_reset, why);
+    rd_kafka_conf_set_rebalance_cb(conf, on_rebalance);
+    rd_kafka_conf_set_offset_commit_cb(conf, on_commit);
   }
   for (const auto& [key, value] : k->properties) {
     // Producer-only or consumer-only properties are refused by the other client: apply each
@@ -209,17 +352,13 @@ struct Ack {
   std::string topic;
   std::int32_t partition;
   std::int64_t offset;
+  std::uint64_t epoch;
 };
 
 void ack_cb(void* ctx) {
   auto* a = static_cast<Ack*>(ctx);
-  a->commits->done(a->topic, a->partition, a->offset);
+  a->commits->done(a->topic, a->partition, a->offset, a->epoch);
   delete a;
-}
-
-// A message that needs nothing from the supervisor is done at once.
-void commit_now(Kafka* k, const rd_kafka_message_t* m) {
-  k->commits->done(rd_kafka_topic_name(m->rkt), m->partition, m->offset);
 }
 
 std::string header(const rd_kafka_message_t* m, const char* name) {
@@ -232,7 +371,12 @@ std::string header(const rd_kafka_message_t* m, const char* name) {
 }
 
 void handle(Kafka* k, const rd_kafka_message_t* m) {
-  k->commits->track(rd_kafka_topic_name(m->rkt), m->partition, m->offset);
+  const std::uint64_t epoch =
+      k->commits->track(rd_kafka_topic_name(m->rkt), m->partition, m->offset);
+  // A message that needs nothing from the supervisor is done at once.
+  auto commit_now = [&](Kafka* kk, const rd_kafka_message_t* mm) {
+    kk->commits->done(rd_kafka_topic_name(mm->rkt), mm->partition, mm->offset, epoch);
+  };
   if (header(m, "origin") == "shmsched") {  // our own publications
     k->skipped++;
     commit_now(k, m);
@@ -293,7 +437,7 @@ void handle(Kafka* k, const rd_kafka_message_t* m) {
     pk.pack(kv.key);
     pk.pack(kv.val);
   }
-  auto* ack = new Ack{k->commits, rd_kafka_topic_name(m->rkt), m->partition, m->offset};
+  auto* ack = new Ack{k->commits, rd_kafka_topic_name(m->rkt), m->partition, m->offset, epoch};
   shmsched_inbound_done done{nullptr, ack_cb, ack};
   // Offered until the host takes it (it is only refused while it is overloaded).
   while (k->running &&
@@ -413,7 +557,9 @@ void stop(shmsched_transport* t) {
   log(k, SHMSCHED_LOG_INFO,
       "kafka: stopped (" + std::to_string(k->handed.load()) + " operations taken, " +
           std::to_string(k->skipped.load()) + " messages skipped, " +
-          std::to_string(k->malformed.load()) + " malformed)");
+          std::to_string(k->malformed.load()) + " malformed, " +
+          std::to_string(k->commits_ok.load()) + " offset commits, " +
+          std::to_string(k->commit_failures.load()) + " failed)");
 }
 
 void destroy(shmsched_transport* t) {

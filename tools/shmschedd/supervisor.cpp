@@ -418,6 +418,15 @@ void Supervisor::handle_op(OpMessage& op) {
   if (auto* s = std::get_if<protocol::SubmitOp>(&op.request)) {
     // A submission that arrived through a transport (e.g. ExecutionRequested on Kafka).
     const std::string id = s->execution_id.empty() ? protocol::new_uuid() : s->execution_id;
+    if (finished_.count(id)) {
+      // A redelivered request (a replayed topic, a rebalance) for an execution that already
+      // ran must not run it again.
+      const std::string why = "execution " + id + " has already finished";
+      publish_event("ExecutionRejected", id,
+                    ipc::events::rejected(id, s->user_id, "duplicate", why));
+      reply(op.reply_to, protocol::error_reply("duplicate", why));
+      return;
+    }
     std::string error;
     ipc::Producer* producer = loop_producer(error);
     if (!producer) {
