@@ -7,6 +7,7 @@
 #include <fstream>
 
 #include "daemon_support.h"
+#include "journal_listener.h"
 #include "notify_listener.h"
 #include "shmsched/ipc/queue.h"
 
@@ -200,6 +201,50 @@ TEST(DaemonRobustness, AProducerStoppedInsideAnOperationDoesNotStopTheLoop) {
   }
   EXPECT_TRUE(resubmitted) << daemon.log_text();
   EXPECT_EQ(ingress.op("status", "frozen").str("execution_id"), "frozen");
+  EXPECT_EQ(daemon.signal(SIGTERM), 0);
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
+// Logs under the journal: with JOURNAL_STREAM naming its stderr, shmschedd writes native journal
+// entries with a numeric PRIORITY (so `journalctl -p warning` filters) and the execution a line
+// is about as EXECUTION_ID. The test runs it in its own mount namespace, with the journal's
+// socket directory bound to one the test listens on.
+TEST(DaemonRobustness, LogsGoToTheJournalWithPrioritiesAndExecutionIds) {
+  const std::string dir = temp_dir("journal");
+  const std::string segment = segment_name("journal");
+  ipc::Segment::remove(segment);
+  std::filesystem::create_directories("/run/systemd/journal");  // the mount point
+  std::filesystem::create_directories(dir + "/journal");
+  JournalListener journal(dir + "/journal/socket");
+  const std::string fail_file = dir + "/fail";
+  std::ofstream(fail_file).put('x');
+  Daemon daemon(dir, segment,
+                {"--transports=flaky", "--flaky.log_file=" + dir + "/delivered",
+                 "--flaky.fail_file=" + fail_file, "--dispatch-backoff-ms=100"});
+  daemon.prefix() = {
+      "/usr/bin/unshare", "-m", "/bin/sh", "-c",
+      "mount --bind '" + dir + "/journal' /run/systemd/journal && exec \"$0\" \"$@\""};
+  daemon.env()["JOURNAL_STREAM"] = "auto";
+  daemon.start();
+  Ingress ingress(daemon.endpoint());
+  ASSERT_TRUE(ingress.submit("j-1", "u").ok());
+
+  auto ready = journal.wait_for([](const JournalEntry& e) {
+    return e.field("MESSAGE").find("shmschedd ready") != std::string::npos;
+  });
+  ASSERT_TRUE(ready) << daemon.log_text();
+  EXPECT_EQ(ready->field("PRIORITY"), "6");
+  EXPECT_EQ(ready->field("SYSLOG_IDENTIFIER"), "shmschedd");
+  EXPECT_FALSE(ready->has("EXECUTION_ID"));
+  auto failed = journal.wait_for([](const JournalEntry& e) {
+    return e.field("MESSAGE").find("dispatch of j-1 failed") != std::string::npos;
+  });
+  ASSERT_TRUE(failed);
+  EXPECT_EQ(failed->field("PRIORITY"), "4");
+  EXPECT_EQ(failed->field("EXECUTION_ID"), "j-1");
+  // Nothing went to stderr with a textual level that the journal would not understand.
+  EXPECT_THAT(daemon.log_text(), ::testing::Not(HasSubstr("<warning>")));
   EXPECT_EQ(daemon.signal(SIGTERM), 0);
   ipc::Segment::remove(segment);
   std::filesystem::remove_all(dir);

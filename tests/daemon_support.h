@@ -4,6 +4,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -59,6 +60,7 @@ class Daemon {
                                      "--idle-spin-us=0",
                                      "--log-level=debug"};
     argv.insert(argv.end(), args_.begin(), args_.end());
+    argv.insert(argv.begin(), prefix_.begin(), prefix_.end());
     log_ = runtime_dir_ + "/shmschedd-" + std::to_string(starts_++) + ".log";
     pid_ = ::fork();
     if (pid_ == 0) {
@@ -66,6 +68,13 @@ class Daemon {
       const int fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       ::dup2(fd, 1);
       ::dup2(fd, 2);
+      if (env_.count("JOURNAL_STREAM") && env_.at("JOURNAL_STREAM") == "auto") {
+        // As systemd does: stderr's device and inode, so the daemon knows it is "the journal".
+        struct stat st {};
+        ::fstat(2, &st);
+        ::setenv("JOURNAL_STREAM",
+                 (std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino)).c_str(), 1);
+      }
       std::vector<char*> cargv;
       for (auto& a : argv) cargv.push_back(a.data());
       cargv.push_back(nullptr);
@@ -119,6 +128,8 @@ class Daemon {
   std::vector<std::string>& args() { return args_; }
   // Environment variables set in the daemon's process (NOTIFY_SOCKET, WATCHDOG_USEC, ...).
   std::map<std::string, std::string>& env() { return env_; }
+  // A command the daemon runs under ("unshare", ...); it must exec its arguments in place.
+  std::vector<std::string>& prefix() { return prefix_; }
 
   std::string log_text() const {
     std::ifstream in(log_);
@@ -130,6 +141,7 @@ class Daemon {
   std::string segment_;
   std::vector<std::string> args_;
   std::map<std::string, std::string> env_;
+  std::vector<std::string> prefix_;
   std::string log_;
   pid_t pid_ = -1;
   int starts_ = 0;

@@ -11,6 +11,7 @@
 #include <iostream>
 
 #include "config.h"
+#include "journal_sink.h"
 #include "lock_file.h"
 #include "supervisor.h"
 
@@ -19,11 +20,14 @@ using namespace shmsched::daemon;
 namespace {
 
 void setup_logging(const Config& c) {
-  auto logger = spdlog::stderr_color_mt("shmschedd");
-  if (std::getenv("JOURNAL_STREAM")) {
-    // The journal adds its own timestamp and the unit name.
-    logger->set_pattern("<%l> %v");
+  std::shared_ptr<spdlog::logger> logger;
+  if (stderr_is_journal()) {
+    // Under systemd: native journal entries, with priorities and structured fields (the journal
+    // adds its own timestamp and the unit name).
+    logger =
+        std::make_shared<spdlog::logger>("shmschedd", std::make_shared<JournalSink>("shmschedd"));
   } else {
+    logger = spdlog::stderr_color_mt("shmschedd");
     logger->set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
   }
   spdlog::set_default_logger(logger);

@@ -17,6 +17,7 @@
 
 #include <algorithm>
 
+#include "journal_sink.h"
 #include "shmsched/ipc/events.h"
 
 namespace shmsched::daemon {
@@ -179,12 +180,15 @@ void Supervisor::publish_event(const char* type, const std::string& key,
       type, key.c_str(), type, reinterpret_cast<const std::uint8_t*>(body.data()), body.size(), 0};
   for (auto& t : transports_) {
     const int rc = t->publish(msg, kEventTokenBit | next_token_++);
-    if (rc != SHMSCHED_OK)
+    if (rc != SHMSCHED_OK) {
+      const ExecutionLogScope log_scope(key);
       spdlog::warn("transport {} refused event {} for {}", t->name(), type, key);
+    }
   }
 }
 
 void Supervisor::publish_dispatch(Active& a) {
+  const ExecutionLogScope log_scope(a.rec.execution_id);
   const auto body = ipc::events::dispatch(a.rec, a.attempt);
   a.token = next_token_++;
   a.pending.clear();
@@ -208,6 +212,7 @@ void Supervisor::publish_dispatch(Active& a) {
 }
 
 void Supervisor::resolve_dispatch(Active& a) {
+  const ExecutionLogScope log_scope(a.rec.execution_id);
   tokens_.erase(a.token);
   a.token = 0;
   if (!a.publish_failed && !transports_.empty()) {
