@@ -87,14 +87,30 @@ Consumer::Consumer(std::shared_ptr<Segment> segment, ConsumerOptions options)
     if (consumer.compare_exchange_strong(current, identity_, std::memory_order_seq_cst)) break;
   }
   is_consumer_ = true;
+  bounded_ = true;
   // Whatever a previous consumer (or any dead producer) left half done is repaired before we
   // start: a rebuild from the slots. A maintainer that started before we registered is waited
   // for; a live process that stays inside an operation (stopped) only matters when a repair is
   // really needed.
-  if (!maintain(std::chrono::steady_clock::now() + options.start_wait) && rebuild_needed()) {
-    const pid_t blocker = blocked_by_;
+  auto give_up_registration = [&] {
     std::uint64_t me = identity_;
     consumer.compare_exchange_strong(me, 0, std::memory_order_seq_cst);
+  };
+  bool maintained = false;
+  try {
+    maintained = maintain(std::chrono::steady_clock::now() + options.start_wait);
+  } catch (...) {
+    give_up_registration();
+    throw;
+  }
+  // Not maintained: fine when nothing needs repairing, unless a live process still holds the
+  // maintenance word (a producer that began a rebuild before we registered, and stopped in it):
+  // then we could not operate at all.
+  const std::uint64_t held = v.hdr->maintenance.load(std::memory_order_seq_cst);
+  if (!maintained && (rebuild_needed() || (held & kIdentityMask) != 0)) {
+    const pid_t blocker =
+        (held & kIdentityMask) != 0 ? identity_pid(held & kIdentityMask) : blocked_by_;
+    give_up_registration();
     throw SegmentError("cannot recover shared memory segment /dev/shm/" + segment_->name() +
                        ": pid " + std::to_string(blocker) +
                        " stayed inside a queue operation for " +
@@ -106,6 +122,7 @@ Consumer::Consumer(std::shared_ptr<Segment> segment, ConsumerOptions options)
 }
 
 Consumer::~Consumer() {
+  if (!owned_by_this_process()) return;
   std::uint64_t me = identity_;
   CRASH_POINT("consumer: unregister");
   view_->hdr->consumer.compare_exchange_strong(me, 0, std::memory_order_seq_cst);
@@ -113,10 +130,10 @@ Consumer::~Consumer() {
 
 bool Consumer::has_work() {
   const SegmentView& v = *view_;
-  if (!enter()) return false;
+  Bracket bracket(*this);
+  if (!bracket) return false;
   bool work = false;
   for (std::size_t l = 0; l < kLevels && !work; ++l) work = !ring_of(v, l).empty();
-  leave();
   return work;
 }
 
@@ -170,23 +187,22 @@ std::optional<ActiveRef> take_from_level(const SegmentView& v, std::size_t level
 }  // namespace
 
 std::optional<ActiveRef> Consumer::dequeue() {
-  if (!enter()) return std::nullopt;
+  Bracket bracket(*this);
+  if (!bracket) return std::nullopt;
   for (std::size_t level = 0; level < kLevels; ++level) {
     if (auto ref = take_from_level(*view_, level)) {
       count(kDequeued);
-      leave();
       return ref;
     }
   }
-  leave();
   return std::nullopt;
 }
 
 std::optional<ActiveRef> Consumer::dequeue(Priority level, std::uint64_t* pos_out) {
-  if (!enter()) return std::nullopt;
+  Bracket bracket(*this);
+  if (!bracket) return std::nullopt;
   auto ref = take_from_level(*view_, priority_index(level) % kLevels, pos_out);
   if (ref) count(kDequeued);
-  leave();
   return ref;
 }
 
@@ -285,14 +301,12 @@ std::optional<ExecutionRecord> Consumer::record(ActiveRef ref) const {
 bool Consumer::release(ActiveRef ref) {
   const SegmentView& v = *view_;
   if (ref.slot >= v.geo->slot_count) return false;
-  if (!enter()) return false;
+  Bracket bracket(*this);
+  if (!bracket) return false;
   blocked_by_ = 0;
   Slot& s = v.slot(ref.slot);
   const std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
-  if (ctrl_state(c) != SlotState::kActive || ctrl_gen(c) != ref.generation) {
-    leave();
-    return false;
-  }
+  if (ctrl_state(c) != SlotState::kActive || ctrl_gen(c) != ref.generation) return false;
   // Identity first, then counts, then the slot: once the slot is free it may be reused at once.
   DedupIndex{&v}.remove(s.id_hash.load(std::memory_order_relaxed), ref.slot);
   if (!UserTable{&v}.release(s.user_entry)) {
@@ -302,7 +316,6 @@ bool Consumer::release(ActiveRef ref) {
   v.hdr->active.store(v.hdr->active.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
   free_slot(v, ref.slot);
   count(kReleased);
-  leave();
   return true;
 }
 
@@ -324,7 +337,8 @@ std::vector<ExecutionRecord> Consumer::sweep_stale(std::chrono::seconds timeout,
   const std::int64_t cutoff =
       now_ns - std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
   std::vector<ExecutionRecord> expired;
-  if (!enter()) return expired;
+  Bracket bracket(*this);
+  if (!bracket) return expired;
   for (std::size_t level = 0; level < kLevels; ++level) {
     RingRef ring = ring_of(v, level);
     for (;;) {
@@ -342,11 +356,8 @@ std::vector<ExecutionRecord> Consumer::sweep_stale(std::chrono::seconds timeout,
       if ((st != SlotState::kQueued && st != SlotState::kPending) || s.enqueued_at_ns >= cutoff) {
         break;
       }
-      CRASH_POINT("sweep: claim a stale slot");
-      if (!s.ctrl.compare_exchange_strong(c, ctrl_make(ctrl_gen(c), 0, SlotState::kExpired),
-                                          std::memory_order_acq_rel)) {
-        continue;
-      }
+      // Copied out (and room made for it) before the slot is claimed: nothing that may throw
+      // happens between the claim and the slot's release.
       ExecutionRecord rec;
       const ExecutionView view = make_view(v, *index);
       rec.execution_id = std::string(view.execution_id);
@@ -357,6 +368,12 @@ std::vector<ExecutionRecord> Consumer::sweep_stale(std::chrono::seconds timeout,
       rec.timeout_seconds = view.timeout_seconds;
       rec.payload.assign(view.payload.begin(), view.payload.end());
       if (!view.extras.empty()) decode_extras(view.extras, rec.required_capabilities, rec.metadata);
+      expired.reserve(expired.size() + 1);
+      CRASH_POINT("sweep: claim a stale slot");
+      if (!s.ctrl.compare_exchange_strong(c, ctrl_make(ctrl_gen(c), 0, SlotState::kExpired),
+                                          std::memory_order_acq_rel)) {
+        continue;
+      }
       expired.push_back(std::move(rec));
       ring.pop_at(pos, *index);
       DedupIndex{&v}.remove(s.id_hash.load(std::memory_order_relaxed), *index);
@@ -369,7 +386,6 @@ std::vector<ExecutionRecord> Consumer::sweep_stale(std::chrono::seconds timeout,
       count(kExpired);
     }
   }
-  leave();
   return expired;
 }
 

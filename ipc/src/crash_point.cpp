@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstring>
+#include <new>
 
 #include "shmsched/ipc/crash_points.h"
 
@@ -44,6 +45,7 @@ void crash_point_hit(const CrashSite& site) {
     const ssize_t w = ::write(g_fd, line.data(), line.size());
     (void)w;
   }
+  if (g_signal == 0) throw std::bad_alloc();  // as an allocation failing right there
   ::raise(g_signal);
 }
 

@@ -1,6 +1,11 @@
 #include "identity.h"
 
+#include <dirent.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <cstdio>
 #include <cstdlib>
@@ -45,11 +50,79 @@ std::uint64_t self_identity() {
   return make_identity(pid, start);
 }
 
+namespace {
+
+enum class Stat { kGone, kUnknown, kRead };
+
+// Reads /proc/<pid>/stat: the process state letter and its start time. kGone only when the
+// kernel says there is no such process; any other failure (out of file descriptors, no
+// permission) is kUnknown.
+Stat read_stat(pid_t pid, char& state, std::uint64_t& start) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return errno == ENOENT || errno == ESRCH ? Stat::kGone : Stat::kUnknown;
+  char buf[1024];
+  const ssize_t n = ::read(fd, buf, sizeof buf - 1);
+  const int read_errno = errno;
+  ::close(fd);
+  if (n <= 0) return n < 0 && read_errno == ESRCH ? Stat::kGone : Stat::kUnknown;
+  const std::string line(buf, static_cast<std::size_t>(n));
+  const auto close = line.rfind(')');
+  if (close == std::string::npos) return Stat::kUnknown;
+  std::istringstream rest(line.substr(close + 1));
+  std::string field;
+  rest >> field;  // field 3
+  if (field.empty()) return Stat::kUnknown;
+  state = field[0];
+  for (int i = 4; i <= 22 && rest >> field; ++i) {
+    if (i == 22) {
+      start = std::strtoull(field.c_str(), nullptr, 10);
+      return Stat::kRead;
+    }
+  }
+  return Stat::kUnknown;
+}
+
+// A thread-group leader in state Z whose other threads still run is a live process (its main
+// thread exited, not the process). False also when that cannot be told (conservative: alive).
+bool only_zombie_left(pid_t pid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/task", static_cast<int>(pid));
+  DIR* dir = ::opendir(path);
+  if (!dir) return errno == ENOENT || errno == ESRCH;
+  bool others = false;
+  const std::string self = std::to_string(pid);
+  while (const dirent* e = ::readdir(dir)) {
+    if (e->d_name[0] != '.' && self != e->d_name) others = true;
+  }
+  ::closedir(dir);
+  return !others;
+}
+
+}  // namespace
+
 bool identity_alive(std::uint64_t identity) {
   identity &= kIdentityMask;
   if (identity == 0) return false;
-  const std::uint64_t now = process_start_time(identity_pid(identity));
-  return now != 0 && make_identity(identity_pid(identity), now) == identity;
+  const pid_t pid = identity_pid(identity);
+  // Dead means: the kernel says so. Anything that cannot be checked counts as alive, because
+  // taking a live process for dead lets a rebuild run under its operation.
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
+  char state = 0;
+  std::uint64_t start = 0;
+  switch (read_stat(pid, state, start)) {
+    case Stat::kGone:
+      return false;
+    case Stat::kUnknown:
+      return true;
+    case Stat::kRead:
+      break;
+  }
+  if (make_identity(pid, start) != identity) return false;  // the pid was reused
+  if (state == 'X' || state == 'x') return false;
+  if (state == 'Z') return !only_zombie_left(pid);
+  return true;
 }
 
 }  // namespace shmsched::ipc::detail

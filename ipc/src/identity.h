@@ -35,7 +35,10 @@ constexpr pid_t identity_pid(std::uint64_t identity) {
 // SegmentError when /proc cannot tell the process's start time.
 std::uint64_t self_identity();
 
-// True when the process named by `identity` (bits 62 and 63 ignored) is running. False for 0.
+// True when the process named by `identity` (bits 62 and 63 ignored) is running. False for 0,
+// and for a process the kernel reports gone, a reused pid, or a zombie with no running thread;
+// true when it cannot be told (no file descriptor left, no permission to read /proc): taking a
+// live process for dead would let a rebuild run under its operation.
 bool identity_alive(std::uint64_t identity);
 
 }  // namespace shmsched::ipc::detail

@@ -59,8 +59,13 @@ struct Attempt {
 
 }  // namespace
 
-Producer::Producer(std::shared_ptr<Segment> segment)
-    : QueueHandle(std::move(segment), static_cast<std::uint32_t>(ParticipantRole::kProducer)) {}
+Producer::Producer(std::shared_ptr<Segment> segment, ProducerOptions options)
+    : QueueHandle(std::move(segment), static_cast<std::uint32_t>(ParticipantRole::kProducer)) {
+  if (options.wait) {
+    bounded_ = true;
+    maintenance_wait_ = *options.wait;
+  }
+}
 
 SubmitResult Producer::submit(const SubmitRequest& req) {
   const SegmentView& v = *view_;
@@ -218,10 +223,16 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
   };
 
   for (bool maintained = false;; maintained = true) {
-    while (!enter()) {  // a producer's enter() waits; this loop only guards the contract
+    Attempt a;
+    {
+      Bracket bracket(*this);
+      if (!bracket) {
+        return refuse(Admission::kQueueFull,
+                      "the queue is being repaired and pid " + std::to_string(blocked_by_) +
+                          " holds the repair up (stopped inside a queue operation?): retry");
+      }
+      a = attempt(maintained);
     }
-    Attempt a = attempt(maintained);
-    leave();
     if (a.needs_maintenance) {
       run_maintenance();
       continue;

@@ -91,12 +91,17 @@ QueueHandle::QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role)
   me.role.store(role, std::memory_order_relaxed);
 }
 
+bool QueueHandle::owned_by_this_process() const {
+  return identity_pid(identity_) == ::getpid();
+}
+
 QueueHandle::~QueueHandle() {
-  if (self_ == kNoEntry) return;
+  if (self_ == kNoEntry || !owned_by_this_process()) return;
   Participant& me = view_->participant(self_);
   me.busy.store(0, std::memory_order_seq_cst);
   CRASH_POINT("unregister: free our participant entry");
-  me.ident.store(0, std::memory_order_release);
+  std::uint64_t mine = identity_;
+  me.ident.compare_exchange_strong(mine, 0, std::memory_order_acq_rel);
 }
 
 void QueueHandle::count(std::size_t counter, std::uint64_t n) {
@@ -170,15 +175,19 @@ bool QueueHandle::wait_for_maintenance(std::uint64_t m, std::uint32_t round,
   }
   if (needs_redo(m)) {
     if (may_maintain()) {
-      if (maintain(is_consumer_ ? deadline : SteadyClock::now() + maintenance_wait_)) return true;
-      return !is_consumer_;
+      if (maintain(bounded_ ? deadline : SteadyClock::now() + maintenance_wait_)) return true;
+      return !bounded_;
     }
     request_from_consumer(SteadyClock::now() + kMaintenancePoll);
+    if (bounded_ && SteadyClock::now() >= deadline) {
+      blocked_by_ = identity_pid(holder);
+      return false;
+    }
     return true;
   }
   // Held by a live maintainer. After its start-up, the consumer never meets one (producers do
-  // not commit while it is attached, see may_maintain), so this wait is bounded for it too.
-  if (is_consumer_ && SteadyClock::now() >= deadline) {
+  // not commit while it is attached, see may_maintain); a bounded handle gives up.
+  if (bounded_ && SteadyClock::now() >= deadline) {
     blocked_by_ = identity_pid(holder);
     return false;
   }
@@ -244,11 +253,16 @@ QueueHandle::Acquired QueueHandle::acquire_maintenance(SteadyClock::time_point d
       }
       std::uint64_t mine = identity_ | dirty;
       CRASH_POINT("maintenance: commit the claim");
-      if (word.compare_exchange_strong(mine, identity_ | kMaintenanceCommitted | dirty,
-                                       std::memory_order_seq_cst)) {
-        return dirty ? Acquired::kDirty : Acquired::kClean;
+      if (!word.compare_exchange_strong(mine, identity_ | kMaintenanceCommitted | dirty,
+                                        std::memory_order_seq_cst)) {
+        continue;  // cancelled (by the consumer, or as stale): look again
       }
-      continue;  // cancelled (by the consumer, or as stale): look again
+      if (!may_maintain()) {
+        // A consumer registered between our check and our commit: it maintains, not us.
+        release_maintenance(dirty);
+        return Acquired::kConsumerAppeared;
+      }
+      return dirty ? Acquired::kDirty : Acquired::kClean;
     }
     // Held by a live process: wait for it to finish.
     if (SteadyClock::now() >= deadline) {
@@ -299,7 +313,13 @@ bool QueueHandle::maintain_as_owner(bool dirty, SteadyClock::time_point deadline
       std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   }
-  rebuild(v);
+  try {
+    rebuild(v);
+  } catch (...) {
+    // Cut short (an allocation failed): whoever comes next must redo it.
+    release_maintenance(kMaintenanceDirty);
+    throw;
+  }
   // Entries of dead participants are free now: whatever they held was rebuilt.
   for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
     const std::uint64_t w = v.participant(i).ident.load(std::memory_order_seq_cst);
@@ -334,19 +354,14 @@ CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
   const SegmentView& v = *view_;
   const std::uint64_t h = stable_hash(execution_id);
   for (;;) {
-    if (!enter()) return CancelOutcome::kUnavailable;
+    Bracket bracket(*this);
+    if (!bracket) return CancelOutcome::kUnavailable;
     const auto index = DedupIndex{&v}.find(h, execution_id);
-    if (!index) {
-      leave();
-      return CancelOutcome::kNotFound;
-    }
+    if (!index) return CancelOutcome::kNotFound;
     Slot& s = v.slot(*index);
     std::uint64_t c = s.ctrl.load(std::memory_order_seq_cst);
     const SlotState st = ctrl_state(c);
-    if (st == SlotState::kActive) {
-      leave();
-      return CancelOutcome::kActive;
-    }
+    if (st == SlotState::kActive) return CancelOutcome::kActive;
     // Read what we need before the CAS: afterwards the consumer may pass and free the slot.
     const std::uint64_t pos = s.ring_pos.load(std::memory_order_seq_cst);
     const std::size_t level = s.priority % kLevels;
@@ -360,17 +375,14 @@ CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
       RingRef ring = ring_of(v, level);
       const std::uint64_t cell = ring.cells[pos & ring.mask].load(std::memory_order_seq_cst);
       if (cell != RingRef::make(ring.lap(pos), std::uint64_t{*index} + 1)) {
-        leave();
         return CancelOutcome::kNotFound;
       }
     } else if (st != SlotState::kQueued) {
-      leave();
       return CancelOutcome::kNotFound;
     }
     CRASH_POINT("cancel: claim the slot (the race with the consumer)");
     if (!s.ctrl.compare_exchange_strong(c, ctrl_make(gen, self_ + 1, SlotState::kCancelling),
                                         std::memory_order_acq_rel)) {
-      leave();
       continue;  // the consumer took it, or another canceller won: look again
     }
     CRASH_POINT("cancel: count the tombstone");
@@ -390,7 +402,6 @@ CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
       free_slot(v, *index);
     }
     count(kCancelled);
-    leave();
     return CancelOutcome::kCancelled;
   }
 }
@@ -442,11 +453,15 @@ std::optional<ExecutionRecord> QueueHandle::status(std::string_view execution_id
   const SegmentView& v = *view_;
   const std::uint64_t h = stable_hash(execution_id);
   for (int attempt = 0; attempt < 100; ++attempt) {
-    if (!enter()) return std::nullopt;
-    const auto index = DedupIndex{&v}.find(h, execution_id);
     ExecutionRecord rec;
-    const bool ok = index && snapshot(v, *index, rec);
-    leave();
+    std::optional<std::uint32_t> index;
+    bool ok = false;
+    {
+      Bracket bracket(*this);
+      if (!bracket) return std::nullopt;
+      index = DedupIndex{&v}.find(h, execution_id);
+      ok = index && snapshot(v, *index, rec);
+    }
     if (!index) return std::nullopt;
     if (ok && rec.execution_id == execution_id) return rec;
   }
@@ -462,9 +477,12 @@ std::vector<ExecutionRecord> QueueHandle::list(std::optional<std::string_view> u
     const SlotState st = ctrl_state(v.slot(i).ctrl.load(std::memory_order_acquire));
     if (st != SlotState::kQueued && st != SlotState::kActive) continue;
     ExecutionRecord rec;
-    if (!enter()) break;
-    const bool ok = snapshot(v, i, rec);
-    leave();
+    bool ok = false;
+    {
+      Bracket bracket(*this);
+      if (!bracket) break;
+      ok = snapshot(v, i, rec);
+    }
     if (!ok || (user_id && rec.user_id != *user_id)) continue;
     out.push_back(std::move(rec));
   }
@@ -486,13 +504,12 @@ std::uint64_t QueueHandle::user_count(std::string_view user_id) {
 
 std::optional<std::int64_t> QueueHandle::head_enqueued_at(Priority level) {
   const SegmentView& v = *view_;
-  if (!enter()) return std::nullopt;
+  Bracket bracket(*this);
+  if (!bracket) return std::nullopt;
   RingRef ring = ring_of(v, priority_index(level) % kLevels);
   const auto index = ring.peek();
-  const std::optional<std::int64_t> at =
-      index ? std::optional<std::int64_t>(v.slot(*index).enqueued_at_ns) : std::nullopt;
-  leave();
-  return at;
+  if (!index) return std::nullopt;
+  return v.slot(*index).enqueued_at_ns;
 }
 
 QueueStats queue_stats(const Segment& segment) {

@@ -51,7 +51,10 @@ void Supervisor::ingress_main() {
   auto producer_or_error = [&](std::string& error) -> ipc::Producer* {
     if (registered) return registered.get();
     try {
-      registered = std::make_unique<ipc::Producer>(segment_);
+      // Clients are answered within a second even while a stopped process holds a repair up.
+      ipc::ProducerOptions bounded;
+      bounded.wait = std::chrono::seconds(1);
+      registered = std::make_unique<ipc::Producer>(segment_, bounded);
       return registered.get();
     } catch (const ipc::SegmentError& e) {
       counters_.rejected_no_participant_entry.fetch_add(1, std::memory_order_relaxed);

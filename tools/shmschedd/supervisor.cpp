@@ -461,7 +461,10 @@ void Supervisor::handle_op(OpMessage& op) {
 ipc::Producer* Supervisor::loop_producer(std::string& error) {
   if (loop_producer_) return loop_producer_.get();
   try {
-    loop_producer_ = std::make_unique<ipc::Producer>(segment_);
+    // The loop never waits long for the queue: a submit that would is refused (queue_full).
+    ipc::ProducerOptions bounded;
+    bounded.wait = std::chrono::milliseconds(50);
+    loop_producer_ = std::make_unique<ipc::Producer>(segment_, bounded);
     return loop_producer_.get();
   } catch (const ipc::SegmentError& e) {
     counters_.rejected_no_participant_entry.fetch_add(1, std::memory_order_relaxed);

@@ -99,11 +99,29 @@ class QueueHandle {
  protected:
   QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role);
 
-  // Brackets every operation that touches shared state (see "Maintenance" in the docs). A
-  // producer's enter() waits as long as maintenance runs; the consumer's waits at most its
-  // maintenance wait and returns false when a repair it needs cannot run yet.
+  // Brackets every operation that touches shared state (see "Maintenance" in the docs). An
+  // unbounded handle's enter() waits as long as maintenance runs; a bounded one's (the consumer,
+  // a producer with ProducerOptions::wait) waits at most its maintenance wait and returns false
+  // when a repair it needs cannot run yet (blocked_by() names who holds it up).
   bool enter();
   void leave();
+  // enter() ... leave() as a scope, so that an exception never leaves the busy flag set.
+  class Bracket {
+   public:
+    explicit Bracket(QueueHandle& h) : h_(h), entered_(h.enter()) {}
+    ~Bracket() {
+      if (entered_) h_.leave();
+    }
+    Bracket(const Bracket&) = delete;
+    Bracket& operator=(const Bracket&) = delete;
+    explicit operator bool() const { return entered_; }
+
+   private:
+    QueueHandle& h_;
+    bool entered_;
+  };
+  // False in a forked child that inherited this handle: only its creator may unregister it.
+  bool owned_by_this_process() const;
   bool participant_alive(std::uint32_t index) const;
   void count(std::size_t counter, std::uint64_t n = 1);
   // Maintains (or has the consumer maintain) before `deadline`; see run_maintenance().
@@ -117,6 +135,7 @@ class QueueHandle {
   std::uint32_t self_ = kNoEntry;
   std::uint64_t identity_ = 0;  // this process: pid + start time
   bool is_consumer_ = false;
+  bool bounded_ = false;  // operations give up after maintenance_wait_ (see enter())
   pid_t blocked_by_ = 0;
   // How long one maintenance attempt waits for busy participants (and the consumer for a repair).
   std::chrono::milliseconds maintenance_wait_{1000};
@@ -133,10 +152,17 @@ class QueueHandle {
   bool claim_entry();
 };
 
+struct ProducerOptions {
+  // How long an operation may wait for maintenance (a repair or compaction) to finish; unset:
+  // as long as it takes. Set it on threads that must not block (the supervisor's): a submit
+  // that would wait longer is refused as queue_full, naming the process that holds things up.
+  std::optional<std::chrono::milliseconds> wait;
+};
+
 class Producer : public QueueHandle {
  public:
   // Registers in the segment. Throws SegmentError when all participant entries are taken.
-  explicit Producer(std::shared_ptr<Segment> segment);
+  explicit Producer(std::shared_ptr<Segment> segment, ProducerOptions options = {});
 
   // Admission (capacity, per-user cap, duplicate id, payload size) and enqueue, as one step.
   SubmitResult submit(const SubmitRequest& request);

@@ -1,0 +1,276 @@
+// Findings of an adversarial review of the queue's crash handling (issue 7), each reproduced:
+// a live process judged dead, a producer's rebuild stopped while a consumer starts, an unbounded
+// wait on the consumer's own thread, a handle destroyed in a forked child, exceptions inside an
+// operation or a rebuild.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "process_support.h"
+#include "queue_audit.h"
+#include "queue_test_support.h"
+#include "shmsched/ipc/crash_points.h"
+
+namespace shmsched::test {
+namespace {
+
+using namespace std::chrono_literals;
+using ::testing::HasSubstr;
+namespace cp = ipc::crash_points;
+using Clock = std::chrono::steady_clock;
+
+ipc::ConsumerOptions quick() {
+  ipc::ConsumerOptions o;
+  o.start_wait = 100ms;
+  o.maintenance_wait = 30ms;
+  return o;
+}
+
+std::vector<std::string> drain(ipc::Consumer& c) {
+  std::vector<std::string> ids;
+  for (const auto ref : c.active()) c.release(ref);
+  for (;;) {
+    ipc::ActiveRef ref;
+    const std::string id = take(c, &ref);
+    if (id.empty()) break;
+    ids.push_back(id);
+    c.release(ref);
+  }
+  return ids;
+}
+
+// Forks a producer that submits `id` and stops (SIGSTOP) at the first crash point matching
+// `site`; returns its pid once stopped, and the read end of a pipe that gets its admission.
+std::pair<pid_t, int> stopped_submit(const std::string& segment, const std::string& site,
+                                     const std::string& id) {
+  int fds[2];
+  if (::pipe(fds) != 0) throw std::runtime_error("pipe");
+  const pid_t pid = spawn([=] {
+    ::close(fds[0]);
+    auto s = ipc::Segment::attach(segment);
+    ipc::Producer p(s);
+    cp::arm_at(site, SIGSTOP, -1);
+    const auto r = submit(p, id, "u-" + id);
+    const char a = static_cast<char>('0' + static_cast<int>(r.admission));
+    const ssize_t n = ::write(fds[1], &a, 1);
+    (void)n;
+  });
+  ::close(fds[1]);
+  int status = 0;
+  ::waitpid(pid, &status, WUNTRACED);
+  if (!WIFSTOPPED(status)) throw std::runtime_error("the producer did not stop at " + site);
+  return {pid, fds[0]};
+}
+
+char finish(std::pair<pid_t, int> stopped) {
+  ::kill(stopped.first, SIGCONT);
+  char a = '?';
+  const ssize_t n = ::read(stopped.second, &a, 1);
+  (void)n;
+  ::close(stopped.second);
+  ::waitpid(stopped.first, nullptr, 0);
+  return a;
+}
+
+// A process whose /proc files cannot be opened right now (the checker is out of file
+// descriptors) is not dead: its entry is not reaped and no rebuild runs under its operation.
+TEST(QueueReview, AProcessThatCannotBeCheckedIsNotDead) {
+  TempSegment seg;
+  auto stopped = stopped_submit(seg.name(), "submit: fill the slot", "X");
+  ipc::Consumer c(seg.segment(), quick());
+  rlimit old{};
+  ::getrlimit(RLIMIT_NOFILE, &old);
+  rlimit none = old;
+  none.rlim_cur = 0;
+  ::setrlimit(RLIMIT_NOFILE, &none);
+  const std::uint64_t dead = c.reap_dead();
+  const bool ran = c.run_maintenance();
+  ::setrlimit(RLIMIT_NOFILE, &old);
+  EXPECT_EQ(dead, 0u);
+  EXPECT_FALSE(ran) << "a rebuild ran while a live producer was inside its submit";
+  EXPECT_EQ(finish(stopped), '0');  // accepted
+  ipc::Producer p(seg.segment());
+  ASSERT_TRUE(submit(p, "Y", "uy").accepted());
+  const auto ids = drain(c);
+  EXPECT_THAT(ids, ::testing::UnorderedElementsAre("X", "Y"));
+  const Audit a = audit_segment(*seg.segment());
+  EXPECT_TRUE(a.ok()) << a.text();
+}
+
+// A process whose main thread has exited while another thread still runs shows state Z for its
+// thread-group leader: it is alive.
+TEST(QueueReview, AProcessWhoseMainThreadExitedIsAlive) {
+  TempSegment seg;
+  const std::string name = seg.name();
+  Pipe result;
+  const int wfd = result.write_fd();
+  const pid_t child = ::fork();
+  if (child == 0) {
+    static std::string s_name;
+    static int s_fd;
+    static int ready[2];
+    s_name = name;
+    s_fd = wfd;
+    if (::pipe(ready) != 0) ::_exit(3);
+    pthread_t t;
+    pthread_create(
+        &t, nullptr,
+        [](void*) -> void* {
+          auto s = ipc::Segment::attach(s_name);
+          ipc::Producer p(s);
+          const ssize_t w = ::write(ready[1], "r", 1);
+          (void)w;
+          std::this_thread::sleep_for(100ms);  // the main thread has exited by now
+          cp::arm_at("submit: fill the slot", SIGSTOP, -1);
+          const auto r = submit(p, "X", "ux");
+          send(s_fd, Report::make(r.accepted() ? 'A' : 'R', "X"));
+          ::_exit(0);
+        },
+        nullptr);
+    char b;
+    const ssize_t n = ::read(ready[0], &b, 1);
+    (void)n;
+    ::syscall(SYS_exit, 0);  // only the main thread ends
+  }
+  result.close_write();
+  ipc::Consumer c(seg.segment(), quick());
+  // Wait until the worker thread is stopped inside its submit.
+  bool stopped = false;
+  for (int k = 0; k < 500 && !stopped; ++k) {
+    std::this_thread::sleep_for(10ms);
+    for (const auto& e :
+         std::filesystem::directory_iterator("/proc/" + std::to_string(child) + "/task")) {
+      std::ifstream in(e.path() / "stat");
+      std::string line;
+      std::getline(in, line);
+      const auto close = line.rfind(')');
+      if (close != std::string::npos && line.size() > close + 2 && line[close + 2] == 'T') {
+        stopped = true;
+      }
+    }
+  }
+  ASSERT_TRUE(stopped);
+  EXPECT_EQ(c.reap_dead(), 0u) << "a live process was taken for dead";
+  ::kill(child, SIGCONT);
+  ::waitpid(child, nullptr, 0);
+  std::vector<Report> reports;
+  result.drain(reports);
+  ASSERT_EQ(reports.size(), 1u);
+  ASSERT_EQ(reports[0].kind, 'A');
+  EXPECT_THAT(drain(c), ::testing::ElementsAre("X"));
+  c.reap_dead();  // the producer is gone now (it ended with _exit)
+  const Audit a = audit_segment(*seg.segment());
+  EXPECT_TRUE(a.ok()) << a.text();
+}
+
+// A producer maintaining (no consumer attached) is stopped in the middle of its rebuild; a
+// supervisor starts: it must not come up unable to operate. It refuses to start, naming the pid.
+TEST(QueueReview, AConsumerDoesNotStartOverAStoppedProducersRebuild) {
+  TempSegment seg;
+  const std::string name = seg.name();
+  const pid_t child = spawn([name] {
+    auto s = ipc::Segment::attach(name);
+    ipc::Producer p(s);
+    cp::arm_at("rebuild: clamp the never-used mark", SIGSTOP, -1);
+    p.run_maintenance();
+  });
+  int status = 0;
+  ::waitpid(child, &status, WUNTRACED);
+  ASSERT_TRUE(WIFSTOPPED(status));
+  try {
+    ipc::Consumer c(seg.segment(), quick());
+    ADD_FAILURE() << "the consumer started while pid " << child << " holds a rebuild";
+  } catch (const ipc::SegmentError& e) {
+    EXPECT_THAT(e.what(), HasSubstr("pid " + std::to_string(child)));
+  }
+  ::kill(child, SIGCONT);
+  ::waitpid(child, nullptr, 0);
+  ipc::Consumer c(seg.segment(), quick());  // now it starts
+  ipc::Producer p(seg.segment());
+  EXPECT_TRUE(submit(p, "after", "u").accepted());
+}
+
+// The supervisor's loop thread also submits (for transports) through a Producer handle: with a
+// bounded wait, that submit returns while a repair is blocked, instead of waiting for the
+// stopped process.
+TEST(QueueReview, ABoundedProducerReturnsWhileARepairIsBlocked) {
+  TempSegment seg;
+  ipc::Consumer c(seg.segment(), quick());
+  auto stopped = stopped_submit(seg.name(), "submit: fill the slot", "S");
+  // A maintainer died mid-rebuild: nobody may operate until a rebuild completes, and the
+  // rebuild waits for the stopped producer.
+  seg.segment()->view().hdr->maintenance.store(ipc::detail::kMaintenanceDirty);
+  ipc::ProducerOptions bounded;
+  bounded.wait = 50ms;
+  ipc::Producer loop_producer(seg.segment(), bounded);
+  const auto t0 = Clock::now();
+  const auto r = submit(loop_producer, "T", "ut");
+  EXPECT_LT(Clock::now() - t0, 1s);
+  EXPECT_EQ(r.admission, Admission::kQueueFull);
+  EXPECT_THAT(r.message, HasSubstr("pid " + std::to_string(stopped.first)));
+  EXPECT_EQ(finish(stopped), '0');
+  c.reap_dead();  // the repair runs now
+  EXPECT_TRUE(submit(loop_producer, "T", "ut").accepted());
+  const Audit a = audit_segment(*seg.segment());
+  EXPECT_TRUE(a.ok()) << a.text();
+}
+
+// A handle inherited across fork() and destroyed in the child (static destructors, unwinding)
+// must not unregister the parent.
+TEST(QueueReview, AHandleDestroyedInAForkedChildLeavesTheParentRegistered) {
+  TempSegment seg;
+  auto c = std::make_unique<ipc::Consumer>(seg.segment(), quick());
+  const pid_t child = spawn([&] { c.reset(); });
+  ::waitpid(child, nullptr, 0);
+  EXPECT_EQ(ipc::queue_stats(*seg.segment()).participants, 1u);
+  const pid_t other = spawn([&] {
+    try {
+      ipc::Consumer second(ipc::Segment::attach(seg.name()), quick());
+      ::_exit(1);  // a second consumer while the first lives
+    } catch (const ipc::SegmentError&) {
+      ::_exit(0);
+    }
+  });
+  EXPECT_EQ(wait_exit_code(other), 0);
+}
+
+// An exception inside an operation (an allocation failing) leaves no busy flag behind, and one
+// inside a rebuild leaves no committed maintenance word held by a live process.
+TEST(QueueReview, AnExceptionInsideAnOperationOrARebuildWedgesNothing) {
+  TempSegment seg;
+  {
+    ipc::Producer p(seg.segment());
+    ASSERT_TRUE(submit(p, "a", "u").accepted());
+    cp::arm_at("submit: fill the slot", 0, -1);
+    EXPECT_THROW(submit(p, "b", "u"), std::bad_alloc);
+    cp::arm_at("rebuild: rewrite a ring's cells", 0, -1);
+    EXPECT_THROW(p.run_maintenance(), std::bad_alloc);
+    cp::disarm();
+  }
+  const auto& v = seg.segment()->view();
+  for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
+    EXPECT_EQ(v.participant(i).busy.load(), 0u) << "entry " << i;
+  }
+  EXPECT_EQ(v.hdr->maintenance.load() & ipc::detail::kIdentityMask, 0u);
+  // The next consumer repairs the cut-short rebuild; everything is exact and works.
+  ipc::Consumer c(seg.segment(), quick());
+  ipc::Producer p(seg.segment());
+  ASSERT_TRUE(submit(p, "c", "u").accepted());
+  EXPECT_THAT(drain(c), ::testing::ElementsAre("a", "c"));
+  const Audit a = audit_segment(*seg.segment());
+  EXPECT_TRUE(a.ok()) << a.text();
+}
+
+}  // namespace
+}  // namespace shmsched::test
