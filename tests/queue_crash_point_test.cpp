@@ -16,7 +16,6 @@
 #include <fstream>
 #include <functional>
 #include <map>
-#include <regex>
 #include <set>
 #include <thread>
 
@@ -408,18 +407,20 @@ std::vector<Scenario> scenarios() {
 // Every crash point in the sources, as "<file>:<line>".
 std::map<std::string, std::string> sites_in_sources() {
   std::map<std::string, std::string> out;
-  const std::regex use(R"re(CRASH_POINT\("([^"]*)"\))re");
+  const std::string macro = "CRASH_POINT(\"";
   for (const auto& e : std::filesystem::directory_iterator(SHMSCHED_IPC_SOURCE_DIR)) {
     std::ifstream in(e.path());
     std::string line;
     for (int n = 1; std::getline(in, line); ++n) {
-      std::smatch m;
-      if (line.find("#define") != std::string::npos || line.find("//") < line.find("CRASH")) {
+      const auto at = line.find(macro);
+      if (at == std::string::npos || line.find("#define") != std::string::npos ||
+          line.find("//") < at) {
         continue;
       }
-      if (std::regex_search(line, m, use)) {
-        out[e.path().filename().string() + ":" + std::to_string(n)] = m[1];
-      }
+      const auto from = at + macro.size();
+      const auto to = line.find('"', from);
+      if (to == std::string::npos) continue;
+      out[e.path().filename().string() + ":" + std::to_string(n)] = line.substr(from, to - from);
     }
   }
   return out;
