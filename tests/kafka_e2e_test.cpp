@@ -248,6 +248,48 @@ TEST(KafkaE2E, TwoSupervisorsOnOneClusterEachGetTheirOwnCompletions) {
   }
 }
 
+// Offsets are committed once the supervisor has taken an operation: a restarted supervisor in
+// the same group does not read the same requests and completions again.
+TEST(KafkaE2E, ARestartedSupervisorDoesNotReadTakenMessagesAgain) {
+  KafkaMock mock;
+  const std::string dir = temp_dir("kafka-restart");
+  const std::string segment = unique("shmsched-e2e-krestart");
+  ipc::Segment::remove(segment);
+  Daemon d(
+      dir, segment,
+      {"--transports=kafka", "--kafka.brokers=" + mock.bootstrap(),
+       "--kafka.auto_offset_reset=earliest", "--kafka.group_id=" + unique("group"),
+       // The mock cluster keeps a departed member until its session times out.
+       "--kafka.rdkafka.session.timeout.ms=6000", "--kafka.rdkafka.heartbeat.interval.ms=500"});
+  d.start();
+  wait_assigned(d);
+  Ingress ingress(d.endpoint());
+  ASSERT_TRUE(kcat_produce(mock.bootstrap(), "execution_events", "ExecutionRequested", "r1",
+                           requested("r1", "erin"), dir));
+  ASSERT_EQ(wait_commands(mock.bootstrap(), 1)["r1"], 1);
+  ASSERT_TRUE(kcat_produce(mock.bootstrap(), "execution_events", "ExecutionCompleted", "r1",
+                           completed("r1"), dir));
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (ingress.op("status", "r1").str("error") != "not_found" && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_EQ(ingress.op("status", "r1").str("error"), "not_found");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the commit goes out
+  EXPECT_EQ(d.signal(SIGTERM), 0);
+  EXPECT_THAT(d.log_text(), ::testing::Not(HasSubstr(", 0 offset commits")));
+  d.start();
+  wait_assigned(d);
+  // A new request behind the old ones is taken; the old request is not run again.
+  ASSERT_TRUE(kcat_produce(mock.bootstrap(), "execution_events", "ExecutionRequested", "r2",
+                           requested("r2", "erin"), dir));
+  const auto cmds = wait_commands(mock.bootstrap(), 3, std::chrono::seconds(10));
+  EXPECT_EQ(cmds.count("r2") ? cmds.at("r2") : 0, 1);
+  EXPECT_EQ(cmds.at("r1"), 1) << "the restarted supervisor ran r1 again";
+  EXPECT_EQ(d.signal(SIGTERM), 0);
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(KafkaE2E, SwapFromZeromqToKafkaAndToBothBySighup) {
   KafkaMock mock;
   const std::string dir = temp_dir("kafka-swap");

@@ -226,6 +226,42 @@ TEST(QueueReview, ABoundedProducerReturnsWhileARepairIsBlocked) {
   EXPECT_TRUE(a.ok()) << a.text();
 }
 
+// Supervisor review: with a repair blocked, a burst of consumer operations costs one wait, not
+// one each (the watchdog must not starve), and a producer of the consumer's own process asks the
+// consumer instead of holding the consumer up with a rebuild of its own.
+TEST(QueueReview, ABlockedRepairCostsOneWaitAndTheConsumersOwnProducersDoNotRebuild) {
+  TempSegment seg;
+  ipc::Consumer c(seg.segment(), quick());
+  std::vector<ipc::ActiveRef> refs;
+  {
+    ipc::Producer p(seg.segment());
+    for (int i = 0; i < 40; ++i) ASSERT_TRUE(submit(p, "e" + std::to_string(i), "u").accepted());
+  }
+  for (int i = 0; i < 10; ++i) refs.push_back(*c.dequeue());
+  auto stopped = stopped_submit(seg.name(), "submit: fill the slot", "S");
+  seg.segment()->view().hdr->maintenance.store(ipc::detail::kMaintenanceDirty);
+  const auto t0 = Clock::now();
+  for (int round = 0; round < 10; ++round) {
+    for (const auto ref : refs) EXPECT_FALSE(c.release(ref));
+    EXPECT_FALSE(c.dequeue());
+  }
+  EXPECT_LT(Clock::now() - t0, 500ms) << "each blocked operation waited again";
+  EXPECT_EQ(c.blocked_by(), stopped.first);
+  // The consumer's own producer asks; it never holds the maintenance word itself.
+  ipc::ProducerOptions own;
+  own.wait = 50ms;
+  own.ask_consumer_in_process = true;
+  ipc::Producer p(seg.segment(), own);
+  EXPECT_EQ(submit(p, "T", "ut").admission, Admission::kQueueFull);
+  EXPECT_EQ(seg.segment()->view().hdr->maintenance.load(), ipc::detail::kMaintenanceDirty);
+  EXPECT_EQ(finish(stopped), '0');
+  c.reap_dead();
+  for (const auto ref : refs) EXPECT_TRUE(c.release(ref));
+  EXPECT_TRUE(submit(p, "T", "ut").accepted());
+  const Audit a = audit_segment(*seg.segment());
+  EXPECT_TRUE(a.ok()) << a.text();
+}
+
 // A handle inherited across fork() and destroyed in the child (static destructors, unwinding)
 // must not unregister the parent.
 TEST(QueueReview, AHandleDestroyedInAForkedChildLeavesTheParentRegistered) {

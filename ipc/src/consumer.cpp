@@ -72,7 +72,8 @@ ExecutionView make_view(const SegmentView& v, std::uint32_t index) {
 }  // namespace
 
 Consumer::Consumer(std::shared_ptr<Segment> segment, ConsumerOptions options)
-    : QueueHandle(std::move(segment), static_cast<std::uint32_t>(ParticipantRole::kConsumer)) {
+    : QueueHandle(std::move(segment), static_cast<std::uint32_t>(ParticipantRole::kConsumer),
+                  options.start_wait, true) {
   const SegmentView& v = *view_;
   auto& consumer = v.hdr->consumer;
   for (;;) {
@@ -87,7 +88,6 @@ Consumer::Consumer(std::shared_ptr<Segment> segment, ConsumerOptions options)
     if (consumer.compare_exchange_strong(current, identity_, std::memory_order_seq_cst)) break;
   }
   is_consumer_ = true;
-  bounded_ = true;
   // Whatever a previous consumer (or any dead producer) left half done is repaired before we
   // start: a rebuild from the slots. A maintainer that started before we registered is waited
   // for; a live process that stays inside an operation (stopped) only matters when a repair is
@@ -426,6 +426,7 @@ std::uint64_t Consumer::reap_dead() {
   // A deferred repair (a live process stayed inside an operation) is tried again next time: the
   // dead entry, or the dirty maintenance word, is still there to say so.
   blocked_by_ = 0;
+  blocked_word_ = 0;
   if (needs_rebuild || rebuild_needed()) run_maintenance();
   return dead;
 }

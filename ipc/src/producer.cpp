@@ -60,12 +60,9 @@ struct Attempt {
 }  // namespace
 
 Producer::Producer(std::shared_ptr<Segment> segment, ProducerOptions options)
-    : QueueHandle(std::move(segment), static_cast<std::uint32_t>(ParticipantRole::kProducer)) {
-  if (options.wait) {
-    bounded_ = true;
-    maintenance_wait_ = *options.wait;
-  }
-}
+    : QueueHandle(std::move(segment), static_cast<std::uint32_t>(ParticipantRole::kProducer),
+                  options.wait.value_or(std::chrono::milliseconds(1000)), options.wait.has_value(),
+                  options.ask_consumer_in_process) {}
 
 SubmitResult Producer::submit(const SubmitRequest& req) {
   const SegmentView& v = *view_;

@@ -55,8 +55,14 @@ bool QueueHandle::claim_entry() {
   return false;
 }
 
-QueueHandle::QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role)
-    : segment_(std::move(segment)), view_(&segment_->view()), identity_(self_identity()) {
+QueueHandle::QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role,
+                         std::chrono::milliseconds wait, bool bounded, bool ask_consumer_in_process)
+    : segment_(std::move(segment)),
+      view_(&segment_->view()),
+      identity_(self_identity()),
+      bounded_(bounded),
+      ask_consumer_in_process_(ask_consumer_in_process),
+      maintenance_wait_(wait) {
   const SegmentView& v = *view_;
   if (!claim_entry()) {
     // Entries of dead processes may be holding the table. One that died between operations
@@ -118,7 +124,8 @@ bool QueueHandle::may_maintain() const {
   // middle of a rebuild would otherwise stop the supervisor with it.
   if (is_consumer_) return true;
   const std::uint64_t c = view_->hdr->consumer.load(std::memory_order_seq_cst);
-  return c == 0 || c == identity_ || !identity_alive(c);
+  if (c == identity_) return !ask_consumer_in_process_;
+  return c == 0 || !identity_alive(c);
 }
 
 bool QueueHandle::rebuild_needed() const {
@@ -135,7 +142,13 @@ bool QueueHandle::rebuild_needed() const {
 bool QueueHandle::enter() {
   const SegmentView& v = *view_;
   auto& busy = v.participant(self_).busy;
-  const auto deadline = SteadyClock::now() + maintenance_wait_;
+  const auto now = SteadyClock::now();
+  if (bounded_ && blocked_word_ != 0 && now < blocked_until_ &&
+      v.hdr->maintenance.load(std::memory_order_seq_cst) == blocked_word_) {
+    return false;  // still blocked as a moment ago: do not wait again
+  }
+  blocked_word_ = 0;
+  const auto deadline = now + maintenance_wait_;
   for (std::uint32_t round = 0;; ++round) {
     // Dekker-style with the maintainer: it publishes `maintenance` then reads every `busy`;
     // we publish `busy` then read `maintenance`. With seq_cst one of us sees the other.
@@ -145,7 +158,11 @@ bool QueueHandle::enter() {
     if (m == 0) return true;
     CRASH_POINT("enter: back off for maintenance");
     busy.store(0, std::memory_order_seq_cst);
-    if (!wait_for_maintenance(m, round, deadline)) return false;
+    if (!wait_for_maintenance(m, round, deadline)) {
+      blocked_word_ = v.hdr->maintenance.load(std::memory_order_seq_cst);
+      blocked_until_ = SteadyClock::now() + std::chrono::milliseconds(100);
+      return false;
+    }
   }
 }
 

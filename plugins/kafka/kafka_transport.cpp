@@ -205,8 +205,15 @@ void on_rebalance(rd_kafka_t* rk, rd_kafka_resp_err_t err, rd_kafka_topic_partit
     k->commits->revoke_all();
     log(k, SHMSCHED_LOG_WARN, std::string("kafka: rebalance error: ") + rd_kafka_err2str(err));
   }
-  if (cooperative) {
+  if (cooperative && err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
     if (rd_kafka_error_t* e = rd_kafka_incremental_unassign(rk, parts)) rd_kafka_error_destroy(e);
+  } else if (cooperative) {
+    // After an error, give up everything we hold, not only what the callback named.
+    rd_kafka_topic_partition_list_t* held = nullptr;
+    if (rd_kafka_assignment(rk, &held) == RD_KAFKA_RESP_ERR_NO_ERROR && held) {
+      if (rd_kafka_error_t* e = rd_kafka_incremental_unassign(rk, held)) rd_kafka_error_destroy(e);
+      rd_kafka_topic_partition_list_destroy(held);
+    }
   } else {
     rd_kafka_assign(rk, nullptr);
   }
@@ -465,6 +472,10 @@ int start(shmsched_transport* t, char* err, size_t err_len) {
       return SHMSCHED_ERR_CONFIG;
     }
     rd_kafka_poll_set_consumer(k->consumer);
+    {
+      std::lock_guard lock(k->commits->mu);
+      k->commits->consumer = k->consumer;  // acknowledgements commit from now on
+    }
     rd_kafka_topic_partition_list_t* topics = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(topics, k->event_topic.c_str(), RD_KAFKA_PARTITION_UA);
     const rd_kafka_resp_err_t e = rd_kafka_subscribe(k->consumer, topics);

@@ -42,11 +42,13 @@ struct InboundOp {
   std::string base;  // <inbound_dir>/<name>
 };
 
+// Never throws: it runs in the host's callbacks (the directory may be gone at the end of a test).
 void write_file(const std::string& path, const void* data, size_t len) {
   std::ofstream out(path + ".tmp", std::ios::binary);
   out.write(static_cast<const char*>(data), static_cast<std::streamsize>(len));
   out.close();
-  std::filesystem::rename(path + ".tmp", path);
+  std::error_code ec;
+  std::filesystem::rename(path + ".tmp", path, ec);
 }
 
 void on_reply(void* ctx, const uint8_t* body, size_t len) {

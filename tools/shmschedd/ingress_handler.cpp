@@ -51,13 +51,14 @@ void Supervisor::ingress_main() {
   auto producer_or_error = [&](std::string& error) -> ipc::Producer* {
     if (registered) return registered.get();
     try {
-      // Clients are answered within a second even while a stopped process holds a repair up.
+      // Clients are answered within a second even while a stopped process holds a repair up;
+      // repairs themselves are the loop's (the consumer's) to run.
       ipc::ProducerOptions bounded;
       bounded.wait = std::chrono::seconds(1);
+      bounded.ask_consumer_in_process = true;
       registered = std::make_unique<ipc::Producer>(segment_, bounded);
       return registered.get();
     } catch (const ipc::SegmentError& e) {
-      counters_.rejected_no_participant_entry.fetch_add(1, std::memory_order_relaxed);
       error = std::string("the supervisor cannot submit to the queue now: ") + e.what();
       if (Clock::now() >= next_error_log) {
         next_error_log = Clock::now() + std::chrono::seconds(5);
@@ -72,6 +73,7 @@ void Supervisor::ingress_main() {
       const std::string id = s->execution_id.empty() ? protocol::new_uuid() : s->execution_id;
       ipc::Producer* producer = producer_or_error(error);
       if (!producer) {
+        counters_.rejected_no_participant_entry.fetch_add(1, std::memory_order_relaxed);
         inbox_->post(RejectedMessage{id, s->user_id, "queue_full", error});
         return std::optional<ipc::IngressServer::Reply>(protocol::error_reply("queue_full", error));
       }
@@ -88,9 +90,12 @@ void Supervisor::ingress_main() {
       inbox_->post(RejectedMessage{id, s->user_id, reason, res.message});
       return std::optional<ipc::IngressServer::Reply>(protocol::error_reply(reason, res.message));
     }
-    ipc::Producer* producer = producer_or_error(error);
-    if (!producer && (std::holds_alternative<protocol::StatusOp>(req) ||
-                      std::holds_alternative<protocol::ListOp>(req))) {
+    // Reads need a registration too (a bracket), except stats, which makes do without the
+    // oldest waits; cancel, complete and fail go to the loop.
+    const bool reads = std::holds_alternative<protocol::StatusOp>(req) ||
+                       std::holds_alternative<protocol::ListOp>(req);
+    ipc::Producer* producer = reads ? producer_or_error(error) : registered.get();
+    if (!producer && reads) {
       return std::optional<ipc::IngressServer::Reply>(protocol::error_reply("queue_full", error));
     }
     if (const auto* s = std::get_if<protocol::StatusOp>(&req)) {

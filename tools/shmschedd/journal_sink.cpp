@@ -33,9 +33,11 @@ void JournalSink::sink_it_(const spdlog::details::log_msg& msg) {
   }
   const auto length =
       static_cast<int>(std::min<std::size_t>(msg.payload.size(), std::numeric_limits<int>::max()));
-  (sd_journal_send)("MESSAGE=%.*s", length, msg.payload.data(), "PRIORITY=%d",
-                    syslog_level(msg.level), "SYSLOG_IDENTIFIER=%s", ident_.c_str(),
-                    "EXECUTION_ID=%s", execution.c_str(), nullptr);
+  const int err = (sd_journal_send)("MESSAGE=%.*s", length, msg.payload.data(), "PRIORITY=%d",
+                                    syslog_level(msg.level), "SYSLOG_IDENTIFIER=%s", ident_.c_str(),
+                                    "EXECUTION_ID=%s", execution.c_str(), nullptr);
+  // As spdlog's own sink does: the logger reports it through its error handler.
+  if (err) spdlog::throw_spdlog_ex("failed writing to the systemd journal", -err);
 }
 
 bool stderr_is_journal() {

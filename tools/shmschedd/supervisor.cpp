@@ -341,6 +341,17 @@ void Supervisor::handle_op(OpMessage& op) {
   };
   if (auto* c = std::get_if<protocol::CancelOp>(&op.request)) {
     const std::string reason = c->reason.empty() ? "cancelled" : c->reason;
+    if (auto it = active_.find(c->execution_id); it != active_.end()) {
+      // Ours already (dispatched, or held for a retry): nothing to ask the queue but the release.
+      Active& a = it->second;
+      counters_.cancelled.fetch_add(1, std::memory_order_relaxed);
+      ipc::events::Finished ev{"ExecutionCancelled", a.rec.execution_id, a.rec.user_id};
+      ev.reason = reason;
+      publish_event("ExecutionCancelled", a.rec.execution_id, ipc::events::finished(ev));
+      finish(a);
+      reply(op.reply_to, ok_reply());
+      return;
+    }
     // Find the user before the cancel makes the entry disappear.
     const auto rec = consumer_->status(c->execution_id);
     const auto outcome = consumer_->cancel(c->execution_id);
@@ -464,6 +475,7 @@ ipc::Producer* Supervisor::loop_producer(std::string& error) {
     // The loop never waits long for the queue: a submit that would is refused (queue_full).
     ipc::ProducerOptions bounded;
     bounded.wait = std::chrono::milliseconds(50);
+    bounded.ask_consumer_in_process = true;
     loop_producer_ = std::make_unique<ipc::Producer>(segment_, bounded);
     return loop_producer_.get();
   } catch (const ipc::SegmentError& e) {
@@ -490,12 +502,23 @@ void Supervisor::retry_deferred() {
     if (consumer_->release(*it) || consumer_->blocked_by() == 0) {
       it = pending_releases_.erase(it);
     } else {
-      ++it;
+      return;  // still blocked: the rest waits for the next round
     }
   }
   auto ops = std::move(deferred_ops_);
   deferred_ops_.clear();
   for (auto& op : ops) handle_op(op);
+}
+
+void Supervisor::answer_deferred_at_exit() {
+  retry_deferred();
+  for (auto& op : deferred_ops_) {
+    reply(op.reply_to,
+          protocol::error_reply("unavailable",
+                                "the supervisor stopped before the queue could take this "
+                                "operation (a repair was held up): send it again"));
+  }
+  deferred_ops_.clear();
 }
 
 void Supervisor::process_inbox() {
@@ -769,6 +792,7 @@ void Supervisor::shutdown() {
   ingress_stop_ = true;
   if (ingress_thread_.joinable()) ingress_thread_.join();
   process_inbox();  // results that arrived meanwhile
+  answer_deferred_at_exit();
   for (auto& t : transports_) {
     const std::size_t left = t->flush(static_cast<std::uint32_t>(config_.flush_timeout_ms));
     if (left) {
@@ -818,10 +842,15 @@ int Supervisor::run() {
       timers();
       sleep();
     }
-    shutdown();
   } catch (const std::exception& e) {
     // Nothing accepted is lost: it stays in the segment for the next supervisor.
     spdlog::critical("the scheduling loop stopped: {}", e.what());
+    code = 1;
+  }
+  try {
+    shutdown();  // flush the transports: final events already decided go out
+  } catch (const std::exception& e) {
+    spdlog::critical("shutting down: {}", e.what());
     code = 1;
   }
   signals_stop = true;

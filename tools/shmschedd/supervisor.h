@@ -105,6 +105,8 @@ class Supervisor {
   // and again after a failure (the participant table may have been full).
   ipc::Producer* loop_producer(std::string& error);
   void retry_deferred();
+  // At shutdown: one last try, then every operation still deferred is answered `unavailable`.
+  void answer_deferred_at_exit();
   void note_blocked(const char* what);
 
   Config config_;

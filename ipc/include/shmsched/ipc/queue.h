@@ -97,7 +97,10 @@ class QueueHandle {
   pid_t blocked_by() const { return blocked_by_; }
 
  protected:
-  QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role);
+  // `wait`: the maintenance wait (see below); `bounded`: operations give up after it.
+  QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role,
+              std::chrono::milliseconds wait = std::chrono::milliseconds(1000),
+              bool bounded = false, bool ask_consumer_in_process = false);
 
   // Brackets every operation that touches shared state (see "Maintenance" in the docs). An
   // unbounded handle's enter() waits as long as maintenance runs; a bounded one's (the consumer,
@@ -136,9 +139,16 @@ class QueueHandle {
   std::uint64_t identity_ = 0;  // this process: pid + start time
   bool is_consumer_ = false;
   bool bounded_ = false;  // operations give up after maintenance_wait_ (see enter())
+  // A consumer in this very process maintains (another thread of ours): ask it, as other
+  // processes do, instead of holding up its operations with a rebuild of our own.
+  bool ask_consumer_in_process_ = false;
+  // A bounded handle that found a repair blocked fails fast while the word stays the same, so a
+  // burst of operations costs one wait, not one each.
+  std::uint64_t blocked_word_ = 0;
+  std::chrono::steady_clock::time_point blocked_until_{};
   pid_t blocked_by_ = 0;
   // How long one maintenance attempt waits for busy participants (and the consumer for a repair).
-  std::chrono::milliseconds maintenance_wait_{1000};
+  std::chrono::milliseconds maintenance_wait_;
 
  private:
   enum class Acquired { kClean, kDirty, kDoneByOther, kConsumerAppeared, kTimedOut };
@@ -157,6 +167,10 @@ struct ProducerOptions {
   // as long as it takes. Set it on threads that must not block (the supervisor's): a submit
   // that would wait longer is refused as queue_full, naming the process that holds things up.
   std::optional<std::chrono::milliseconds> wait;
+  // When the queue's consumer is another thread of this process (the supervisor's own
+  // producers), ask it to maintain instead of maintaining here: its operations then never wait
+  // for a rebuild of ours.
+  bool ask_consumer_in_process = false;
 };
 
 class Producer : public QueueHandle {
