@@ -1,0 +1,405 @@
+// The scheduling policy of shmschedd as a deterministic state machine: inputs in, actions out.
+//
+// It decides what runs next (priority order, aging, the cap on active executions), what happens
+// to a dispatched execution (delivery results, completion, failure and retry with backoff,
+// timeout, cancel), and what is remembered of finished ones. It reads no clock (time is an
+// argument of every call), does no I/O and owns no thread: the shell around it
+// (tools/shmschedd) feeds it what happened (an entry became visible in the queue, an operation
+// arrived, a transport reported a delivery) and carries out the actions it returns (publish this
+// event to these transports, answer this request, take the next entries of this priority, give
+// this slot back). The queue's segment stays the source of truth for queued executions; the
+// scheduler holds only executions taken from it, and after a restart it is rebuilt from the
+// segment's active slots and the phase word the scheduler keeps in each (input::Recovered).
+// docs/architecture.md ("The scheduler") says which state lives where.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <optional>
+#include <queue>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+#include "shmsched/core/events.h"
+#include "shmsched/core/priority.h"
+
+namespace shmsched::core {
+
+// The policy's settings (a reload may change every one of them).
+struct SchedulerConfig {
+  std::uint64_t max_active_executions = 10;  // dispatched and unfinished, at most
+  std::uint32_t max_attempts = 1;            // a failure with retry runs it again until this
+  std::uint64_t retry_backoff_ms = 1000;     // first retry of a failed attempt, then doubling
+  std::uint64_t dispatch_backoff_ms = 100;   // first re-publish after a transport failure
+  std::uint64_t max_backoff_ms = 60000;
+  std::uint64_t stale_timeout_seconds = 3600;  // queued longer than this: expired
+  std::uint64_t sweep_interval_ms = 1000;
+  // Waiting this long lifts an execution one priority level in the dispatch order (0: off).
+  std::uint64_t aging_seconds = 0;
+  // A dispatched execution that names no timeout_seconds gets this one; either way it fails
+  // with reason "timeout" once its timeout plus the grace has passed (0: no default).
+  std::uint64_t default_timeout_seconds = 3600;
+  std::uint64_t timeout_grace_seconds = 30;
+  // Finished executions remembered for `status`, `list` and duplicate detection.
+  std::uint64_t finished_retention_count = 100000;
+  std::uint64_t finished_retention_seconds = 3600;
+};
+
+// Now, as the shell's clocks tell it: monotonic for timers, wall clock for enqueue times.
+struct Time {
+  std::int64_t mono_ns = 0;
+  std::int64_t wall_ns = 0;
+};
+
+// What the scheduler knows of an execution (the payload stays in the segment).
+struct ExecutionInfo {
+  std::string execution_id;
+  std::string user_id;
+  Priority priority = Priority::kNormal;
+  std::int64_t enqueued_at_ns = 0;  // wall clock
+  std::uint32_t attempt = 1;
+  std::uint32_t timeout_seconds = 0;
+};
+
+using OpId = std::uint64_t;         // the shell's handle for a request awaiting its answer
+using TransportId = std::uint64_t;  // one running instance of a transport
+
+enum class CancelOutcome : std::uint8_t { kCancelled, kNotFound, kActive, kUnavailable };
+
+enum class FinalState : std::uint8_t { kNone = 0, kCompleted, kFailed, kCancelled, kExpired };
+std::string_view final_state_name(FinalState s);
+
+namespace input {
+// The queue as the shell sees it now: depth and the oldest enqueue time of each level.
+struct QueueState {
+  std::array<std::uint64_t, kPriorityLevels> depth{};
+  std::array<std::optional<std::int64_t>, kPriorityLevels> head_enqueued_at{};
+};
+// An execution became visible in the queue (once per execution): ExecutionAccepted.
+struct Announced {
+  ExecutionInfo info;
+  std::uint64_t rank = 0;
+};
+// The answer to action::Take: one execution taken (now active), ...
+struct Taken {
+  std::size_t level = 0;
+  SlotRef slot = 0;
+  ExecutionInfo info;
+};
+// ... and, once per Take, how many it asked for were not there.
+struct TakeDone {
+  std::size_t level = 0;
+  std::uint32_t missing = 0;
+};
+// The answer to action::SweepStale: one execution expired in the queue.
+struct Expired {
+  ExecutionInfo info;
+};
+// At start: an execution the previous supervisor had taken, with the phase word it kept.
+struct Recovered {
+  SlotRef slot = 0;
+  ExecutionInfo info;
+  std::uint64_t annotation = 0;
+};
+struct Cancel {
+  OpId op = 0;
+  std::string execution_id;
+  std::string reason;
+};
+// The answer to action::CancelInQueue.
+struct CancelResult {
+  OpId op = 0;
+  CancelOutcome outcome = CancelOutcome::kNotFound;
+  std::string user_id;  // of the cancelled execution
+};
+struct Complete {
+  OpId op = 0;
+  std::string execution_id;
+  std::optional<std::string> worker_id;
+  std::optional<std::uint32_t> attempt;  // given: a report for another attempt is ignored
+  std::optional<std::int64_t> exit_code;
+};
+struct Fail {
+  OpId op = 0;
+  std::string execution_id;
+  std::string error;
+  std::optional<std::string> worker_id;
+  std::optional<std::uint32_t> attempt;
+  bool retry = false;
+};
+// A submit that arrived through a transport (the ingress submits to the queue itself).
+struct Submit {
+  OpId op = 0;
+  std::string execution_id;
+  std::string user_id;
+};
+// The answer to action::SubmitToQueue.
+struct SubmitResult {
+  OpId op = 0;
+  bool accepted = false;
+  std::string reason;  // when refused: queue_full, user_limit, duplicate, ...
+  std::string message;
+  std::uint64_t queue_position = 0;
+};
+// A submit the ingress refused: only the event is published.
+struct Rejected {
+  std::string execution_id;
+  std::string user_id;
+  std::string reason;
+  std::string message;
+};
+// `status` of an id the queue does not hold (finished, or unknown).
+struct Status {
+  OpId op = 0;
+  std::string execution_id;
+};
+// `list` with state completed/failed/cancelled/expired.
+struct ListFinished {
+  OpId op = 0;
+  FinalState state = FinalState::kNone;  // kNone: every finished one
+  std::optional<std::string> user_id;
+  std::uint64_t limit = 100;
+};
+// A transport's outcome for publish token `token` (exactly once per token and transport).
+struct Delivery {
+  TransportId transport = 0;
+  std::uint64_t token = 0;
+  bool ok = false;
+};
+// A transport instance started (at start or in a reload).
+struct TransportUp {
+  TransportId transport = 0;
+  std::string name;
+};
+// No new publishes go to it; what it has is still awaited (it is being flushed).
+struct TransportRetiring {
+  TransportId transport = 0;
+};
+// It is gone: publishes it never acknowledged are published again where needed.
+struct TransportGone {
+  TransportId transport = 0;
+};
+struct Reload {
+  SchedulerConfig config;
+};
+}  // namespace input
+
+using Input =
+    std::variant<input::QueueState, input::Announced, input::Taken, input::TakeDone, input::Expired,
+                 input::Recovered, input::Cancel, input::CancelResult, input::Complete, input::Fail,
+                 input::Submit, input::SubmitResult, input::Rejected, input::Status,
+                 input::ListFinished, input::Delivery, input::TransportUp, input::TransportRetiring,
+                 input::TransportGone, input::Reload>;
+
+namespace action {
+// Publish `event` to these transports (empty: every one that is up); for a CreatePodCommand,
+// each must report the outcome of `token` (input::Delivery). Events have token 0.
+struct Publish {
+  Event event;
+  std::vector<TransportId> to;
+  std::uint64_t token = 0;
+};
+struct Answer {
+  OpId op = 0;
+  Reply reply;
+  std::vector<Reply> items;  // `list`: the executions
+};
+// Take up to `count` executions from the head of `level` (input::Taken for each, then
+// input::TakeDone).
+struct Take {
+  std::size_t level = 0;
+  std::uint32_t count = 1;
+};
+// Submit the request of `op` to the queue (input::SubmitResult).
+struct SubmitToQueue {
+  OpId op = 0;
+};
+// Cancel a queued execution (input::CancelResult).
+struct CancelInQueue {
+  OpId op = 0;
+  std::string execution_id;
+};
+// Expire queued executions enqueued before this wall-clock time (input::Expired each).
+struct SweepStale {
+  std::int64_t enqueued_before_ns = 0;
+};
+// Keep `value` in the execution's slot (its phase word, read back by input::Recovered).
+struct Annotate {
+  SlotRef slot = 0;
+  std::uint64_t value = 0;
+};
+struct SetAttempt {
+  SlotRef slot = 0;
+  std::uint32_t attempt = 1;
+};
+// Give the slot back to the queue (the execution is finished). Must be carried out, later if
+// the queue cannot take it now.
+struct Release {
+  SlotRef slot = 0;
+};
+}  // namespace action
+
+using Action = std::variant<action::Publish, action::Answer, action::Take, action::SubmitToQueue,
+                            action::CancelInQueue, action::SweepStale, action::Annotate,
+                            action::SetAttempt, action::Release>;
+
+struct SchedulerCounters {
+  std::uint64_t accepted = 0;
+  std::uint64_t rejected = 0;
+  std::uint64_t dispatched = 0;  // attempts every transport acknowledged
+  std::uint64_t completed = 0;
+  std::uint64_t failed = 0;  // final failures (timeouts included)
+  std::uint64_t retried = 0;
+  std::uint64_t timed_out = 0;
+  std::uint64_t cancelled = 0;
+  std::uint64_t expired = 0;
+  std::uint64_t publish_failures = 0;
+  std::uint64_t aged = 0;           // taken ahead of a higher priority by aging
+  std::uint64_t stale_reports = 0;  // complete/fail for an attempt that is not current: ignored
+};
+
+// Phase of a taken execution, kept in its slot (action::Annotate) so that a restarted scheduler
+// knows what to do with it.
+enum class Phase : std::uint8_t {
+  kUnknown = 0,      // taken, nothing recorded yet (a supervisor died right there)
+  kHeld = 1,         // waiting: retry or publish backoff
+  kDispatching = 2,  // published, acknowledgements outstanding
+  kDispatched = 3,   // every transport has it
+  kFinished = 4,     // its final event is out; only the release of its slot is left
+};
+
+// The phase word: phase | effective level << 8 | publish failures << 16 | final state << 32.
+std::uint64_t phase_word(Phase p, std::size_t level, std::uint32_t failures, FinalState final);
+Phase phase_of(std::uint64_t word);
+
+class Scheduler {
+ public:
+  explicit Scheduler(SchedulerConfig config);
+
+  // Takes one input; appends the actions it leads to.
+  void handle(const Input& in, Time now, std::vector<Action>& out);
+  // Time-driven decisions: dispatch what capacity allows, retries whose backoff passed,
+  // timeouts, stale sweeps, retries of cancels the queue could not take. Call it after the
+  // inputs of a round, and again whenever it returned actions whose answers were fed back.
+  void advance(Time now, std::vector<Action>& out);
+  // The next monotonic time after `now` at which advance() has something to do (nullopt: only
+  // inputs can give it work).
+  std::optional<std::int64_t> next_deadline(Time now) const;
+
+  const SchedulerCounters& counters() const { return counters_; }
+  const SchedulerConfig& config() const { return config_; }
+  std::uint64_t dispatched_now() const { return dispatched_; }  // dispatched and unfinished
+  std::size_t taken() const { return active_.size(); }          // out of the queue, unfinished
+  std::size_t held() const;                                     // taken, waiting to be published
+  std::size_t remembered_finished() const { return finished_.size(); }
+  // Would advance() take from the queue if it had entries? (The shell sleeps otherwise.)
+  bool can_take(Time now) const;
+
+ private:
+  struct Exec {
+    SlotRef slot = 0;
+    ExecutionInfo info;
+    Phase phase = Phase::kUnknown;
+    std::size_t level = 2;  // effective level of its lane while held
+    std::int64_t ready_at = 0;
+    std::uint32_t publish_failures = 0;
+    std::uint64_t token = 0;
+    std::set<TransportId> pending;  // outcomes still due for `token`
+    bool publish_failed = false;
+    std::set<std::string> acked;  // transports (by name) that have the current attempt
+    std::int64_t dispatched_at = 0;
+    std::uint64_t timeout_seq = 0;  // invalidates older entries of the timeout heap
+  };
+  struct FinishedRecord {
+    FinalState state = FinalState::kNone;
+    std::string user_id;
+    Priority priority = Priority::kNormal;
+    std::int64_t enqueued_at_ns = 0;
+    std::int64_t finished_at_ns = 0;  // wall clock
+    std::int64_t finished_mono = 0;
+    std::uint32_t attempt = 1;
+    std::optional<std::string> worker_id;
+    std::optional<std::int64_t> exit_code;
+    std::optional<std::string> error;
+    std::optional<std::string> reason;
+  };
+  struct PendingCancel {
+    std::string execution_id;
+    std::string reason;
+    std::int64_t retry_at = 0;
+  };
+  struct TimeoutEntry {
+    std::int64_t at;
+    std::string execution_id;
+    std::uint64_t seq;
+    bool operator>(const TimeoutEntry& o) const { return at > o.at; }
+  };
+
+  void on(const input::QueueState& in, Time now, std::vector<Action>& out);
+  void on(const input::Announced& in, Time now, std::vector<Action>& out);
+  void on(const input::Taken& in, Time now, std::vector<Action>& out);
+  void on(const input::TakeDone& in, Time now, std::vector<Action>& out);
+  void on(const input::Expired& in, Time now, std::vector<Action>& out);
+  void on(const input::Recovered& in, Time now, std::vector<Action>& out);
+  void on(const input::Cancel& in, Time now, std::vector<Action>& out);
+  void on(const input::CancelResult& in, Time now, std::vector<Action>& out);
+  void on(const input::Complete& in, Time now, std::vector<Action>& out);
+  void on(const input::Fail& in, Time now, std::vector<Action>& out);
+  void on(const input::Submit& in, Time now, std::vector<Action>& out);
+  void on(const input::SubmitResult& in, Time now, std::vector<Action>& out);
+  void on(const input::Rejected& in, Time now, std::vector<Action>& out);
+  void on(const input::Status& in, Time now, std::vector<Action>& out);
+  void on(const input::ListFinished& in, Time now, std::vector<Action>& out);
+  void on(const input::Delivery& in, Time now, std::vector<Action>& out);
+  void on(const input::TransportUp& in, Time now, std::vector<Action>& out);
+  void on(const input::TransportRetiring& in, Time now, std::vector<Action>& out);
+  void on(const input::TransportGone& in, Time now, std::vector<Action>& out);
+  void on(const input::Reload& in, Time now, std::vector<Action>& out);
+
+  void publish_dispatch(Exec& e, Time now, std::vector<Action>& out);
+  void resolve_dispatch(Exec& e, Time now, std::vector<Action>& out);
+  void hold(Exec& e, std::int64_t ready_at, bool front, std::vector<Action>& out);
+  void unhold(Exec& e);
+  void set_phase(Exec& e, Phase p, std::vector<Action>& out, FinalState final = FinalState::kNone);
+  // Publishes ExecutionFailed and retries or finishes (an operation, or a timeout).
+  void fail(Exec& e, std::string error, std::optional<std::string> reason,
+            std::optional<std::string> worker, bool retry, Time now, std::vector<Action>& out);
+  void finish(Exec& e, FinalState state, const FinishedRecord& rec, Time now,
+              std::vector<Action>& out);
+  void remember(const std::string& id, FinishedRecord rec, Time now);
+  void forget_old(Time now);
+  std::int64_t backoff_ns(std::uint64_t base_ms, std::uint32_t failures) const;
+  std::size_t aged_level(std::size_t level, std::int64_t enqueued_at_ns, Time now) const;
+  void arm_timeout(Exec& e, Time now);
+  Reply finished_reply(const std::string& id, const FinishedRecord& r) const;
+  void publish(Event ev, std::vector<Action>& out);
+
+  SchedulerConfig config_;
+  SchedulerCounters counters_;
+  std::unordered_map<std::string, Exec> active_;
+  std::array<std::deque<std::string>, kPriorityLevels> lanes_;  // held, in dispatch order
+  std::unordered_map<std::uint64_t, std::string> tokens_;
+  std::map<TransportId, std::string> transports_;  // up and taking publishes
+  std::map<TransportId, std::string> retiring_;    // flushing: awaited, no new publishes
+  std::uint64_t next_token_ = 1;
+  std::uint64_t dispatched_ = 0;
+  std::int64_t paused_until_ = 0;  // after a failed publish, nothing new is taken until then
+  input::QueueState queue_;
+  std::array<std::uint32_t, kPriorityLevels> taking_{};  // asked for, not yet answered
+  std::int64_t next_sweep_ = 0;
+  std::priority_queue<TimeoutEntry, std::vector<TimeoutEntry>, std::greater<>> timeouts_;
+  std::uint64_t timeout_seq_ = 0;
+  std::unordered_map<OpId, PendingCancel> cancels_in_queue_;  // asked of the queue
+  std::vector<std::pair<OpId, PendingCancel>> deferred_cancels_;
+  std::unordered_map<OpId, input::Submit> submits_;  // asked of the queue
+  std::unordered_map<std::string, FinishedRecord> finished_;
+  // Oldest first: (id, finished_mono); an entry whose time no longer matches its record is stale.
+  std::deque<std::pair<std::string, std::int64_t>> finished_order_;
+};
+
+}  // namespace shmsched::core

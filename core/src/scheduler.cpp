@@ -1,0 +1,743 @@
+// The scheduling policy (scheduler.h). Every decision is a function of the inputs so far and the
+// `now` passed in; nothing here reads a clock or touches the outside world.
+#include "shmsched/core/scheduler.h"
+
+#include <algorithm>
+
+namespace shmsched::core {
+
+namespace {
+
+constexpr std::int64_t kMs = 1'000'000;
+constexpr std::int64_t kSec = 1'000'000'000;
+constexpr std::int64_t kCancelRetryNs = 100 * kMs;  // a cancel the queue could not take
+
+}  // namespace
+
+std::string_view event_name(EventType t) {
+  switch (t) {
+    case EventType::kAccepted:
+      return "ExecutionAccepted";
+    case EventType::kRejected:
+      return "ExecutionRejected";
+    case EventType::kCreatePodCommand:
+      return "CreatePodCommand";
+    case EventType::kCompleted:
+      return "ExecutionCompleted";
+    case EventType::kFailed:
+      return "ExecutionFailed";
+    case EventType::kCancelled:
+      return "ExecutionCancelled";
+    case EventType::kExpired:
+      return "ExecutionExpired";
+  }
+  return "?";
+}
+
+std::string_view final_state_name(FinalState s) {
+  switch (s) {
+    case FinalState::kCompleted:
+      return "completed";
+    case FinalState::kFailed:
+      return "failed";
+    case FinalState::kCancelled:
+      return "cancelled";
+    case FinalState::kExpired:
+      return "expired";
+    case FinalState::kNone:
+      break;
+  }
+  return "finished";
+}
+
+std::uint64_t phase_word(Phase p, std::size_t level, std::uint32_t failures, FinalState final) {
+  return static_cast<std::uint64_t>(p) | (static_cast<std::uint64_t>(level & 0xff) << 8) |
+         (static_cast<std::uint64_t>(std::min<std::uint32_t>(failures, 0xffff)) << 16) |
+         (static_cast<std::uint64_t>(final) << 32);
+}
+
+Phase phase_of(std::uint64_t word) {
+  const auto p = static_cast<std::uint8_t>(word & 0xff);
+  return p <= static_cast<std::uint8_t>(Phase::kFinished) ? static_cast<Phase>(p) : Phase::kUnknown;
+}
+
+Scheduler::Scheduler(SchedulerConfig config) : config_(config) {}
+
+void Scheduler::handle(const Input& in, Time now, std::vector<Action>& out) {
+  std::visit([&](const auto& v) { on(v, now, out); }, in);
+}
+
+std::size_t Scheduler::held() const {
+  std::size_t n = 0;
+  for (const auto& lane : lanes_) n += lane.size();
+  return n;
+}
+
+std::int64_t Scheduler::backoff_ns(std::uint64_t base_ms, std::uint32_t failures) const {
+  std::uint64_t ms = base_ms;
+  for (std::uint32_t i = 1; i < failures && ms < config_.max_backoff_ms; ++i) ms *= 2;
+  return static_cast<std::int64_t>(std::min(ms, config_.max_backoff_ms)) * kMs;
+}
+
+// Aging: every aging_seconds of waiting lifts an execution one level in the dispatch order.
+std::size_t Scheduler::aged_level(std::size_t level, std::int64_t enqueued_at_ns, Time now) const {
+  if (config_.aging_seconds == 0) return level;
+  const std::int64_t step = static_cast<std::int64_t>(config_.aging_seconds) * kSec;
+  const std::int64_t lifts = std::max<std::int64_t>(0, (now.wall_ns - enqueued_at_ns) / step);
+  return static_cast<std::size_t>(
+      std::max<std::int64_t>(0, static_cast<std::int64_t>(level) - lifts));
+}
+
+void Scheduler::publish(Event ev, std::vector<Action>& out) {
+  out.push_back(action::Publish{std::move(ev), {}, 0});
+}
+
+void Scheduler::set_phase(Exec& e, Phase p, std::vector<Action>& out, FinalState final) {
+  const bool was = e.phase == Phase::kDispatching || e.phase == Phase::kDispatched;
+  const bool is = p == Phase::kDispatching || p == Phase::kDispatched;
+  if (!was && is) ++dispatched_;
+  if (was && !is) --dispatched_;
+  e.phase = p;
+  out.push_back(action::Annotate{e.slot, phase_word(p, e.level, e.publish_failures, final)});
+}
+
+// ---- Inputs -----------------------------------------------------------------------------------
+
+void Scheduler::on(const input::QueueState& in, Time, std::vector<Action>&) {
+  queue_ = in;
+}
+
+void Scheduler::on(const input::Announced& in, Time, std::vector<Action>& out) {
+  ++counters_.accepted;
+  Event ev;
+  ev.type = EventType::kAccepted;
+  ev.execution_id = in.info.execution_id;
+  ev.user_id = in.info.user_id;
+  ev.priority = in.info.priority;
+  ev.queue_position = in.rank;
+  publish(std::move(ev), out);
+}
+
+void Scheduler::on(const input::Taken& in, Time now, std::vector<Action>& out) {
+  const std::size_t level = std::min(in.level, kPriorityLevels - 1);
+  if (taking_[level] > 0) --taking_[level];
+  if (queue_.depth[level] > 0) --queue_.depth[level];
+  const std::size_t effective =
+      aged_level(priority_index(in.info.priority), in.info.enqueued_at_ns, now);
+  auto [it, fresh] = active_.try_emplace(in.info.execution_id);
+  Exec& e = it->second;
+  if (!fresh) unhold(e);  // cannot happen (ids are unique in the queue); keep state consistent
+  e = Exec{};
+  e.slot = in.slot;
+  e.info = in.info;
+  e.level = effective;
+  publish_dispatch(e, now, out);
+}
+
+void Scheduler::on(const input::TakeDone& in, Time, std::vector<Action>&) {
+  const std::size_t level = std::min(in.level, kPriorityLevels - 1);
+  taking_[level] -= std::min(taking_[level], in.missing);
+  if (in.missing > 0) queue_.depth[level] = 0;  // it had fewer than we thought
+}
+
+void Scheduler::on(const input::Expired& in, Time now, std::vector<Action>& out) {
+  ++counters_.expired;
+  FinishedRecord rec;
+  rec.state = FinalState::kExpired;
+  rec.user_id = in.info.user_id;
+  rec.priority = in.info.priority;
+  rec.enqueued_at_ns = in.info.enqueued_at_ns;
+  rec.attempt = in.info.attempt;
+  rec.reason = "stale_timeout";
+  remember(in.info.execution_id, rec, now);
+  Event ev;
+  ev.type = EventType::kExpired;
+  ev.execution_id = in.info.execution_id;
+  ev.user_id = in.info.user_id;
+  ev.reason = "stale_timeout";
+  publish(std::move(ev), out);
+}
+
+void Scheduler::on(const input::Recovered& in, Time now, std::vector<Action>& out) {
+  const Phase phase = phase_of(in.annotation);
+  if (phase == Phase::kFinished) {
+    // Its final event was published; the previous supervisor died before the release.
+    out.push_back(action::Release{in.slot});
+    FinishedRecord rec;
+    rec.state = static_cast<FinalState>((in.annotation >> 32) & 0xff);
+    rec.user_id = in.info.user_id;
+    rec.priority = in.info.priority;
+    rec.enqueued_at_ns = in.info.enqueued_at_ns;
+    rec.attempt = in.info.attempt;
+    remember(in.info.execution_id, rec, now);
+    return;
+  }
+  Exec& e = active_[in.info.execution_id];
+  e = Exec{};
+  e.slot = in.slot;
+  e.info = in.info;
+  e.level = phase == Phase::kUnknown
+                ? priority_index(in.info.priority)
+                : std::min<std::size_t>((in.annotation >> 8) & 0xff, kPriorityLevels - 1);
+  e.publish_failures = static_cast<std::uint32_t>((in.annotation >> 16) & 0xffff);
+  if (phase == Phase::kDispatched) {
+    // Every transport had it. Its timeout starts again now (the time it was dispatched died
+    // with the previous supervisor).
+    e.acked.clear();
+    set_phase(e, Phase::kDispatched, out);
+    arm_timeout(e, now);
+    return;
+  }
+  // Held, or its dispatch was in flight: publish it (again). Delivery is at least once;
+  // execution_id is the idempotency key.
+  hold(e, now.mono_ns, false, out);
+}
+
+void Scheduler::on(const input::Cancel& in, Time now, std::vector<Action>& out) {
+  const std::string reason = in.reason.empty() ? "cancelled" : in.reason;
+  if (auto it = active_.find(in.execution_id); it != active_.end()) {
+    // Ours (dispatched, or held for a retry): nothing to ask the queue.
+    Exec& e = it->second;
+    ++counters_.cancelled;
+    Event ev;
+    ev.type = EventType::kCancelled;
+    ev.execution_id = e.info.execution_id;
+    ev.user_id = e.info.user_id;
+    ev.reason = reason;
+    publish(std::move(ev), out);
+    FinishedRecord rec;
+    rec.state = FinalState::kCancelled;
+    rec.reason = reason;
+    finish(e, FinalState::kCancelled, rec, now, out);
+    out.push_back(action::Answer{in.op, Reply::success(), {}});
+    return;
+  }
+  if (finished_.count(in.execution_id)) {
+    out.push_back(action::Answer{
+        in.op,
+        Reply::failure("finished", "execution " + in.execution_id + " has already finished"),
+        {}});
+    return;
+  }
+  cancels_in_queue_[in.op] = PendingCancel{in.execution_id, reason, 0};
+  out.push_back(action::CancelInQueue{in.op, in.execution_id});
+}
+
+void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>& out) {
+  auto it = cancels_in_queue_.find(in.op);
+  if (it == cancels_in_queue_.end()) return;
+  PendingCancel pc = std::move(it->second);
+  cancels_in_queue_.erase(it);
+  switch (in.outcome) {
+    case CancelOutcome::kCancelled: {
+      ++counters_.cancelled;
+      FinishedRecord rec;
+      rec.state = FinalState::kCancelled;
+      rec.user_id = in.user_id;
+      rec.reason = pc.reason;
+      remember(pc.execution_id, rec, now);
+      Event ev;
+      ev.type = EventType::kCancelled;
+      ev.execution_id = pc.execution_id;
+      ev.user_id = in.user_id;
+      ev.reason = pc.reason;
+      publish(std::move(ev), out);
+      out.push_back(action::Answer{in.op, Reply::success(), {}});
+      return;
+    }
+    case CancelOutcome::kActive:
+      // Taken from the queue since: cancel it as ours.
+      if (active_.count(pc.execution_id)) {
+        on(input::Cancel{in.op, pc.execution_id, pc.reason}, now, out);
+        return;
+      }
+      [[fallthrough]];
+    case CancelOutcome::kNotFound:
+      out.push_back(action::Answer{
+          in.op,
+          Reply::failure("not_found", "no queued or active execution " + pc.execution_id),
+          {}});
+      return;
+    case CancelOutcome::kUnavailable:
+      // The queue is held up (a repair a stopped process blocks): ask again a little later.
+      pc.retry_at = now.mono_ns + kCancelRetryNs;
+      deferred_cancels_.emplace_back(in.op, std::move(pc));
+      return;
+  }
+}
+
+void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out) {
+  auto it = active_.find(in.execution_id);
+  if (it == active_.end()) {
+    out.push_back(action::Answer{
+        in.op,
+        finished_.count(in.execution_id)
+            ? Reply::failure("finished", "execution " + in.execution_id + " has already finished")
+            : Reply::failure("not_found", "no dispatched execution " + in.execution_id),
+        {}});
+    return;
+  }
+  Exec& e = it->second;
+  if (in.attempt && *in.attempt != e.info.attempt) {
+    ++counters_.stale_reports;
+    out.push_back(action::Answer{in.op,
+                                 Reply::success()
+                                     .with("ignored", true)
+                                     .with("attempt", static_cast<std::int64_t>(e.info.attempt)),
+                                 {}});
+    return;
+  }
+  ++counters_.completed;
+  Event ev;
+  ev.type = EventType::kCompleted;
+  ev.execution_id = e.info.execution_id;
+  ev.user_id = e.info.user_id;
+  ev.worker_id = in.worker_id;
+  ev.exit_code = in.exit_code;
+  publish(std::move(ev), out);
+  FinishedRecord rec;
+  rec.state = FinalState::kCompleted;
+  rec.worker_id = in.worker_id;
+  rec.exit_code = in.exit_code;
+  finish(e, FinalState::kCompleted, rec, now, out);
+  out.push_back(action::Answer{in.op, Reply::success(), {}});
+}
+
+void Scheduler::on(const input::Fail& in, Time now, std::vector<Action>& out) {
+  auto it = active_.find(in.execution_id);
+  if (it == active_.end()) {
+    out.push_back(action::Answer{
+        in.op,
+        finished_.count(in.execution_id)
+            ? Reply::failure("finished", "execution " + in.execution_id + " has already finished")
+            : Reply::failure("not_found", "no dispatched execution " + in.execution_id),
+        {}});
+    return;
+  }
+  Exec& e = it->second;
+  if (in.attempt && *in.attempt != e.info.attempt) {
+    ++counters_.stale_reports;
+    out.push_back(action::Answer{in.op,
+                                 Reply::success()
+                                     .with("ignored", true)
+                                     .with("attempt", static_cast<std::int64_t>(e.info.attempt)),
+                                 {}});
+    return;
+  }
+  fail(e, in.error, std::nullopt, in.worker_id, in.retry, now, out);
+  out.push_back(action::Answer{in.op, Reply::success(), {}});
+}
+
+void Scheduler::fail(Exec& e, std::string error, std::optional<std::string> reason,
+                     std::optional<std::string> worker, bool retry, Time now,
+                     std::vector<Action>& out) {
+  const bool again = retry && e.info.attempt < config_.max_attempts;
+  Event ev;
+  ev.type = EventType::kFailed;
+  ev.execution_id = e.info.execution_id;
+  ev.user_id = e.info.user_id;
+  ev.worker_id = worker;
+  ev.error = error;
+  if (reason) ev.reason = *reason;
+  ev.will_retry = again;
+  ev.attempt = e.info.attempt;
+  publish(std::move(ev), out);
+  if (again) {
+    ++counters_.retried;
+    // Held first: a supervisor that dies right here publishes it again rather than believing
+    // the new attempt was already published.
+    e.publish_failures = 0;
+    hold(e, now.mono_ns + backoff_ns(config_.retry_backoff_ms, e.info.attempt), true, out);
+    e.acked.clear();
+    ++e.info.attempt;
+    out.push_back(action::SetAttempt{e.slot, e.info.attempt});
+    return;
+  }
+  ++counters_.failed;
+  FinishedRecord rec;
+  rec.state = FinalState::kFailed;
+  rec.worker_id = std::move(worker);
+  rec.error = std::move(error);
+  rec.reason = std::move(reason);
+  finish(e, FinalState::kFailed, rec, now, out);
+}
+
+void Scheduler::on(const input::Submit& in, Time now, std::vector<Action>& out) {
+  forget_old(now);
+  if (finished_.count(in.execution_id)) {
+    // A redelivered or replayed request for an execution that already ran must not run again.
+    const std::string why = "execution " + in.execution_id + " has already finished";
+    on(input::Rejected{in.execution_id, in.user_id, "duplicate", why}, now, out);
+    out.push_back(action::Answer{in.op, Reply::failure("duplicate", why), {}});
+    return;
+  }
+  submits_[in.op] = in;
+  out.push_back(action::SubmitToQueue{in.op});
+}
+
+void Scheduler::on(const input::SubmitResult& in, Time now, std::vector<Action>& out) {
+  auto it = submits_.find(in.op);
+  if (it == submits_.end()) return;
+  const input::Submit sub = std::move(it->second);
+  submits_.erase(it);
+  if (in.accepted) {
+    out.push_back(
+        action::Answer{in.op,
+                       Reply::success()
+                           .with("execution_id", sub.execution_id)
+                           .with("queue_position", static_cast<std::int64_t>(in.queue_position)),
+                       {}});
+    return;
+  }
+  on(input::Rejected{sub.execution_id, sub.user_id, in.reason, in.message}, now, out);
+  out.push_back(action::Answer{in.op, Reply::failure(in.reason, in.message), {}});
+}
+
+void Scheduler::on(const input::Rejected& in, Time, std::vector<Action>& out) {
+  ++counters_.rejected;
+  Event ev;
+  ev.type = EventType::kRejected;
+  ev.execution_id = in.execution_id;
+  ev.user_id = in.user_id;
+  ev.reason = in.reason;
+  ev.message = in.message;
+  publish(std::move(ev), out);
+}
+
+Reply Scheduler::finished_reply(const std::string& id, const FinishedRecord& r) const {
+  Reply reply;
+  reply.with("execution_id", id)
+      .with("state", std::string(final_state_name(r.state)))
+      .with("priority", std::string(priority_name(r.priority)))
+      .with("user_id", r.user_id)
+      .with("attempt", static_cast<std::int64_t>(r.attempt))
+      .with("enqueued_at", r.enqueued_at_ns)
+      .with("finished_at", r.finished_at_ns);
+  if (r.worker_id) reply.with("worker_id", *r.worker_id);
+  if (r.exit_code) reply.with("exit_code", *r.exit_code);
+  if (r.error) reply.with("error", *r.error);
+  if (r.reason) reply.with("reason", *r.reason);
+  return reply;
+}
+
+void Scheduler::on(const input::Status& in, Time now, std::vector<Action>& out) {
+  forget_old(now);
+  auto it = finished_.find(in.execution_id);
+  if (it == finished_.end()) {
+    out.push_back(
+        action::Answer{in.op, Reply::failure("not_found", "no execution " + in.execution_id), {}});
+    return;
+  }
+  out.push_back(action::Answer{in.op, finished_reply(in.execution_id, it->second), {}});
+}
+
+void Scheduler::on(const input::ListFinished& in, Time now, std::vector<Action>& out) {
+  forget_old(now);
+  action::Answer a{in.op, Reply::success(), {}};
+  // Newest first.
+  for (auto it = finished_order_.rbegin(); it != finished_order_.rend(); ++it) {
+    if (a.items.size() >= in.limit) break;
+    auto f = finished_.find(it->first);
+    if (f == finished_.end() || f->second.finished_mono != it->second) continue;
+    if (in.state != FinalState::kNone && f->second.state != in.state) continue;
+    if (in.user_id && f->second.user_id != *in.user_id) continue;
+    a.items.push_back(finished_reply(it->first, f->second));
+  }
+  out.push_back(std::move(a));
+}
+
+void Scheduler::on(const input::Delivery& in, Time now, std::vector<Action>& out) {
+  auto t = tokens_.find(in.token);
+  if (t == tokens_.end()) return;  // superseded (a retry, a cancel, a completion)
+  auto a = active_.find(t->second);
+  if (a == active_.end()) return;
+  Exec& e = a->second;
+  // Only a result for the current publish, from an instance that was asked, counts.
+  if (e.token != in.token || !e.pending.erase(in.transport)) return;
+  std::string name;
+  if (auto up = transports_.find(in.transport); up != transports_.end()) name = up->second;
+  if (auto r = retiring_.find(in.transport); r != retiring_.end()) name = r->second;
+  if (in.ok) {
+    e.acked.insert(name);
+  } else {
+    e.publish_failed = true;
+  }
+  if (e.pending.empty()) resolve_dispatch(e, now, out);
+}
+
+void Scheduler::on(const input::TransportUp& in, Time, std::vector<Action>&) {
+  transports_[in.transport] = in.name;
+}
+
+void Scheduler::on(const input::TransportRetiring& in, Time, std::vector<Action>&) {
+  auto it = transports_.find(in.transport);
+  if (it == transports_.end()) return;
+  retiring_[in.transport] = it->second;
+  transports_.erase(it);
+}
+
+void Scheduler::on(const input::TransportGone& in, Time now, std::vector<Action>& out) {
+  std::string name;
+  if (auto it = transports_.find(in.transport); it != transports_.end()) {
+    name = it->second;
+    transports_.erase(it);
+  }
+  if (auto it = retiring_.find(in.transport); it != retiring_.end()) {
+    name = it->second;
+    retiring_.erase(it);
+  }
+  // Dispatches still waiting for it stop waiting. If another instance of the same transport is
+  // up (a replacement), the message never reached it: that counts as a failed publish, and the
+  // execution is published again to the transports that do not have it only.
+  bool replaced = false;
+  for (const auto& [id, n] : transports_) replaced = replaced || n == name;
+  std::vector<std::string> resolved;
+  for (auto& [id, e] : active_) {
+    if (e.phase != Phase::kDispatching || !e.pending.erase(in.transport)) continue;
+    if (replaced) e.publish_failed = true;
+    if (e.pending.empty()) resolved.push_back(id);
+  }
+  for (const auto& id : resolved) {
+    if (auto it = active_.find(id); it != active_.end()) resolve_dispatch(it->second, now, out);
+  }
+}
+
+void Scheduler::on(const input::Reload& in, Time now, std::vector<Action>& out) {
+  config_ = in.config;
+  forget_old(now);
+  // Timeouts follow the new settings from the next dispatch; armed ones keep their deadline.
+  (void)out;
+}
+
+// ---- Dispatch ---------------------------------------------------------------------------------
+
+void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
+  if (e.token) tokens_.erase(e.token);
+  e.token = next_token_++;
+  e.pending.clear();
+  e.publish_failed = false;
+  tokens_[e.token] = e.info.execution_id;
+  action::Publish p;
+  p.event.type = EventType::kCreatePodCommand;
+  p.event.execution_id = e.info.execution_id;
+  p.event.user_id = e.info.user_id;
+  p.event.priority = e.info.priority;
+  p.event.slot = e.slot;
+  p.event.attempt = e.info.attempt;
+  p.token = e.token;
+  for (const auto& [id, name] : transports_) {
+    if (e.acked.count(name)) continue;  // never twice to one transport for one attempt
+    e.pending.insert(id);
+    p.to.push_back(id);
+  }
+  set_phase(e, Phase::kDispatching, out);
+  if (e.dispatched_at == 0) {
+    e.dispatched_at = now.mono_ns;
+    arm_timeout(e, now);
+  }
+  if (!p.to.empty()) out.push_back(std::move(p));
+  if (e.pending.empty()) resolve_dispatch(e, now, out);
+}
+
+void Scheduler::resolve_dispatch(Exec& e, Time now, std::vector<Action>& out) {
+  tokens_.erase(e.token);
+  e.token = 0;
+  if (!e.publish_failed && !transports_.empty()) {
+    e.publish_failures = 0;
+    set_phase(e, Phase::kDispatched, out);
+    ++counters_.dispatched;
+    return;
+  }
+  // Never lost, never failed for a transport hiccup: back to the front of its level, later;
+  // nothing new is taken from the queue until then.
+  ++e.publish_failures;
+  ++counters_.publish_failures;
+  const std::int64_t ready =
+      now.mono_ns + backoff_ns(config_.dispatch_backoff_ms, e.publish_failures);
+  hold(e, ready, true, out);
+  paused_until_ = std::max(paused_until_, ready);
+}
+
+void Scheduler::hold(Exec& e, std::int64_t ready_at, bool front, std::vector<Action>& out) {
+  if (e.token) tokens_.erase(e.token);
+  e.token = 0;
+  e.pending.clear();
+  unhold(e);
+  set_phase(e, Phase::kHeld, out);
+  e.ready_at = ready_at;
+  // Not dispatched any more: its timeout starts again when it is.
+  e.dispatched_at = 0;
+  e.timeout_seq = 0;
+  auto& lane = lanes_[std::min(e.level, kPriorityLevels - 1)];
+  if (front) {
+    lane.push_front(e.info.execution_id);
+  } else {
+    lane.push_back(e.info.execution_id);
+  }
+}
+
+void Scheduler::unhold(Exec& e) {
+  if (e.phase != Phase::kHeld) return;
+  auto& lane = lanes_[std::min(e.level, kPriorityLevels - 1)];
+  lane.erase(std::remove(lane.begin(), lane.end(), e.info.execution_id), lane.end());
+}
+
+void Scheduler::arm_timeout(Exec& e, Time now) {
+  const std::uint64_t seconds =
+      e.info.timeout_seconds ? e.info.timeout_seconds : config_.default_timeout_seconds;
+  if (seconds == 0) return;
+  e.timeout_seq = ++timeout_seq_;
+  timeouts_.push(TimeoutEntry{
+      now.mono_ns + static_cast<std::int64_t>(seconds + config_.timeout_grace_seconds) * kSec,
+      e.info.execution_id, e.timeout_seq});
+}
+
+void Scheduler::finish(Exec& e, FinalState state, const FinishedRecord& base, Time now,
+                       std::vector<Action>& out) {
+  if (e.token) tokens_.erase(e.token);
+  unhold(e);
+  // Marked finished first: a supervisor that dies before the release releases it on restart
+  // instead of dispatching it again.
+  set_phase(e, Phase::kFinished, out, state);
+  out.push_back(action::Release{e.slot});
+  FinishedRecord rec = base;
+  rec.state = state;
+  rec.user_id = e.info.user_id;
+  rec.priority = e.info.priority;
+  rec.enqueued_at_ns = e.info.enqueued_at_ns;
+  rec.attempt = e.info.attempt;
+  const std::string id = e.info.execution_id;
+  active_.erase(id);  // `e` is gone from here on
+  remember(id, std::move(rec), now);
+}
+
+void Scheduler::remember(const std::string& id, FinishedRecord rec, Time now) {
+  rec.finished_at_ns = now.wall_ns;
+  rec.finished_mono = now.mono_ns;
+  finished_[id] = std::move(rec);
+  finished_order_.emplace_back(id, now.mono_ns);
+  forget_old(now);
+}
+
+void Scheduler::forget_old(Time now) {
+  const std::int64_t cutoff =
+      now.mono_ns - static_cast<std::int64_t>(config_.finished_retention_seconds) * kSec;
+  while (!finished_order_.empty()) {
+    const auto& [id, at] = finished_order_.front();
+    auto it = finished_.find(id);
+    const bool stale = it == finished_.end() || it->second.finished_mono != at;
+    if (!stale && finished_.size() <= config_.finished_retention_count && at >= cutoff) break;
+    if (!stale) finished_.erase(it);
+    finished_order_.pop_front();
+  }
+}
+
+bool Scheduler::can_take(Time now) const {
+  return dispatched_ < config_.max_active_executions && !transports_.empty() &&
+         now.mono_ns >= paused_until_;
+}
+
+void Scheduler::advance(Time now, std::vector<Action>& out) {
+  // Timeouts of dispatched executions.
+  while (!timeouts_.empty() && timeouts_.top().at <= now.mono_ns) {
+    const TimeoutEntry t = timeouts_.top();
+    timeouts_.pop();
+    auto it = active_.find(t.execution_id);
+    if (it == active_.end() || it->second.timeout_seq != t.seq) continue;
+    Exec& e = it->second;
+    if (e.phase != Phase::kDispatching && e.phase != Phase::kDispatched) continue;
+    ++counters_.timed_out;
+    fail(e, "not finished within its timeout", std::string("timeout"), std::nullopt, true, now,
+         out);
+  }
+  // Cancels the queue could not take a moment ago.
+  if (!deferred_cancels_.empty()) {
+    std::vector<std::pair<OpId, PendingCancel>> later;
+    for (auto& [op, pc] : deferred_cancels_) {
+      if (pc.retry_at > now.mono_ns) {
+        later.emplace_back(op, std::move(pc));
+        continue;
+      }
+      on(input::Cancel{op, pc.execution_id, pc.reason}, now, out);
+    }
+    deferred_cancels_ = std::move(later);
+  }
+  // Stale entries in the queue.
+  if (now.mono_ns >= next_sweep_) {
+    next_sweep_ = now.mono_ns + static_cast<std::int64_t>(config_.sweep_interval_ms) * kMs;
+    out.push_back(action::SweepStale{
+        now.wall_ns - static_cast<std::int64_t>(config_.stale_timeout_seconds) * kSec});
+  }
+  // Dispatch: held executions whose time has come and the heads of the queue's levels, in
+  // order of effective level (aging lifts long waiters), held ones first within a level.
+  std::uint64_t in_flight = 0;
+  for (auto n : taking_) in_flight += n;
+  while (dispatched_ + in_flight < config_.max_active_executions && !transports_.empty() &&
+         now.mono_ns >= paused_until_) {
+    std::optional<std::pair<std::size_t, std::string>> held_pick;  // (effective level, id)
+    for (std::size_t l = 0; l < kPriorityLevels && !held_pick; ++l) {
+      for (const auto& id : lanes_[l]) {
+        auto it = active_.find(id);
+        if (it != active_.end() && it->second.ready_at <= now.mono_ns) {
+          held_pick.emplace(l, id);
+          break;
+        }
+      }
+    }
+    std::optional<std::pair<std::size_t, std::size_t>> queue_pick;  // (effective, level)
+    for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+      if (queue_.depth[l] <= taking_[l]) continue;
+      const std::size_t eff =
+          queue_.head_enqueued_at[l] ? aged_level(l, *queue_.head_enqueued_at[l], now) : l;
+      if (!queue_pick || eff < queue_pick->first ||
+          (eff == queue_pick->first && queue_.head_enqueued_at[l] &&
+           queue_.head_enqueued_at[queue_pick->second] &&
+           *queue_.head_enqueued_at[l] < *queue_.head_enqueued_at[queue_pick->second])) {
+        queue_pick.emplace(eff, l);
+      }
+    }
+    if (held_pick && (!queue_pick || held_pick->first <= queue_pick->first)) {
+      auto& lane = lanes_[held_pick->first];
+      lane.erase(std::find(lane.begin(), lane.end(), held_pick->second));
+      Exec& e = active_.at(held_pick->second);
+      e.phase = Phase::kUnknown;  // out of its lane; publish_dispatch sets the phase
+      publish_dispatch(e, now, out);
+      continue;
+    }
+    if (!queue_pick) break;
+    const std::size_t level = queue_pick->second;
+    if (queue_pick->first < level) ++counters_.aged;
+    // Without aging, a level's entries go in FIFO order ahead of every lower level: take as
+    // many as capacity allows at once. With aging, one at a time (the next head may lose).
+    const std::uint64_t room = config_.max_active_executions - dispatched_ - in_flight;
+    const std::uint64_t available = queue_.depth[level] - taking_[level];
+    const std::uint32_t count =
+        config_.aging_seconds > 0
+            ? 1u
+            : static_cast<std::uint32_t>(std::min<std::uint64_t>({room, available, 1024}));
+    taking_[level] += count;
+    in_flight += count;
+    out.push_back(action::Take{level, count});
+    if (config_.aging_seconds > 0) break;  // the answer updates the heads first
+  }
+  forget_old(now);
+}
+
+std::optional<std::int64_t> Scheduler::next_deadline(Time now) const {
+  std::optional<std::int64_t> at;
+  auto consider = [&](std::int64_t t) {
+    if (t > now.mono_ns && (!at || t < *at)) at = t;
+  };
+  consider(next_sweep_);
+  if (!timeouts_.empty()) consider(timeouts_.top().at);
+  if (paused_until_ > 0) consider(paused_until_);
+  for (const auto& [op, pc] : deferred_cancels_) consider(pc.retry_at);
+  for (const auto& lane : lanes_) {
+    for (const auto& id : lane) {
+      if (auto it = active_.find(id); it != active_.end()) consider(it->second.ready_at);
+    }
+  }
+  return at;
+}
+
+}  // namespace shmsched::core
