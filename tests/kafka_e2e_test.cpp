@@ -120,7 +120,7 @@ TEST(KafkaE2E, CommandsOutSubmissionsAndCompletionsIn) {
   const auto events = kcat_consume(f.mock.bootstrap(), "execution_events");
   EXPECT_GE(count_keys(events, "ExecutionAccepted")["via-kafka"], 1);
   EXPECT_GE(count_keys(events, "ExecutionCompleted")["via-zmq"], 1);
-  EXPECT_EQ(f.ingress->op("status", "via-zmq").str("error"), "not_found");
+  EXPECT_EQ(f.ingress->op("status", "via-zmq").str("state"), "completed");
   auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
   EXPECT_EQ(ipc::get_int(*ipc::find_field(stats.get(), "counters"), "completed").value_or(0), 1);
 }
@@ -176,7 +176,7 @@ TEST(KafkaE2E, ARequestForARecentlyFinishedExecutionIsADuplicate) {
   ASSERT_TRUE(kcat_produce(f.mock.bootstrap(), "execution_events", "ExecutionCompleted", "once",
                            completed("once"), f.dir));
   const auto deadline = Clock::now() + std::chrono::seconds(20);
-  while (f.ingress->op("status", "once").str("error") != "not_found" && Clock::now() < deadline) {
+  while (f.ingress->op("status", "once").str("state") != "completed" && Clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_TRUE(kcat_produce(f.mock.bootstrap(), "execution_events", "ExecutionRequested", "once",
@@ -270,10 +270,10 @@ TEST(KafkaE2E, ARestartedSupervisorDoesNotReadTakenMessagesAgain) {
   ASSERT_TRUE(kcat_produce(mock.bootstrap(), "execution_events", "ExecutionCompleted", "r1",
                            completed("r1"), dir));
   const auto deadline = Clock::now() + std::chrono::seconds(20);
-  while (ingress.op("status", "r1").str("error") != "not_found" && Clock::now() < deadline) {
+  while (ingress.op("status", "r1").str("state") != "completed" && Clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
-  ASSERT_EQ(ingress.op("status", "r1").str("error"), "not_found");
+  ASSERT_EQ(ingress.op("status", "r1").str("state"), "completed");
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the commit goes out
   EXPECT_EQ(d.signal(SIGTERM), 0);
   EXPECT_THAT(d.log_text(), ::testing::Not(HasSubstr(", 0 offset commits")));

@@ -217,7 +217,8 @@ void World::carry_out(std::vector<Action>& actions) {
       throw CrashNow{};
     }
     if (crash_after_ > 0) --crash_after_;
-    Action a = std::move(actions[i]);
+    // A copy: carrying it out may append to `actions`.
+    const Action a = actions[i];
     if (auto* p = std::get_if<action::Publish>(&a)) {
       const Event& ev = p->event;
       switch (ev.type) {

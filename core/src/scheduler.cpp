@@ -34,6 +34,15 @@ std::string_view event_name(EventType t) {
   return "?";
 }
 
+namespace {
+void answer(std::vector<Action>& out, OpId op, Reply reply) {
+  action::Answer a;
+  a.op = op;
+  a.reply = std::move(reply);
+  out.push_back(std::move(a));
+}
+}  // namespace
+
 std::string_view final_state_name(FinalState s) {
   switch (s) {
     case FinalState::kCompleted:
@@ -209,14 +218,12 @@ void Scheduler::on(const input::Cancel& in, Time now, std::vector<Action>& out) 
     rec.state = FinalState::kCancelled;
     rec.reason = reason;
     finish(e, FinalState::kCancelled, rec, now, out);
-    out.push_back(action::Answer{in.op, Reply::success(), {}});
+    answer(out, in.op, Reply::success());
     return;
   }
   if (finished_.count(in.execution_id)) {
-    out.push_back(action::Answer{
-        in.op,
-        Reply::failure("finished", "execution " + in.execution_id + " has already finished"),
-        {}});
+    answer(out, in.op,
+           Reply::failure("finished", "execution " + in.execution_id + " has already finished"));
     return;
   }
   cancels_in_queue_[in.op] = PendingCancel{in.execution_id, reason, 0};
@@ -242,7 +249,7 @@ void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>&
       ev.user_id = in.user_id;
       ev.reason = pc.reason;
       publish(std::move(ev), out);
-      out.push_back(action::Answer{in.op, Reply::success(), {}});
+      answer(out, in.op, Reply::success());
       return;
     }
     case CancelOutcome::kActive:
@@ -253,10 +260,8 @@ void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>&
       }
       [[fallthrough]];
     case CancelOutcome::kNotFound:
-      out.push_back(action::Answer{
-          in.op,
-          Reply::failure("not_found", "no queued or active execution " + pc.execution_id),
-          {}});
+      answer(out, in.op,
+             Reply::failure("not_found", "no queued or active execution " + pc.execution_id));
       return;
     case CancelOutcome::kUnavailable:
       // The queue is held up (a repair a stopped process blocks): ask again a little later.
@@ -269,22 +274,20 @@ void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>&
 void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out) {
   auto it = active_.find(in.execution_id);
   if (it == active_.end()) {
-    out.push_back(action::Answer{
-        in.op,
+    answer(
+        out, in.op,
         finished_.count(in.execution_id)
             ? Reply::failure("finished", "execution " + in.execution_id + " has already finished")
-            : Reply::failure("not_found", "no dispatched execution " + in.execution_id),
-        {}});
+            : Reply::failure("not_found", "no dispatched execution " + in.execution_id));
     return;
   }
   Exec& e = it->second;
   if (in.attempt && *in.attempt != e.info.attempt) {
     ++counters_.stale_reports;
-    out.push_back(action::Answer{in.op,
-                                 Reply::success()
-                                     .with("ignored", true)
-                                     .with("attempt", static_cast<std::int64_t>(e.info.attempt)),
-                                 {}});
+    answer(out, in.op,
+           Reply::success()
+               .with("ignored", true)
+               .with("attempt", static_cast<std::int64_t>(e.info.attempt)));
     return;
   }
   ++counters_.completed;
@@ -300,32 +303,30 @@ void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out
   rec.worker_id = in.worker_id;
   rec.exit_code = in.exit_code;
   finish(e, FinalState::kCompleted, rec, now, out);
-  out.push_back(action::Answer{in.op, Reply::success(), {}});
+  answer(out, in.op, Reply::success());
 }
 
 void Scheduler::on(const input::Fail& in, Time now, std::vector<Action>& out) {
   auto it = active_.find(in.execution_id);
   if (it == active_.end()) {
-    out.push_back(action::Answer{
-        in.op,
+    answer(
+        out, in.op,
         finished_.count(in.execution_id)
             ? Reply::failure("finished", "execution " + in.execution_id + " has already finished")
-            : Reply::failure("not_found", "no dispatched execution " + in.execution_id),
-        {}});
+            : Reply::failure("not_found", "no dispatched execution " + in.execution_id));
     return;
   }
   Exec& e = it->second;
   if (in.attempt && *in.attempt != e.info.attempt) {
     ++counters_.stale_reports;
-    out.push_back(action::Answer{in.op,
-                                 Reply::success()
-                                     .with("ignored", true)
-                                     .with("attempt", static_cast<std::int64_t>(e.info.attempt)),
-                                 {}});
+    answer(out, in.op,
+           Reply::success()
+               .with("ignored", true)
+               .with("attempt", static_cast<std::int64_t>(e.info.attempt)));
     return;
   }
   fail(e, in.error, std::nullopt, in.worker_id, in.retry, now, out);
-  out.push_back(action::Answer{in.op, Reply::success(), {}});
+  answer(out, in.op, Reply::success());
 }
 
 void Scheduler::fail(Exec& e, std::string error, std::optional<std::string> reason,
@@ -368,7 +369,7 @@ void Scheduler::on(const input::Submit& in, Time now, std::vector<Action>& out) 
     // A redelivered or replayed request for an execution that already ran must not run again.
     const std::string why = "execution " + in.execution_id + " has already finished";
     on(input::Rejected{in.execution_id, in.user_id, "duplicate", why}, now, out);
-    out.push_back(action::Answer{in.op, Reply::failure("duplicate", why), {}});
+    answer(out, in.op, Reply::failure("duplicate", why));
     return;
   }
   submits_[in.op] = in;
@@ -381,16 +382,14 @@ void Scheduler::on(const input::SubmitResult& in, Time now, std::vector<Action>&
   const input::Submit sub = std::move(it->second);
   submits_.erase(it);
   if (in.accepted) {
-    out.push_back(
-        action::Answer{in.op,
-                       Reply::success()
-                           .with("execution_id", sub.execution_id)
-                           .with("queue_position", static_cast<std::int64_t>(in.queue_position)),
-                       {}});
+    answer(out, in.op,
+           Reply::success()
+               .with("execution_id", sub.execution_id)
+               .with("queue_position", static_cast<std::int64_t>(in.queue_position)));
     return;
   }
   on(input::Rejected{sub.execution_id, sub.user_id, in.reason, in.message}, now, out);
-  out.push_back(action::Answer{in.op, Reply::failure(in.reason, in.message), {}});
+  answer(out, in.op, Reply::failure(in.reason, in.message));
 }
 
 void Scheduler::on(const input::Rejected& in, Time, std::vector<Action>& out) {
@@ -424,16 +423,17 @@ void Scheduler::on(const input::Status& in, Time now, std::vector<Action>& out) 
   forget_old(now);
   auto it = finished_.find(in.execution_id);
   if (it == finished_.end()) {
-    out.push_back(
-        action::Answer{in.op, Reply::failure("not_found", "no execution " + in.execution_id), {}});
+    answer(out, in.op, Reply::failure("not_found", "no execution " + in.execution_id));
     return;
   }
-  out.push_back(action::Answer{in.op, finished_reply(in.execution_id, it->second), {}});
+  answer(out, in.op, finished_reply(in.execution_id, it->second));
 }
 
 void Scheduler::on(const input::ListFinished& in, Time now, std::vector<Action>& out) {
   forget_old(now);
-  action::Answer a{in.op, Reply::success(), {}};
+  action::Answer a;
+  a.op = in.op;
+  a.list = true;
   // Newest first.
   for (auto it = finished_order_.rbegin(); it != finished_order_.rend(); ++it) {
     if (a.items.size() >= in.limit) break;
@@ -552,6 +552,11 @@ void Scheduler::resolve_dispatch(Exec& e, Time now, std::vector<Action>& out) {
   // nothing new is taken from the queue until then.
   ++e.publish_failures;
   ++counters_.publish_failures;
+  const std::int64_t delay = backoff_ns(config_.dispatch_backoff_ms, e.publish_failures);
+  out.push_back(action::Log{true, e.info.execution_id,
+                            "dispatch of " + e.info.execution_id + " failed (" +
+                                std::to_string(e.publish_failures) + " time(s)); retrying in " +
+                                std::to_string(delay / kMs) + " ms"});
   const std::int64_t ready =
       now.mono_ns + backoff_ns(config_.dispatch_backoff_ms, e.publish_failures);
   hold(e, ready, true, out);
@@ -647,6 +652,9 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
     Exec& e = it->second;
     if (e.phase != Phase::kDispatching && e.phase != Phase::kDispatched) continue;
     ++counters_.timed_out;
+    out.push_back(action::Log{true, e.info.execution_id,
+                              "attempt " + std::to_string(e.info.attempt) + " of " +
+                                  e.info.execution_id + " did not finish within its timeout"});
     fail(e, "not finished within its timeout", std::string("timeout"), std::nullopt, true, now,
          out);
   }

@@ -2,6 +2,7 @@
 // and type; anything else is a DecodeError whose message names the field.
 #include "shmsched/ipc/protocol.h"
 
+#include <algorithm>
 #include <msgpack.hpp>
 #include <random>
 
@@ -131,6 +132,18 @@ struct Reader {
   }
 };
 
+// `attempt` of complete/fail: optional; when given, 1 .. 2^32-1.
+void read_attempt(Reader& r, std::optional<std::uint32_t>& out) {
+  std::optional<std::int64_t> attempt;
+  r.integer("attempt", attempt);
+  if (!attempt) return;
+  if (*attempt < 1 || *attempt > UINT32_MAX) {
+    r.fail("field 'attempt' must be 1 or more");
+    return;
+  }
+  out = static_cast<std::uint32_t>(*attempt);
+}
+
 std::variant<Request, DecodeError> decode_map(const object& root) {
   Reader r{root, {}};
   std::string op;
@@ -190,8 +203,13 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
       else
         l.limit = static_cast<std::uint64_t>(*limit);
     }
-    if (l.state && *l.state != "queued" && *l.state != "dispatched" && *l.state != "running") {
-      r.fail("field 'state' must be queued, dispatched or running");
+    static const char* const states[] = {"queued", "dispatched", "running", "completed",
+                                         "failed", "cancelled",  "expired"};
+    if (l.state && std::none_of(std::begin(states), std::end(states),
+                                [&](const char* s) { return *l.state == s; })) {
+      r.fail(
+          "field 'state' must be queued, dispatched, running, completed, failed, cancelled or "
+          "expired");
     }
     if (!r.error.empty()) return DecodeError{r.error};
     return Request{std::move(l)};
@@ -203,6 +221,7 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
     r.opt_string("worker_id", c.worker_id);
     r.integer("exit_code", c.exit_code);
     r.bytes("result", c.result, false);
+    read_attempt(r, c.attempt);
     if (!r.error.empty()) return DecodeError{r.error};
     return Request{std::move(c)};
   }
@@ -212,6 +231,7 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
     r.string("error", f.error, true);
     r.opt_string("worker_id", f.worker_id);
     r.boolean("retry", f.retry);
+    read_attempt(r, f.attempt);
     if (!r.error.empty()) return DecodeError{r.error};
     return Request{std::move(f)};
   }

@@ -107,6 +107,21 @@ po::options_description describe(Config& c, Raw& raw) {
       "queued executions older than this expire")(
       "aging_seconds", po::value<std::uint64_t>(&c.aging_seconds)->default_value(c.aging_seconds),
       "lift an entry one priority level per this many seconds of waiting (0 = off)")(
+      "default_timeout_seconds",
+      po::value<std::uint64_t>(&c.default_timeout_seconds)
+          ->default_value(c.default_timeout_seconds),
+      "timeout of a dispatched execution that names no timeout_seconds (0 = none)")(
+      "timeout_grace_seconds",
+      po::value<std::uint64_t>(&c.timeout_grace_seconds)->default_value(c.timeout_grace_seconds),
+      "added to every timeout before a dispatched execution fails with reason timeout")(
+      "finished_retention_count",
+      po::value<std::uint64_t>(&c.finished_retention_count)
+          ->default_value(c.finished_retention_count),
+      "finished executions remembered for status, list and duplicate detection, at most")(
+      "finished_retention_seconds",
+      po::value<std::uint64_t>(&c.finished_retention_seconds)
+          ->default_value(c.finished_retention_seconds),
+      "... and for at most this long")(
       "reap_interval_ms",
       po::value<std::uint64_t>(&c.reap_interval_ms)->default_value(c.reap_interval_ms),
       "how often dead producers are looked for")(
@@ -182,6 +197,8 @@ void validate(Config& c, const Raw& raw) {
   require(c.reap_interval_ms >= 1 && c.reap_interval_ms <= 60000, "reap_interval_ms",
           c.reap_interval_ms, "use 1 .. 60000");
   require(c.idle_spin_us <= 10000, "idle_spin_us", c.idle_spin_us, "use 0 .. 10000");
+  require(c.finished_retention_count <= 10'000'000, "finished_retention_count",
+          c.finished_retention_count, "use 0 .. 10000000 (memory: about 200 bytes each)");
   static const std::set<std::string> levels = {"trace", "debug",    "info", "warn",
                                                "error", "critical", "off"};
   require(levels.count(c.log_level) == 1, "log_level", c.log_level,

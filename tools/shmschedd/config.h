@@ -31,7 +31,11 @@ struct Config {
   std::uint64_t dispatch_backoff_ms = 100;  // first re-dispatch after a transport failure
   std::uint64_t max_backoff_ms = 60000;
   std::uint64_t stale_timeout_seconds = 3600;
-  std::uint64_t aging_seconds = 0;  // 0 = off
+  std::uint64_t aging_seconds = 0;               // 0 = off
+  std::uint64_t default_timeout_seconds = 3600;  // for executions that name none; 0 = none
+  std::uint64_t timeout_grace_seconds = 30;
+  std::uint64_t finished_retention_count = 100000;
+  std::uint64_t finished_retention_seconds = 3600;
   std::uint64_t reap_interval_ms = 100;
   std::uint64_t idle_spin_us = 200;  // spin this long after work before sleeping
   std::uint64_t flush_timeout_ms = 5000;

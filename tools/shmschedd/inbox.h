@@ -29,7 +29,8 @@ struct OpMessage {
   ReplyTo reply_to;
 };
 struct DeliveryMessage {
-  std::string transport;
+  std::uint64_t transport;  // the instance (core::TransportId)
+  std::string name;
   std::uint64_t token;
   bool ok;
   std::string error;

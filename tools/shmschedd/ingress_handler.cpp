@@ -1,6 +1,7 @@
 // The ingress thread: answers submit, status, list and stats itself, straight from the shared
 // segment (it is just another producer), and hands cancel, complete and fail to the loop, which
-// owns dispatch state and replies later.
+// owns dispatch state and replies later; so are status and list of finished executions, which
+// only the scheduler remembers.
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
@@ -16,8 +17,8 @@ namespace {
 
 const char* state_of(const ipc::ExecutionRecord& r) {
   if (r.state == ipc::ExecutionState::kQueued) return "queued";
-  const auto phase = static_cast<Phase>(r.annotation & 0xff);
-  return phase == Phase::kHeld || phase == Phase::kUnknown ? "queued" : "dispatched";
+  const auto phase = core::phase_of(r.annotation);
+  return phase == core::Phase::kHeld || phase == core::Phase::kUnknown ? "queued" : "dispatched";
 }
 
 std::vector<std::byte> execution_map(const ipc::ExecutionRecord& r, bool ok_field) {
@@ -101,10 +102,17 @@ void Supervisor::ingress_main() {
     if (const auto* s = std::get_if<protocol::StatusOp>(&req)) {
       const auto rec = producer->status(s->execution_id);
       if (!rec) {
-        return std::optional<ipc::IngressServer::Reply>(
-            protocol::error_reply("not_found", "no queued or active execution " + s->execution_id));
+        // Finished (the scheduler remembers it), or unknown: the loop answers.
+        inbox_->post(OpMessage{req, ReplyTo{token, std::nullopt}});
+        return std::optional<ipc::IngressServer::Reply>();
       }
       return std::optional<ipc::IngressServer::Reply>(execution_map(*rec, true));
+    }
+    if (const auto* l = std::get_if<protocol::ListOp>(&req);
+        l && l->state && *l->state != "queued" && *l->state != "dispatched" &&
+        *l->state != "running") {
+      inbox_->post(OpMessage{req, ReplyTo{token, std::nullopt}});
+      return std::optional<ipc::IngressServer::Reply>();
     }
     if (const auto* l = std::get_if<protocol::ListOp>(&req)) {
       std::optional<std::string_view> user;
@@ -148,6 +156,9 @@ void Supervisor::ingress_main() {
           {"expired", c(counters_.expired)},
           {"publish_failures", c(counters_.publish_failures)},
           {"aged", c(counters_.aged)},
+          {"timed_out", c(counters_.timed_out)},
+          {"stale_reports", c(counters_.stale_reports)},
+          {"held", c(counters_.held)},
           {"rejected_no_participant_entry", c(counters_.rejected_no_participant_entry)},
           {"maintenance_deferred", c(counters_.maintenance_deferred)},
           {"queued", static_cast<std::int64_t>(st.queued)},

@@ -1,14 +1,17 @@
-// The supervisor's loop. Everything that changes scheduling state happens on this one thread:
+// The supervisor's loop: a shell around core::Scheduler. Everything that changes scheduling
+// state happens on this one thread:
 //
 //   for (;;) {
-//     process_inbox();   // operations from the ingress and transports, delivery results, signals
-//     announce();        // ExecutionAccepted for entries that producers queued since last time
-//     dispatch();        // priority order, lanes (retries, backoff, aged) before the ring
-//     timers();          // reap dead producers, expire stale entries, age, watchdog
-//     sleep();           // spin briefly after work, then futex-sleep on the queue's wake word
+//     process_inbox();  // operations from the ingress and transports, delivery results, signals
+//     announce();       // entries producers queued since last time -> the scheduler
+//     advance();        // the scheduler decides; its actions are carried out here
+//     timers();         // reap dead producers, flush retiring transports, watchdog
+//     sleep();          // spin briefly after work, then futex-sleep on the queue's wake word
 //   }
 //
-// Other threads only post to the inbox (which kicks the same futex word) or read atomics.
+// The scheduler holds the policy; this file holds only the I/O: the queue's consumer side, the
+// transports, encoding, and the requesters waiting for answers. Other threads only post to the
+// inbox (which kicks the same futex word) or read atomics.
 #include "supervisor.h"
 
 #include <signal.h>
@@ -16,7 +19,9 @@
 #include <systemd/sd-daemon.h>
 
 #include <algorithm>
+#include <chrono>
 
+#include "event_codec.h"
 #include "journal_sink.h"
 #include "shmsched/ipc/events.h"
 
@@ -28,22 +33,46 @@ namespace protocol = ipc::protocol;
 namespace {
 
 constexpr std::uint64_t kEventTokenBit = 1ULL << 63;  // events: delivery results only logged
-constexpr std::size_t kFinishedMemory = 100000;       // ids remembered to answer "finished"
 constexpr auto kMaxSleep = std::chrono::milliseconds(100);
+constexpr auto kFlushSlice = std::chrono::milliseconds(0);
 
-std::uint64_t annotation_of(Phase p, std::size_t level, std::uint32_t failures) {
-  return static_cast<std::uint64_t>(p) | (static_cast<std::uint64_t>(level) << 8) |
-         (static_cast<std::uint64_t>(std::min<std::uint32_t>(failures, 0xffff)) << 16);
+std::int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
+      .count();
 }
 
-std::vector<std::byte> ok_reply() {
-  return MapBuilder().boolean("ok", true).finish();
+core::CancelOutcome to_core(ipc::CancelOutcome o) {
+  switch (o) {
+    case ipc::CancelOutcome::kCancelled:
+      return core::CancelOutcome::kCancelled;
+    case ipc::CancelOutcome::kActive:
+      return core::CancelOutcome::kActive;
+    case ipc::CancelOutcome::kUnavailable:
+      return core::CancelOutcome::kUnavailable;
+    case ipc::CancelOutcome::kNotFound:
+      break;
+  }
+  return core::CancelOutcome::kNotFound;
+}
+
+core::ExecutionInfo info_of(const ipc::ExecutionView& v) {
+  return core::ExecutionInfo{std::string(v.execution_id),
+                             std::string(v.user_id),
+                             v.priority,
+                             v.enqueued_at_ns,
+                             v.attempt,
+                             v.timeout_seconds};
+}
+
+core::ExecutionInfo info_of(const ipc::ExecutionRecord& r) {
+  return core::ExecutionInfo{r.execution_id,   r.user_id, r.priority,
+                             r.enqueued_at_ns, r.attempt, r.timeout_seconds};
 }
 
 }  // namespace
 
 Supervisor::Supervisor(Config config, int argc, const char* const* argv)
-    : config_(std::move(config)), argc_(argc), argv_(argv) {
+    : config_(std::move(config)), argc_(argc), argv_(argv), core_(policy(config_)) {
   segment_ = ipc::Segment::open_or_create(config_.segment, config_.queue);
   segment_->set_max_executions_per_user(config_.queue.max_executions_per_user);
   consumer_ = std::make_unique<ipc::Consumer>(segment_);
@@ -57,9 +86,9 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
                                                   : spdlog::level::debug;
     spdlog::log(lvl, "[{}] {}", t, msg);
   };
-  callbacks_.delivery = [this](const std::string& t, std::uint64_t token, bool ok,
-                               const std::string& error) {
-    inbox_->post(DeliveryMessage{t, token, ok, error});
+  callbacks_.delivery = [this](std::uint64_t instance, const std::string& name, std::uint64_t token,
+                               bool ok, const std::string& error) {
+    inbox_->post(DeliveryMessage{instance, name, token, ok, error});
   };
   callbacks_.inbound = [this](const std::string& t, std::vector<std::byte> body,
                               shmsched_inbound_done done) {
@@ -90,235 +119,180 @@ Supervisor::~Supervisor() {
   if (ingress_thread_.joinable()) ingress_thread_.join();
 }
 
-// ---- Transports -----------------------------------------------------------------------------
-
-void Supervisor::apply_transports(const Config& next) {
-  std::vector<std::unique_ptr<Transport>> kept;
-  for (const auto& name : next.transports) {
-    std::map<std::string, std::string> options;
-    if (auto it = next.transport_options.find(name); it != next.transport_options.end()) {
-      options = it->second;
-    }
-    options.emplace("runtime_dir", next.runtime_dir);
-    auto same = std::find_if(transports_.begin(), transports_.end(), [&](const auto& t) {
-      return t && t->name() == name && t->options() == options;
-    });
-    if (same != transports_.end()) {
-      kept.push_back(std::move(*same));
-      continue;
-    }
-    // A changed or new transport. Start the new instance while the old one still runs; if
-    // that fails (the old one may hold the same endpoint), stop the old one and try again; if
-    // that fails too, bring the old configuration back: a failed reload keeps what ran.
-    auto old = std::find_if(transports_.begin(), transports_.end(),
-                            [&](const auto& t) { return t && t->name() == name; });
-    std::unique_ptr<Transport> fresh;
-    std::string error;
-    auto start = [&](const std::map<std::string, std::string>& opts) {
-      try {
-        auto& lib = libraries_[name];
-        if (!lib) lib = PluginLibrary::load(next.plugin_dir, name);
-        fresh = std::make_unique<Transport>(lib, name, opts, &callbacks_);
-        fresh->first_token = next_token_;
-        spdlog::info("transport {} started ({})", name, lib->path());
-        return true;
-      } catch (const PluginError& e) {
-        error = e.what();
-        return false;
-      }
-    };
-    if (!start(options) && old != transports_.end()) {
-      const auto old_options = (*old)->options();
-      const std::size_t left = (*old)->flush(static_cast<std::uint32_t>(next.flush_timeout_ms));
-      if (left) spdlog::warn("transport {}: {} deliveries outstanding when replaced", name, left);
-      old->reset();
-      if (!start(options)) {
-        spdlog::error("{}; keeping its previous configuration", error);
-        if (!start(old_options))
-          spdlog::error("transport {} could not be restarted: {}", name, error);
-      }
-    } else if (!fresh) {
-      spdlog::error("{}", error);
-    }
-    if (fresh) kept.push_back(std::move(fresh));
-  }
-  for (auto& t : transports_) {
-    if (!t) continue;
-    const std::size_t left = t->flush(static_cast<std::uint32_t>(next.flush_timeout_ms));
-    if (left) spdlog::warn("transport {}: {} deliveries outstanding when removed", t->name(), left);
-    spdlog::info("transport {} stopped", t->name());
-    t.reset();
-  }
-  transports_ = std::move(kept);
-  // Dispatches still waiting for a result from an instance that was removed or replaced stop
-  // waiting for it. A replaced transport has not got the message: that counts as a failed
-  // publish, so the execution is published again, to the transports that do not have it only.
-  std::set<std::string> running;
-  for (const auto& t : transports_) running.insert(t->name());
-  std::vector<Active*> resolved;
-  for (auto& [id, a] : active_) {
-    if (a.phase != Phase::kDispatching) continue;
-    for (auto it = a.pending.begin(); it != a.pending.end();) {
-      const bool still = std::any_of(transports_.begin(), transports_.end(), [&](const auto& t) {
-        return t->name() == *it && t->first_token <= a.token;
-      });
-      if (still) {
-        ++it;
-        continue;
-      }
-      if (running.count(*it)) a.publish_failed = true;
-      it = a.pending.erase(it);
-    }
-    if (a.pending.empty()) resolved.push_back(&a);
-  }
-  for (Active* a : resolved) resolve_dispatch(*a);
+core::SchedulerConfig Supervisor::policy(const Config& c) const {
+  core::SchedulerConfig p;
+  p.max_active_executions = c.max_active_executions;
+  p.max_attempts = c.max_attempts;
+  p.retry_backoff_ms = c.retry_backoff_ms;
+  p.dispatch_backoff_ms = c.dispatch_backoff_ms;
+  p.max_backoff_ms = c.max_backoff_ms;
+  p.stale_timeout_seconds = c.stale_timeout_seconds;
+  p.aging_seconds = c.aging_seconds;
+  p.default_timeout_seconds = c.default_timeout_seconds;
+  p.timeout_grace_seconds = c.timeout_grace_seconds;
+  p.finished_retention_count = c.finished_retention_count;
+  p.finished_retention_seconds = c.finished_retention_seconds;
+  return p;
 }
 
-void Supervisor::publish_event(const char* type, const std::string& key,
-                               const std::vector<std::byte>& body) {
-  shmsched_message msg{
-      type, key.c_str(), type, reinterpret_cast<const std::uint8_t*>(body.data()), body.size(), 0};
-  for (auto& t : transports_) {
-    const int rc = t->publish(msg, kEventTokenBit | next_token_++);
-    if (rc != SHMSCHED_OK) {
-      const ExecutionLogScope log_scope(key);
-      spdlog::warn("transport {} refused event {} for {}", t->name(), type, key);
+core::Time Supervisor::now() const {
+  return core::Time{steady_ns(), ipc::events::now_ns()};
+}
+
+// ---- The scheduler's inputs and actions --------------------------------------------------------
+
+void Supervisor::feed(const core::Input& in) {
+  std::vector<core::Action> out;
+  core_.handle(in, now(), out);
+  carry_out(out);
+}
+
+void Supervisor::advance() {
+  for (int round = 0; round < 16; ++round) {
+    queue_state();
+    std::vector<core::Action> out;
+    core_.advance(now(), out);
+    if (out.empty()) break;
+    worked_ = true;
+    carry_out(out);
+  }
+  publish_counters();
+}
+
+void Supervisor::queue_state() {
+  core::input::QueueState qs;
+  const auto st = consumer_->stats();
+  for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+    qs.depth[l] = st.depth[l];
+    if (st.depth[l] > 0)
+      qs.head_enqueued_at[l] = consumer_->head_enqueued_at(static_cast<Priority>(l));
+  }
+  std::vector<core::Action> none;
+  core_.handle(qs, now(), none);
+}
+
+// Carries out actions in order; actions whose answers the scheduler needs (take, cancel,
+// submit, sweep) feed them back at once, and what that leads to is carried out after.
+void Supervisor::carry_out(std::vector<core::Action>& actions) {
+  for (std::size_t i = 0; i < actions.size(); ++i) {
+    core::Action& a = actions[i];  // `actions` grows only after it is carried out
+    std::vector<core::Action> more;
+    const core::Time t = now();
+    if (auto* p = std::get_if<core::action::Publish>(&a)) {
+      do_publish(*p);
+    } else if (auto* ans = std::get_if<core::action::Answer>(&a)) {
+      do_answer(*ans);
+    } else if (auto* take = std::get_if<core::action::Take>(&a)) {
+      do_take(*take, more);
+    } else if (auto* an = std::get_if<core::action::Annotate>(&a)) {
+      consumer_->annotate(unpack(an->slot), an->value);
+    } else if (auto* sa = std::get_if<core::action::SetAttempt>(&a)) {
+      consumer_->set_attempt(unpack(sa->slot), sa->attempt);
+    } else if (auto* r = std::get_if<core::action::Release>(&a)) {
+      release(unpack(r->slot));
+    } else if (auto* log = std::get_if<core::action::Log>(&a)) {
+      const ExecutionLogScope log_scope(log->execution_id);
+      if (log->warning) {
+        spdlog::warn("{}", log->message);
+      } else {
+        spdlog::info("{}", log->message);
+      }
+    } else if (auto* sub = std::get_if<core::action::SubmitToQueue>(&a)) {
+      core::input::SubmitResult res{sub->op, false, "", "", 0};
+      auto it = submits_.find(sub->op);
+      if (it != submits_.end()) {
+        const protocol::SubmitOp op = std::move(it->second);
+        submits_.erase(it);
+        std::string error;
+        if (ipc::Producer* producer = loop_producer(error)) {
+          const auto r = producer->submit(protocol::to_submit_request(op, op.execution_id));
+          res.accepted = r.accepted();
+          res.reason = std::string(admission_name(r.admission));
+          res.message = r.message;
+          res.queue_position = r.queue_position;
+        } else {
+          res.reason = "queue_full";
+          res.message = error;
+        }
+      } else {
+        res.reason = "invalid";
+        res.message = "the request was lost";
+      }
+      core_.handle(res, t, more);
+    } else if (auto* c = std::get_if<core::action::CancelInQueue>(&a)) {
+      // Find the user before the cancel makes the entry disappear.
+      const auto rec = consumer_->status(c->execution_id);
+      const auto outcome = consumer_->cancel(c->execution_id);
+      if (outcome == ipc::CancelOutcome::kUnavailable) note_blocked("a cancel");
+      core_.handle(core::input::CancelResult{c->op, to_core(outcome), rec ? rec->user_id : ""}, t,
+                   more);
+    } else if (auto* sw = std::get_if<core::action::SweepStale>(&a)) {
+      const std::int64_t age_ns = std::max<std::int64_t>(0, t.wall_ns - sw->enqueued_before_ns);
+      for (const auto& rec : consumer_->sweep_stale(
+               std::chrono::duration_cast<std::chrono::seconds>(std::chrono::nanoseconds(age_ns)),
+               t.wall_ns)) {
+        core_.handle(core::input::Expired{info_of(rec)}, t, more);
+      }
     }
+    for (auto& m : more) actions.push_back(std::move(m));
   }
 }
 
-void Supervisor::publish_dispatch(Active& a) {
-  const ExecutionLogScope log_scope(a.rec.execution_id);
-  const auto body = ipc::events::dispatch(a.rec, a.attempt);
-  a.token = next_token_++;
-  a.pending.clear();
-  a.publish_failed = false;
-  tokens_[a.token] = a.rec.execution_id;
-  shmsched_message msg{"CreatePodCommand", a.rec.execution_id.c_str(),
-                       "CreatePodCommand", reinterpret_cast<const std::uint8_t*>(body.data()),
-                       body.size(),        1};
-  set_phase(a, Phase::kDispatching);
-  for (auto& t : transports_) {
-    if (a.acked.count(t->name())) continue;  // never twice to one transport for one attempt
-    // Pending before publish: a transport may report the delivery from inside publish().
-    a.pending.insert(t->name());
-    if (t->publish(msg, a.token) != SHMSCHED_OK) {
-      a.pending.erase(t->name());
-      a.publish_failed = true;
-      spdlog::warn("transport {} refused CreatePodCommand for {}", t->name(), a.rec.execution_id);
-    }
-  }
-  if (a.pending.empty()) resolve_dispatch(a);
-}
-
-void Supervisor::resolve_dispatch(Active& a) {
-  const ExecutionLogScope log_scope(a.rec.execution_id);
-  tokens_.erase(a.token);
-  a.token = 0;
-  if (!a.publish_failed && !transports_.empty()) {
-    set_phase(a, Phase::kDispatched);
-    a.publish_failures = 0;
-    counters_.dispatched.fetch_add(1, std::memory_order_relaxed);
+void Supervisor::do_publish(const core::action::Publish& p) {
+  const core::Event& ev = p.event;
+  const ExecutionLogScope log_scope(ev.execution_id);
+  const std::string type(core::event_name(ev.type));
+  const bool command = ev.type == core::EventType::kCreatePodCommand;
+  std::optional<ipc::ExecutionView> view;
+  if (command) view = consumer_->view(unpack(ev.slot));
+  const auto body = encode_event(ev, view ? &*view : nullptr);
+  shmsched_message msg{type.c_str(), ev.execution_id.c_str(),
+                       type.c_str(), reinterpret_cast<const std::uint8_t*>(body.data()),
+                       body.size(),  command ? 1 : 0};
+  auto send = [&](core::TransportId id, Transport& t) {
+    const std::uint64_t token = p.token ? p.token : kEventTokenBit | next_event_token_++;
+    if (t.publish(msg, token) == SHMSCHED_OK) return;
+    spdlog::warn("transport {} refused {} for {}", t.name(), type, ev.execution_id);
+    // A refusal is a failed delivery, reported at once.
+    if (p.token) inbox_->post(DeliveryMessage{id, t.name(), p.token, false, "refused"});
+  };
+  if (p.to.empty()) {
+    for (auto& [id, t] : transports_) send(id, *t);
     return;
   }
-  // Never lost, never failed for a transport hiccup: back to the front of its level, later.
-  ++a.publish_failures;
-  counters_.publish_failures.fetch_add(1, std::memory_order_relaxed);
-  const auto delay = backoff(config_.dispatch_backoff_ms, a.publish_failures);
-  spdlog::warn("dispatch of {} failed ({} time(s)); retrying in {} ms", a.rec.execution_id,
-               a.publish_failures, delay.count());
-  hold(a, delay, true);
-  dispatch_paused_until_ = std::max(dispatch_paused_until_, a.ready_at);
-}
-
-void Supervisor::handle_delivery(const DeliveryMessage& d) {
-  if (d.token & kEventTokenBit) {
-    if (!d.ok) spdlog::warn("transport {} could not deliver an event: {}", d.transport, d.error);
-    return;
-  }
-  auto it = tokens_.find(d.token);
-  if (it == tokens_.end()) return;  // superseded (reload, cancel, completion)
-  auto a = active_.find(it->second);
-  if (a == active_.end()) return;
-  Active& e = a->second;
-  // Only a result for the current publish counts; one from an instance that a reload replaced
-  // or removed is no longer awaited.
-  if (e.token != d.token || e.pending.erase(d.transport) == 0) return;
-  if (d.ok) {
-    e.acked.insert(d.transport);
-  } else {
-    e.publish_failed = true;
-    spdlog::warn("transport {} failed to deliver CreatePodCommand for {}: {}", d.transport,
-                 e.rec.execution_id, d.error);
-  }
-  if (e.pending.empty()) resolve_dispatch(e);
-}
-
-// ---- State changes ------------------------------------------------------------------------
-
-std::chrono::milliseconds Supervisor::backoff(std::uint64_t base_ms, std::uint32_t failures) const {
-  std::uint64_t ms = base_ms;
-  for (std::uint32_t i = 1; i < failures && ms < config_.max_backoff_ms; ++i) ms *= 2;
-  return std::chrono::milliseconds(std::min(ms, config_.max_backoff_ms));
-}
-
-void Supervisor::set_phase(Active& a, Phase p) {
-  const bool was = a.phase == Phase::kDispatching || a.phase == Phase::kDispatched;
-  const bool is = p == Phase::kDispatching || p == Phase::kDispatched;
-  if (!was && is) ++dispatched_;
-  if (was && !is) --dispatched_;
-  a.phase = p;
-  counters_.active.store(dispatched_, std::memory_order_relaxed);
-  consumer_->annotate(a.ref, annotation_of(p, a.level, a.publish_failures));
-}
-
-void Supervisor::hold(Active& a, Clock::duration delay, bool front) {
-  // Whatever was in flight for the previous attempt is no longer awaited, and an execution sits
-  // in exactly one lane.
-  if (a.token) tokens_.erase(a.token);
-  a.token = 0;
-  a.pending.clear();
-  if (a.phase == Phase::kHeld) {
-    auto& old = lanes_[a.level];
-    old.erase(std::remove(old.begin(), old.end(), a.rec.execution_id), old.end());
-  }
-  set_phase(a, Phase::kHeld);
-  a.ready_at = Clock::now() + delay;
-  auto& lane = lanes_[a.level];
-  if (front) {
-    lane.push_front(a.rec.execution_id);
-  } else {
-    lane.push_back(a.rec.execution_id);
+  for (core::TransportId id : p.to) {
+    if (auto it = transports_.find(id); it != transports_.end()) send(id, *it->second);
   }
 }
 
-void Supervisor::remember_finished(const std::string& id) {
-  if (finished_.insert(id).second) finished_order_.push_back(id);
-  while (finished_order_.size() > kFinishedMemory) {
-    finished_.erase(finished_order_.front());
-    finished_order_.pop_front();
+void Supervisor::do_take(const core::action::Take& t, std::vector<core::Action>& more) {
+  const auto level = static_cast<Priority>(t.level);
+  std::uint32_t taken = 0;
+  const core::Time time = now();
+  while (taken < t.count) {
+    std::uint64_t pos = 0;
+    const auto ref = consumer_->dequeue(level, &pos);
+    if (!ref) break;
+    const auto view = consumer_->view(*ref);
+    if (!view) continue;
+    ++taken;
+    const core::ExecutionInfo info = info_of(*view);
+    if (pos >= announced_[t.level]) {
+      // Queued after this round's announcements: announce it before anything else happens.
+      core_.handle(core::input::Announced{info, 0}, time, more);
+      announced_[t.level] = pos + 1;
+    }
+    core_.handle(core::input::Taken{t.level, pack(*ref), info}, time, more);
   }
+  core_.handle(core::input::TakeDone{t.level, t.count - taken}, time, more);
 }
 
-// Releases an active execution (after its final event was published).
-void Supervisor::finish(Active& a) {
-  if (a.token) tokens_.erase(a.token);
-  if (a.phase == Phase::kHeld) {
-    auto& lane = lanes_[a.level];
-    lane.erase(std::remove(lane.begin(), lane.end(), a.rec.execution_id), lane.end());
-  }
-  // Marked finished first: a supervisor that dies before the release releases it on restart
-  // instead of dispatching it again.
-  set_phase(a, Phase::kFinished);
-  if (!consumer_->release(a.ref) && consumer_->blocked_by() != 0) {
-    pending_releases_.push_back(a.ref);
-    note_blocked("releasing a finished execution");
-  }
-  remember_finished(a.rec.execution_id);
-  active_.erase(a.rec.execution_id);
-}
-
-void Supervisor::reply(const ReplyTo& to, const std::vector<std::byte>& body) {
+void Supervisor::do_answer(const core::action::Answer& a) {
+  auto it = ops_.find(a.op);
+  if (it == ops_.end()) return;
+  const ReplyTo to = it->second;
+  ops_.erase(it);
+  const auto body = encode_reply(a.reply, a.list ? &a.items : nullptr);
   if (to.ingress_token) ingress_->reply(to.ingress_token, body);
   if (to.transport) {
     if (to.transport->reply) {
@@ -329,150 +303,28 @@ void Supervisor::reply(const ReplyTo& to, const std::vector<std::byte>& body) {
   }
 }
 
-void Supervisor::handle_op(OpMessage& op) {
-  auto not_active = [&](const std::string& id) {
-    if (finished_.count(id)) {
-      return protocol::error_reply("finished", "execution " + id + " has already finished");
-    }
-    if (consumer_->status(id)) {
-      return protocol::error_reply("not_found", "execution " + id + " is queued, not dispatched");
-    }
-    return protocol::error_reply("not_found", "no execution " + id);
-  };
-  if (auto* c = std::get_if<protocol::CancelOp>(&op.request)) {
-    const std::string reason = c->reason.empty() ? "cancelled" : c->reason;
-    if (auto it = active_.find(c->execution_id); it != active_.end()) {
-      // Ours already (dispatched, or held for a retry): nothing to ask the queue but the release.
-      Active& a = it->second;
-      counters_.cancelled.fetch_add(1, std::memory_order_relaxed);
-      ipc::events::Finished ev{"ExecutionCancelled", a.rec.execution_id, a.rec.user_id};
-      ev.reason = reason;
-      publish_event("ExecutionCancelled", a.rec.execution_id, ipc::events::finished(ev));
-      finish(a);
-      reply(op.reply_to, ok_reply());
-      return;
-    }
-    // Find the user before the cancel makes the entry disappear.
-    const auto rec = consumer_->status(c->execution_id);
-    const auto outcome = consumer_->cancel(c->execution_id);
-    if (outcome == ipc::CancelOutcome::kUnavailable) {
-      note_blocked("a cancel");
-      deferred_ops_.push_back(std::move(op));
-      return;
-    }
-    if (outcome == ipc::CancelOutcome::kCancelled) {
-      counters_.cancelled.fetch_add(1, std::memory_order_relaxed);
-      remember_finished(c->execution_id);
-      const std::string user = rec ? rec->user_id : std::string();
-      ipc::events::Finished ev{"ExecutionCancelled", c->execution_id, user};
-      ev.reason = reason;
-      publish_event("ExecutionCancelled", c->execution_id, ipc::events::finished(ev));
-      reply(op.reply_to, ok_reply());
-      return;
-    }
-    auto it = active_.find(c->execution_id);
-    if (it == active_.end()) {
-      reply(op.reply_to, not_active(c->execution_id));
-      return;
-    }
-    Active& a = it->second;
-    counters_.cancelled.fetch_add(1, std::memory_order_relaxed);
-    ipc::events::Finished ev{"ExecutionCancelled", a.rec.execution_id, a.rec.user_id};
-    ev.reason = reason;
-    publish_event("ExecutionCancelled", a.rec.execution_id, ipc::events::finished(ev));
-    finish(a);
-    reply(op.reply_to, ok_reply());
-    return;
+void Supervisor::release(ipc::ActiveRef ref) {
+  if (!consumer_->release(ref) && consumer_->blocked_by() != 0) {
+    pending_releases_.push_back(ref);
+    note_blocked("releasing a finished execution");
   }
-  if (auto* c = std::get_if<protocol::CompleteOp>(&op.request)) {
-    auto it = active_.find(c->execution_id);
-    if (it == active_.end()) {
-      reply(op.reply_to, not_active(c->execution_id));
-      return;
-    }
-    Active& a = it->second;
-    counters_.completed.fetch_add(1, std::memory_order_relaxed);
-    ipc::events::Finished ev{"ExecutionCompleted", a.rec.execution_id, a.rec.user_id};
-    if (c->worker_id) ev.worker_id = *c->worker_id;
-    ev.exit_code = c->exit_code;
-    publish_event("ExecutionCompleted", a.rec.execution_id, ipc::events::finished(ev));
-    finish(a);
-    reply(op.reply_to, ok_reply());
-    return;
-  }
-  if (auto* f = std::get_if<protocol::FailOp>(&op.request)) {
-    auto it = active_.find(f->execution_id);
-    if (it == active_.end()) {
-      reply(op.reply_to, not_active(f->execution_id));
-      return;
-    }
-    Active& a = it->second;
-    const bool retry = f->retry && a.attempt < config_.max_attempts;
-    ipc::events::Finished ev{"ExecutionFailed", a.rec.execution_id, a.rec.user_id};
-    if (f->worker_id) ev.worker_id = *f->worker_id;
-    ev.error = f->error;
-    ev.will_retry = retry;
-    ev.attempt = a.attempt;
-    publish_event("ExecutionFailed", a.rec.execution_id, ipc::events::finished(ev));
-    if (retry) {
-      counters_.retried.fetch_add(1, std::memory_order_relaxed);
-      const auto delay = backoff(config_.retry_backoff_ms, a.attempt);
-      // Held first: a supervisor that dies right here re-dispatches it rather than believing the
-      // new attempt was already published.
-      a.publish_failures = 0;
-      hold(a, delay, true);
-      a.acked.clear();
-      ++a.attempt;
-      consumer_->set_attempt(a.ref, a.attempt);
+}
+
+void Supervisor::retry_pending_releases() {
+  for (auto it = pending_releases_.begin(); it != pending_releases_.end();) {
+    if (consumer_->release(*it) || consumer_->blocked_by() == 0) {
+      it = pending_releases_.erase(it);
     } else {
-      counters_.failed.fetch_add(1, std::memory_order_relaxed);
-      finish(a);
+      return;  // still blocked: the rest waits for the next round
     }
-    reply(op.reply_to, ok_reply());
-    return;
   }
-  if (auto* s = std::get_if<protocol::SubmitOp>(&op.request)) {
-    // A submission that arrived through a transport (e.g. ExecutionRequested on Kafka).
-    const std::string id = s->execution_id.empty() ? protocol::new_uuid() : s->execution_id;
-    if (finished_.count(id)) {
-      // A redelivered request (a replayed topic, a rebalance) for an execution that already
-      // ran must not run it again.
-      const std::string why = "execution " + id + " has already finished";
-      publish_event("ExecutionRejected", id,
-                    ipc::events::rejected(id, s->user_id, "duplicate", why));
-      reply(op.reply_to, protocol::error_reply("duplicate", why));
-      return;
-    }
-    std::string error;
-    ipc::Producer* producer = loop_producer(error);
-    if (!producer) {
-      publish_event("ExecutionRejected", id,
-                    ipc::events::rejected(id, s->user_id, "queue_full", error));
-      reply(op.reply_to, protocol::error_reply("queue_full", error));
-      return;
-    }
-    const auto r = producer->submit(protocol::to_submit_request(*s, id));
-    if (r.accepted()) {
-      reply(op.reply_to, MapBuilder()
-                             .boolean("ok", true)
-                             .str("execution_id", id)
-                             .integer("queue_position", static_cast<std::int64_t>(r.queue_position))
-                             .finish());
-    } else {
-      const auto reason = admission_name(r.admission);
-      publish_event("ExecutionRejected", id,
-                    ipc::events::rejected(id, s->user_id, reason, r.message));
-      reply(op.reply_to, protocol::error_reply(reason, r.message));
-    }
-    return;
-  }
-  reply(op.reply_to, protocol::error_reply("invalid", "this operation is not accepted here"));
 }
 
 ipc::Producer* Supervisor::loop_producer(std::string& error) {
   if (loop_producer_) return loop_producer_.get();
   try {
-    // The loop never waits long for the queue: a submit that would is refused (queue_full).
+    // The loop never waits long for the queue: a submit that would is refused (queue_full);
+    // repairs are the consumer's (this thread's) to run.
     ipc::ProducerOptions bounded;
     bounded.wait = std::chrono::milliseconds(50);
     bounded.ask_consumer_in_process = true;
@@ -497,28 +349,64 @@ void Supervisor::note_blocked(const char* what) {
       what, consumer_->blocked_by(), config_.reap_interval_ms);
 }
 
-void Supervisor::retry_deferred() {
-  for (auto it = pending_releases_.begin(); it != pending_releases_.end();) {
-    if (consumer_->release(*it) || consumer_->blocked_by() == 0) {
-      it = pending_releases_.erase(it);
-    } else {
-      return;  // still blocked: the rest waits for the next round
-    }
-  }
-  auto ops = std::move(deferred_ops_);
-  deferred_ops_.clear();
-  for (auto& op : ops) handle_op(op);
+void Supervisor::publish_counters() {
+  const auto& c = core_.counters();
+  counters_.dispatched.store(c.dispatched, std::memory_order_relaxed);
+  counters_.completed.store(c.completed, std::memory_order_relaxed);
+  counters_.failed.store(c.failed, std::memory_order_relaxed);
+  counters_.retried.store(c.retried, std::memory_order_relaxed);
+  counters_.timed_out.store(c.timed_out, std::memory_order_relaxed);
+  counters_.cancelled.store(c.cancelled, std::memory_order_relaxed);
+  counters_.expired.store(c.expired, std::memory_order_relaxed);
+  counters_.publish_failures.store(c.publish_failures, std::memory_order_relaxed);
+  counters_.aged.store(c.aged, std::memory_order_relaxed);
+  counters_.stale_reports.store(c.stale_reports, std::memory_order_relaxed);
+  counters_.active.store(core_.dispatched_now(), std::memory_order_relaxed);
+  counters_.held.store(core_.held(), std::memory_order_relaxed);
 }
 
-void Supervisor::answer_deferred_at_exit() {
-  retry_deferred();
-  for (auto& op : deferred_ops_) {
-    reply(op.reply_to,
-          protocol::error_reply("unavailable",
-                                "the supervisor stopped before the queue could take this "
-                                "operation (a repair was held up): send it again"));
+// ---- Inbox ------------------------------------------------------------------------------------
+
+void Supervisor::handle_op(OpMessage& op) {
+  const core::OpId id = next_op_++;
+  ops_[id] = op.reply_to;
+  if (auto* c = std::get_if<protocol::CancelOp>(&op.request)) {
+    feed(core::input::Cancel{id, c->execution_id, c->reason});
+  } else if (auto* c = std::get_if<protocol::CompleteOp>(&op.request)) {
+    feed(core::input::Complete{id, c->execution_id, c->worker_id, c->attempt, c->exit_code});
+  } else if (auto* f = std::get_if<protocol::FailOp>(&op.request)) {
+    feed(core::input::Fail{id, f->execution_id, f->error, f->worker_id, f->attempt, f->retry});
+  } else if (auto* s = std::get_if<protocol::SubmitOp>(&op.request)) {
+    // A submission that arrived through a transport (e.g. ExecutionRequested on Kafka).
+    if (s->execution_id.empty()) s->execution_id = protocol::new_uuid();
+    submits_[id] = *s;
+    feed(core::input::Submit{id, s->execution_id, s->user_id});
+  } else if (auto* st = std::get_if<protocol::StatusOp>(&op.request)) {
+    // The ingress asks only for ids the queue does not hold: finished ones, or unknown.
+    feed(core::input::Status{id, st->execution_id});
+  } else if (auto* l = std::get_if<protocol::ListOp>(&op.request)) {
+    core::input::ListFinished in;
+    in.op = id;
+    in.user_id = l->user_id;
+    in.limit = l->limit;
+    if (l->state == "completed") in.state = core::FinalState::kCompleted;
+    if (l->state == "failed") in.state = core::FinalState::kFailed;
+    if (l->state == "cancelled") in.state = core::FinalState::kCancelled;
+    if (l->state == "expired") in.state = core::FinalState::kExpired;
+    feed(in);
+  } else {
+    ops_.erase(id);
+    const auto reply = protocol::error_reply("invalid", "this operation is not accepted here");
+    if (op.reply_to.ingress_token) ingress_->reply(op.reply_to.ingress_token, reply);
+    if (op.reply_to.transport) {
+      if (op.reply_to.transport->reply) {
+        op.reply_to.transport->reply(op.reply_to.transport->op_ctx,
+                                     reinterpret_cast<const std::uint8_t*>(reply.data()),
+                                     reply.size());
+      }
+      if (op.reply_to.transport->ack) op.reply_to.transport->ack(op.reply_to.transport->op_ctx);
+    }
   }
-  deferred_ops_.clear();
 }
 
 void Supervisor::process_inbox() {
@@ -528,15 +416,19 @@ void Supervisor::process_inbox() {
     if (auto* op = std::get_if<OpMessage>(&m)) {
       handle_op(*op);
     } else if (auto* d = std::get_if<DeliveryMessage>(&m)) {
-      handle_delivery(*d);
+      if (d->token & kEventTokenBit) {
+        if (!d->ok) spdlog::warn("transport {} could not deliver an event: {}", d->name, d->error);
+        continue;
+      }
+      feed(core::input::Delivery{d->transport, d->token, d->ok});
     } else if (auto* r = std::get_if<RejectedMessage>(&m)) {
-      publish_event("ExecutionRejected", r->execution_id,
-                    ipc::events::rejected(r->execution_id, r->user_id, r->reason, r->message));
+      feed(core::input::Rejected{r->execution_id, r->user_id, r->reason, r->message});
     } else if (auto* s = std::get_if<SignalMessage>(&m)) {
-      if (s->signal == SIGHUP)
+      if (s->signal == SIGHUP) {
         reload_ = true;
-      else
+      } else {
         stop_ = true;
+      }
     }
   }
 }
@@ -546,101 +438,144 @@ void Supervisor::announce() {
     const auto level = static_cast<Priority>(l);
     // Cells, not the tail, say what is queued: a producer may have filled a cell and not yet
     // moved the tail.
+    std::vector<core::Input> seen;
     announced_[l] = consumer_->scan_new(
         level, announced_[l], [&](const ipc::ExecutionView& v, std::uint64_t rank) {
-          const std::string id(v.execution_id);
-          publish_event("ExecutionAccepted", id,
-                        ipc::events::accepted(id, v.user_id, v.priority, rank));
-          worked_ = true;
+          seen.emplace_back(core::input::Announced{info_of(v), rank});
         });
-  }
-}
-
-Supervisor::Active* Supervisor::take(std::size_t level) {
-  std::uint64_t pos = 0;
-  const auto ref = consumer_->dequeue(static_cast<Priority>(level), &pos);
-  if (!ref) return nullptr;
-  auto rec = consumer_->record(*ref);
-  if (!rec) return nullptr;
-  if (pos >= announced_[level]) {
-    // Queued after this round's announcements: announce it before anything else happens to it.
-    publish_event("ExecutionAccepted", rec->execution_id,
-                  ipc::events::accepted(rec->execution_id, rec->user_id, rec->priority, 0));
-    announced_[level] = pos + 1;
-  }
-  Active a;
-  a.ref = *ref;
-  a.attempt = rec->attempt;
-  a.level = level;
-  a.rec = std::move(*rec);
-  const std::string id = a.rec.execution_id;
-  return &active_.insert_or_assign(id, std::move(a)).first->second;
-}
-
-void Supervisor::dispatch() {
-  const auto now = Clock::now();
-  // After a failed publish, nothing new is taken from the rings until its backoff has passed:
-  // the queue keeps the work (and its capacity accounting) while a transport is down.
-  if (transports_.empty() || now < dispatch_paused_until_) return;
-  while (dispatched_ < config_.max_active_executions && !stop_ && now >= dispatch_paused_until_) {
-    Active* chosen = nullptr;
-    for (std::size_t l = 0; l < kPriorityLevels && !chosen; ++l) {
-      auto& lane = lanes_[l];
-      for (auto it = lane.begin(); it != lane.end(); ++it) {
-        auto a = active_.find(*it);
-        if (a == active_.end()) continue;
-        if (a->second.ready_at <= now) {
-          chosen = &a->second;
-          lane.erase(it);
-          break;
-        }
-      }
-      if (chosen) break;
-      chosen = take(l);
+    for (const auto& in : seen) {
+      worked_ = true;
+      feed(in);
     }
-    if (!chosen) return;
-    worked_ = true;
-    publish_dispatch(*chosen);
   }
+}
+
+// ---- Transports -------------------------------------------------------------------------------
+
+std::unique_ptr<Transport> Supervisor::start_transport(const Config& c, const std::string& name,
+                                                       std::string& error) {
+  std::map<std::string, std::string> options;
+  if (auto it = c.transport_options.find(name); it != c.transport_options.end()) {
+    options = it->second;
+  }
+  options.emplace("runtime_dir", c.runtime_dir);
+  try {
+    auto& lib = libraries_[name];
+    if (!lib) lib = PluginLibrary::load(c.plugin_dir, name);
+    auto t = std::make_unique<Transport>(lib, name, next_transport_++, options, &callbacks_);
+    spdlog::info("transport {} started ({})", name, lib->path());
+    return t;
+  } catch (const PluginError& e) {
+    error = e.what();
+    return nullptr;
+  }
+}
+
+void Supervisor::retire(std::unique_ptr<Transport> t, const Config& c) {
+  const core::TransportId id = t->instance();
+  feed(core::input::TransportRetiring{id});
+  retiring_[id] =
+      Retiring{std::move(t), Clock::now() + std::chrono::milliseconds(c.flush_timeout_ms)};
+}
+
+// Flushes retiring transports a slice at a time, so the loop (and the watchdog) goes on; each is
+// gone once it has delivered everything or its flush timeout passed.
+void Supervisor::service_retiring(bool final) {
+  for (auto it = retiring_.begin(); it != retiring_.end();) {
+    Retiring& r = it->second;
+    const auto slice = final ? std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::max(Clock::duration::zero(), r.deadline - Clock::now()))
+                             : kFlushSlice;
+    const std::size_t left = r.transport->flush(static_cast<std::uint32_t>(slice.count()));
+    if (left > 0 && Clock::now() < r.deadline) {
+      ++it;
+      continue;
+    }
+    // Results it reported meanwhile count before it is gone.
+    process_inbox();
+    if (left) {
+      spdlog::warn(
+          "transport {}: {} deliveries outstanding when it stopped; they are published "
+          "again",
+          r.transport->name(), left);
+    }
+    spdlog::info("transport {} stopped", r.transport->name());
+    const core::TransportId id = it->first;
+    r.transport.reset();
+    it = retiring_.erase(it);
+    feed(core::input::TransportGone{id});
+  }
+}
+
+void Supervisor::apply_transports(const Config& next) {
+  std::map<core::TransportId, std::unique_ptr<Transport>> kept;
+  for (const auto& name : next.transports) {
+    std::map<std::string, std::string> options;
+    if (auto it = next.transport_options.find(name); it != next.transport_options.end()) {
+      options = it->second;
+    }
+    options.emplace("runtime_dir", next.runtime_dir);
+    auto same = std::find_if(transports_.begin(), transports_.end(), [&](const auto& t) {
+      return t.second->name() == name && t.second->options() == options;
+    });
+    if (same != transports_.end()) {
+      kept[same->first] = std::move(same->second);
+      transports_.erase(same);
+      continue;
+    }
+    // A changed or new transport: start the new instance while the old one still runs. If that
+    // fails (the old one may hold the same endpoint), stop the old one and try again; if that
+    // fails too, bring the old configuration back: a failed reload keeps what ran.
+    auto old = std::find_if(transports_.begin(), transports_.end(),
+                            [&](const auto& t) { return t.second->name() == name; });
+    std::string error;
+    auto fresh = start_transport(next, name, error);
+    if (!fresh && old != transports_.end()) {
+      Config previous = next;
+      previous.transport_options[name] = old->second->options();
+      previous.transport_options[name].erase("runtime_dir");
+      auto taken = std::move(old->second);
+      transports_.erase(old);
+      taken->flush(
+          static_cast<std::uint32_t>(std::min<std::uint64_t>(next.flush_timeout_ms, 1000)));
+      process_inbox();
+      const core::TransportId gone = taken->instance();
+      taken.reset();
+      feed(core::input::TransportGone{gone});
+      fresh = start_transport(next, name, error);
+      if (!fresh) {
+        spdlog::error("{}; keeping its previous configuration", error);
+        fresh = start_transport(previous, name, error);
+        if (!fresh) spdlog::error("transport {} could not be restarted: {}", name, error);
+      }
+    } else if (!fresh) {
+      spdlog::error("{}", error);
+    }
+    if (fresh) {
+      feed(core::input::TransportUp{fresh->instance(), fresh->name()});
+      kept[fresh->instance()] = std::move(fresh);
+    }
+  }
+  // What is left is replaced or removed: it retires (flushed while the loop goes on).
+  for (auto& [id, t] : transports_) retire(std::move(t), next);
+  transports_ = std::move(kept);
 }
 
 // ---- Recovery, timers, sleeping ---------------------------------------------------------------
 
 void Supervisor::recover_active() {
-  std::size_t redo = 0;
+  std::size_t n = 0;
   for (const auto ref : consumer_->active()) {
-    auto rec = consumer_->record(ref);
-    if (!rec) continue;
-    const std::uint64_t ann = consumer_->annotation(ref);
-    if (static_cast<Phase>(ann & 0xff) == Phase::kFinished) {
-      // Its final event was published; the previous supervisor died before the release.
-      if (!consumer_->release(ref)) pending_releases_.push_back(ref);
-      remember_finished(rec->execution_id);
-      continue;
-    }
-    Active a;
-    a.ref = ref;
-    a.attempt = rec->attempt;
-    a.level = std::min<std::size_t>((ann >> 8) & 0xff, kPriorityLevels - 1);
-    if ((ann & 0xff) == 0) a.level = priority_index(rec->priority);
-    a.publish_failures = static_cast<std::uint32_t>((ann >> 16) & 0xffff);
-    a.rec = std::move(*rec);
-    const std::string id = a.rec.execution_id;
-    Active& stored = active_.insert_or_assign(id, std::move(a)).first->second;
-    if (static_cast<Phase>(ann & 0xff) == Phase::kDispatched) {
-      set_phase(stored, Phase::kDispatched);
-    } else {
-      // Held, or its dispatch was in flight when the previous supervisor stopped: publish it
-      // (again). Delivery is at least once; execution_id is the idempotency key.
-      hold(stored, Clock::duration::zero(), false);
-      ++redo;
-    }
+    const auto view = consumer_->view(ref);
+    if (!view) continue;
+    ++n;
+    feed(core::input::Recovered{pack(ref), info_of(*view), consumer_->annotation(ref)});
   }
-  if (!active_.empty()) {
+  if (n > 0) {
     spdlog::info(
-        "carried on with {} active execution(s) from the previous supervisor ({} to "
+        "carried on with {} execution(s) taken by the previous supervisor ({} to "
         "dispatch again)",
-        active_.size(), redo);
+        core_.taken(), core_.held());
   }
 }
 
@@ -657,66 +592,9 @@ void Supervisor::timers() {
           consumer_->stats().maintenance_deferred - deferred_before, std::memory_order_relaxed);
       note_blocked("a repair of the queue");
     }
-    if (!pending_releases_.empty() || !deferred_ops_.empty()) retry_deferred();
+    if (!pending_releases_.empty()) retry_pending_releases();
   }
-  if (now >= next_sweep_) {
-    next_sweep_ = now + std::chrono::seconds(1);
-    for (const auto& rec :
-         consumer_->sweep_stale(std::chrono::seconds(config_.stale_timeout_seconds))) {
-      counters_.expired.fetch_add(1, std::memory_order_relaxed);
-      remember_finished(rec.execution_id);
-      ipc::events::Finished ev{"ExecutionExpired", rec.execution_id, rec.user_id};
-      ev.reason = "stale_timeout";
-      publish_event("ExecutionExpired", rec.execution_id, ipc::events::finished(ev));
-      worked_ = true;
-    }
-  }
-  if (config_.aging_seconds > 0 && now >= next_aging_) {
-    next_aging_ =
-        now + std::chrono::milliseconds(std::min<std::uint64_t>(1000, config_.aging_seconds * 250));
-    const std::int64_t step = static_cast<std::int64_t>(config_.aging_seconds) * 1'000'000'000;
-    const std::int64_t wall = ipc::events::now_ns();
-    auto lifted_level = [&](std::size_t original, std::int64_t enqueued) {
-      const std::int64_t lifts = std::max<std::int64_t>(0, (wall - enqueued) / step);
-      return static_cast<std::size_t>(
-          std::max<std::int64_t>(0, static_cast<std::int64_t>(original) - lifts));
-    };
-    // Heads of the rings that waited long enough move into the lane one level (or more) up.
-    for (std::size_t l = 1; l < kPriorityLevels; ++l) {
-      for (;;) {
-        const auto head = consumer_->head_enqueued_at(static_cast<Priority>(l));
-        if (!head || lifted_level(l, *head) >= l) break;
-        Active* taken = take(l);
-        if (!taken) break;
-        taken->level = lifted_level(l, taken->rec.enqueued_at_ns);
-        hold(*taken, Clock::duration::zero(), false);
-        counters_.aged.fetch_add(1, std::memory_order_relaxed);
-        worked_ = true;
-      }
-    }
-    // Held entries age too.
-    for (std::size_t l = 1; l < kPriorityLevels; ++l) {
-      auto& lane = lanes_[l];
-      for (auto it = lane.begin(); it != lane.end();) {
-        auto a = active_.find(*it);
-        if (a == active_.end()) {
-          it = lane.erase(it);
-          continue;
-        }
-        const std::size_t target =
-            lifted_level(priority_index(a->second.rec.priority), a->second.rec.enqueued_at_ns);
-        if (target < l) {
-          a->second.level = target;
-          lanes_[target].push_back(*it);
-          consumer_->annotate(a->second.ref,
-                              annotation_of(Phase::kHeld, target, a->second.publish_failures));
-          it = lane.erase(it);
-        } else {
-          ++it;
-        }
-      }
-    }
-  }
+  if (!retiring_.empty()) service_retiring(false);
   if (watchdog_interval_.count() > 0 && now >= next_watchdog_) {
     next_watchdog_ = now + watchdog_interval_;
     sd_notify(0, "WATCHDOG=1");
@@ -727,11 +605,10 @@ void Supervisor::sleep() {
   auto ready = [&] {
     if (stop_ || reload_ || !inbox_->empty() || consumer_->maintenance_requested()) return true;
     for (std::size_t l = 0; l < kPriorityLevels; ++l) {
-      if (consumer_->level_tail(static_cast<Priority>(l)) != announced_[l]) return true;
+      if (consumer_->level_tail(static_cast<Priority>(l)) > announced_[l]) return true;
     }
     // Queued work makes us ready only when it can be dispatched now.
-    return dispatched_ < config_.max_active_executions && !transports_.empty() &&
-           Clock::now() >= dispatch_paused_until_ && consumer_->has_work();
+    return core_.can_take(now()) && consumer_->has_work();
   };
   const auto now = Clock::now();
   if (worked_ && config_.idle_spin_us > 0) {
@@ -741,16 +618,12 @@ void Supervisor::sleep() {
       if (ready()) return;
     }
   }
-  auto deadline = std::min({next_reap_, next_sweep_, now + kMaxSleep});
-  if (dispatch_paused_until_ > now) deadline = std::min(deadline, dispatch_paused_until_);
-  if (config_.aging_seconds > 0) deadline = std::min(deadline, next_aging_);
-  if (watchdog_interval_.count() > 0) deadline = std::min(deadline, next_watchdog_);
-  for (const auto& lane : lanes_) {
-    for (const auto& id : lane) {
-      if (auto a = active_.find(id); a != active_.end())
-        deadline = std::min(deadline, a->second.ready_at);
-    }
+  auto deadline = std::min(next_reap_, now + kMaxSleep);
+  if (const auto at = core_.next_deadline(this->now())) {
+    deadline = std::min(deadline, now + std::chrono::nanoseconds(*at - steady_ns()));
   }
+  if (watchdog_interval_.count() > 0) deadline = std::min(deadline, next_watchdog_);
+  if (!retiring_.empty()) deadline = std::min(deadline, now + std::chrono::milliseconds(5));
   if (deadline > now) consumer_->sleep_unless(ready, deadline - now);
 }
 
@@ -759,24 +632,35 @@ void Supervisor::reload() {
   sd_notify(0, "RELOADING=1");
   try {
     Config next = reload_config(argc_, argv_);
-    if (next.segment != config_.segment ||
-        next.queue.max_queue_size != config_.queue.max_queue_size ||
-        next.queue.max_payload_bytes != config_.queue.max_payload_bytes ||
-        next.queue.max_users != config_.queue.max_users ||
-        next.queue.max_active != config_.queue.max_active) {
+    // The segment's sizes are fixed while it exists: they keep their values (the rest of the
+    // queue's settings, the per-user cap, take effect).
+    const ipc::SegmentConfig fixed = segment_->config();
+    if (next.segment != config_.segment || next.queue.max_queue_size != fixed.max_queue_size ||
+        next.queue.max_payload_bytes != fixed.max_payload_bytes ||
+        next.queue.max_users != fixed.max_users || next.queue.max_active != fixed.max_active ||
+        next.queue.max_participants != fixed.max_participants) {
       spdlog::warn(
           "segment and queue sizes cannot change while the segment exists; they keep "
           "their values until a restart with a drained, removed segment");
       next.segment = config_.segment;
-      next.queue = config_.queue;
+      const std::uint64_t per_user = next.queue.max_executions_per_user;
+      next.queue = fixed;
+      next.queue.max_executions_per_user = per_user;
+    }
+    if (next.max_active_executions > fixed.max_active) {
+      throw ipc::ConfigError(
+          "max_active_executions = " + std::to_string(next.max_active_executions) +
+          ": the segment holds at most max_active = " + std::to_string(fixed.max_active) +
+          " active executions");
     }
     segment_->set_max_executions_per_user(next.queue.max_executions_per_user);
-    next.queue.max_executions_per_user = next.queue.max_executions_per_user;
     spdlog::set_level(spdlog::level::from_str(next.log_level));
     apply_transports(next);
-    if (transports_.empty())
+    if (transports_.empty()) {
       spdlog::error("no transport is running after the reload: dispatch waits");
+    }
     config_ = std::move(next);
+    feed(core::input::Reload{policy(config_)});
     counters_.max_active = config_.max_active_executions;
     spdlog::info("configuration reloaded: transports {}, max_active_executions {}",
                  fmt::join(config_.transports, ","), config_.max_active_executions);
@@ -792,22 +676,29 @@ void Supervisor::shutdown() {
   ingress_stop_ = true;
   if (ingress_thread_.joinable()) ingress_thread_.join();
   process_inbox();  // results that arrived meanwhile
-  answer_deferred_at_exit();
-  for (auto& t : transports_) {
-    const std::size_t left = t->flush(static_cast<std::uint32_t>(config_.flush_timeout_ms));
-    if (left) {
-      spdlog::warn(
-          "transport {}: {} deliveries still outstanding after {} ms; they are "
-          "published again by the next supervisor",
-          t->name(), left, config_.flush_timeout_ms);
+  retry_pending_releases();
+  // Requests still waiting for the queue (a repair held up) are answered: nothing was done.
+  for (const auto& [op, to] : ops_) {
+    const auto reply = protocol::error_reply(
+        "unavailable",
+        "the supervisor stopped before it could carry this out (a repair of the queue was "
+        "held up): send it again");
+    if (to.ingress_token && ingress_) ingress_->reply(to.ingress_token, reply);
+    if (to.transport && to.transport->ack) {
+      if (to.transport->reply) {
+        to.transport->reply(to.transport->op_ctx,
+                            reinterpret_cast<const std::uint8_t*>(reply.data()), reply.size());
+      }
+      to.transport->ack(to.transport->op_ctx);
     }
   }
-  process_inbox();
+  ops_.clear();
+  for (auto& [id, t] : transports_) retire(std::move(t), config_);
   transports_.clear();
+  service_retiring(true);
   spdlog::info(
-      "stopped; {} queued and {} active execution(s) stay in the segment for the next "
-      "supervisor",
-      consumer_->stats().queued, active_.size());
+      "stopped; {} queued and {} taken execution(s) stay in the segment for the next supervisor",
+      consumer_->stats().queued, core_.taken());
 }
 
 int Supervisor::run() {
@@ -838,7 +729,7 @@ int Supervisor::run() {
       if (stop_) break;
       if (reload_) reload();
       announce();
-      dispatch();
+      advance();
       timers();
       sleep();
     }

@@ -1,14 +1,14 @@
-// The supervisor: one loop where wake-ups, ingress operations, transport callbacks and timers
-// meet (supervisor.cpp). It owns the queue's consumer side and every transport.
+// The supervisor: a thin shell around the scheduling policy (core::Scheduler). One loop where
+// wake-ups, ingress operations, transport callbacks and timers meet (supervisor.cpp): it feeds
+// the scheduler what happened and carries out what it decides, against the queue's consumer side
+// and the transports.
 #pragma once
 
 #include <array>
 #include <atomic>
 #include <chrono>
-#include <deque>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "inbox.h"
+#include "shmsched/core/scheduler.h"
 #include "shmsched/ipc/ingress_server.h"
 #include "shmsched/ipc/queue.h"
 #include "transport_host.h"
@@ -30,26 +31,27 @@ struct SupervisorCounters {
   std::atomic<std::uint64_t> completed{0};
   std::atomic<std::uint64_t> failed{0};
   std::atomic<std::uint64_t> retried{0};
+  std::atomic<std::uint64_t> timed_out{0};
   std::atomic<std::uint64_t> cancelled{0};
   std::atomic<std::uint64_t> expired{0};
   std::atomic<std::uint64_t> publish_failures{0};
   std::atomic<std::uint64_t> aged{0};
+  std::atomic<std::uint64_t> stale_reports{0};
+  std::atomic<std::uint64_t> active{0};  // dispatched and unfinished
+  std::atomic<std::uint64_t> held{0};    // taken, waiting for a retry or a publish backoff
+  std::atomic<std::uint64_t> max_active{0};
   // Submits refused because every participant entry of the segment was taken.
   std::atomic<std::uint64_t> rejected_no_participant_entry{0};
   std::atomic<std::uint64_t> maintenance_deferred{0};
-  std::atomic<std::uint64_t> active{0};  // dispatched and unfinished
-  std::atomic<std::uint64_t> max_active{0};
 };
 
-// Phase of an active execution, kept in its slot's annotation word so a restarted supervisor
-// knows what to do with it: phase | effective level << 8.
-enum class Phase : std::uint8_t {
-  kUnknown = 0,      // dequeued, nothing recorded yet (a supervisor died right there)
-  kHeld = 1,         // waiting in a lane: backoff, retry, or lifted by aging
-  kDispatching = 2,  // published, acknowledgements outstanding
-  kDispatched = 3,   // every transport has it
-  kFinished = 4,     // its final event is out; only the release of its slot is left
-};
+// The slot reference of a taken execution, packed for the scheduler.
+inline core::SlotRef pack(ipc::ActiveRef r) {
+  return (static_cast<core::SlotRef>(r.slot) << 32) | r.generation;
+}
+inline ipc::ActiveRef unpack(core::SlotRef s) {
+  return ipc::ActiveRef{static_cast<std::uint32_t>(s >> 32), static_cast<std::uint32_t>(s)};
+}
 
 class Supervisor {
  public:
@@ -60,54 +62,46 @@ class Supervisor {
   int run();
 
  private:
-  struct Active {
-    ipc::ActiveRef ref;
-    ipc::ExecutionRecord rec;
-    Phase phase = Phase::kUnknown;
-    std::uint32_t attempt = 1;
-    std::size_t level = 2;  // effective priority level (aging may lift it)
-    Clock::time_point ready_at{};
-    std::uint32_t publish_failures = 0;
-    std::uint64_t token = 0;
-    std::set<std::string> pending;  // transports whose delivery result for `token` is due
-    bool publish_failed = false;
-    std::set<std::string> acked;  // transports that have this attempt
+  struct Retiring {
+    std::unique_ptr<Transport> transport;
+    Clock::time_point deadline;
   };
 
   void start_ingress();
   void ingress_main();
-  std::optional<ipc::IngressServer::Reply> handle_ingress(const ipc::protocol::Request& req,
-                                                          std::uint64_t token);
   void recover_active();
-  void apply_transports(const Config& next);
+  core::SchedulerConfig policy(const Config& c) const;
+  core::Time now() const;
+
+  // Inputs to the scheduler, and carrying out what it decides.
+  void feed(const core::Input& in);
+  void advance();
+  void carry_out(std::vector<core::Action>& actions);
+  void do_publish(const core::action::Publish& p);
+  void do_take(const core::action::Take& t, std::vector<core::Action>& more);
+  void do_answer(const core::action::Answer& a);
   void process_inbox();
   void handle_op(OpMessage& op);
-  void handle_delivery(const DeliveryMessage& d);
   void announce();
-  // Dequeues the head of `level` into active_ (announcing it if it was not yet), or nullptr.
-  Active* take(std::size_t level);
-  void dispatch();
+  void queue_state();
+
+  // Transports: started, swapped by a reload (the old instance is flushed in slices while the
+  // loop goes on), stopped.
+  void apply_transports(const Config& next);
+  std::unique_ptr<Transport> start_transport(const Config& c, const std::string& name,
+                                             std::string& error);
+  void retire(std::unique_ptr<Transport> t, const Config& c);
+  void service_retiring(bool final);
+
   void timers();
   void sleep();
   void reload();
   void shutdown();
-
-  void publish_event(const char* type, const std::string& key, const std::vector<std::byte>& body);
-  void publish_dispatch(Active& a);
-  void resolve_dispatch(Active& a);
-  void hold(Active& a, Clock::duration delay, bool front);
-  void finish(Active& a);
-  void set_phase(Active& a, Phase p);
-  void reply(const ReplyTo& to, const std::vector<std::byte>& body);
-  std::chrono::milliseconds backoff(std::uint64_t base_ms, std::uint32_t failures) const;
-  void remember_finished(const std::string& id);
-  // The loop's own producer, for submits that arrive through transports; created on first use,
-  // and again after a failure (the participant table may have been full).
-  ipc::Producer* loop_producer(std::string& error);
-  void retry_deferred();
-  // At shutdown: one last try, then every operation still deferred is answered `unavailable`.
-  void answer_deferred_at_exit();
+  void release(ipc::ActiveRef ref);
+  void retry_pending_releases();
   void note_blocked(const char* what);
+  void publish_counters();
+  ipc::Producer* loop_producer(std::string& error);
 
   Config config_;
   int argc_;
@@ -115,36 +109,33 @@ class Supervisor {
   std::shared_ptr<ipc::Segment> segment_;
   std::unique_ptr<ipc::Consumer> consumer_;
   std::unique_ptr<ipc::Producer> loop_producer_;
-  // Work the queue could not take while a repair was pending (a stopped process blocks it):
-  // releases of finished executions and cancels, tried again on every reap.
-  std::vector<ipc::ActiveRef> pending_releases_;
-  std::vector<OpMessage> deferred_ops_;
-  Clock::time_point next_blocked_log_{};
   std::unique_ptr<Inbox> inbox_;
   HostCallbacks callbacks_;
-  std::vector<std::unique_ptr<Transport>> transports_;
+  core::Scheduler core_;
+
+  std::map<core::TransportId, std::unique_ptr<Transport>> transports_;
+  std::map<core::TransportId, Retiring> retiring_;
   std::map<std::string, std::shared_ptr<PluginLibrary>> libraries_;
+  core::TransportId next_transport_ = 1;
+  std::uint64_t next_event_token_ = 1;
 
   zmq::context_t zmq_;
   std::unique_ptr<ipc::IngressServer> ingress_;
   std::thread ingress_thread_;
   std::atomic<bool> ingress_stop_{false};
 
-  std::unordered_map<std::string, Active> active_;
-  std::unordered_map<std::uint64_t, std::string> tokens_;
-  std::array<std::deque<std::string>, kPriorityLevels> lanes_;
+  // Requests awaiting the scheduler's answer, and submits it asked the queue to take.
+  std::unordered_map<core::OpId, ReplyTo> ops_;
+  std::unordered_map<core::OpId, ipc::protocol::SubmitOp> submits_;
+  core::OpId next_op_ = 1;
   std::array<std::uint64_t, kPriorityLevels> announced_{};
-  std::deque<std::string> finished_order_;
-  std::set<std::string> finished_;
-  std::uint64_t next_token_ = 1;
-  std::size_t dispatched_ = 0;
+  // Releases the queue could not take yet (a repair held up by a stopped process).
+  std::vector<ipc::ActiveRef> pending_releases_;
   bool worked_ = false;
 
-  Clock::time_point dispatch_paused_until_{};
   Clock::time_point next_reap_{};
-  Clock::time_point next_sweep_{};
-  Clock::time_point next_aging_{};
   Clock::time_point next_watchdog_{};
+  Clock::time_point next_blocked_log_{};
   std::chrono::microseconds watchdog_interval_{0};
 
   std::atomic<bool> stop_{false};

@@ -46,11 +46,13 @@ PluginLibrary::~PluginLibrary() {
 }
 
 Transport::Transport(std::shared_ptr<PluginLibrary> library, std::string name,
-                     std::map<std::string, std::string> options, const HostCallbacks* callbacks)
+                     std::uint64_t instance, std::map<std::string, std::string> options,
+                     const HostCallbacks* callbacks)
     : library_(std::move(library)),
       name_(std::move(name)),
+      instance_(instance),
       options_(std::move(options)),
-      context_(std::make_unique<Context>(Context{callbacks, name_})) {
+      context_(std::make_unique<Context>(Context{callbacks, name_, instance})) {
   host_.host_ctx = context_.get();
   host_.log = [](void* ctx, shmsched_log_level level, const char* message) {
     auto* c = static_cast<Context*>(ctx);
@@ -58,7 +60,7 @@ Transport::Transport(std::shared_ptr<PluginLibrary> library, std::string name,
   };
   host_.delivery = [](void* ctx, std::uint64_t token, int ok, const char* error) {
     auto* c = static_cast<Context*>(ctx);
-    c->callbacks->delivery(c->name, token, ok != 0, error ? error : "");
+    c->callbacks->delivery(c->instance, c->name, token, ok != 0, error ? error : "");
   };
   host_.inbound = [](void* ctx, const std::uint8_t* body, std::size_t len,
                      shmsched_inbound_done done) -> int {

@@ -23,8 +23,8 @@ class PluginError : public std::runtime_error {
 // What a plugin reports back; delivered to the supervisor's inbox by the callbacks.
 struct HostCallbacks {
   std::function<void(shmsched_log_level, const std::string& transport, const std::string&)> log;
-  std::function<void(const std::string& transport, std::uint64_t token, bool ok,
-                     const std::string& error)>
+  std::function<void(std::uint64_t instance, const std::string& transport, std::uint64_t token,
+                     bool ok, const std::string& error)>
       delivery;
   std::function<bool(const std::string& transport, std::vector<std::byte> body,
                      shmsched_inbound_done done)>
@@ -53,17 +53,15 @@ class PluginLibrary {
 class Transport {
  public:
   // Creates and starts it. Throws PluginError with the plugin's own message on failure.
-  Transport(std::shared_ptr<PluginLibrary> library, std::string name,
+  Transport(std::shared_ptr<PluginLibrary> library, std::string name, std::uint64_t instance,
             std::map<std::string, std::string> options, const HostCallbacks* callbacks);
   ~Transport();
   Transport(const Transport&) = delete;
   Transport& operator=(const Transport&) = delete;
 
   const std::string& name() const { return name_; }
-
-  // The first publish token this instance could have been given (set by the owner when it
-  // starts the instance): a dispatch with a lower token never reached it.
-  std::uint64_t first_token = 0;
+  // Unique among every instance this process started (a reload starts new ones).
+  std::uint64_t instance() const { return instance_; }
   const std::map<std::string, std::string>& options() const { return options_; }
 
   // SHMSCHED_OK when the message was taken (a delivery callback follows for `token`).
@@ -74,9 +72,11 @@ class Transport {
   struct Context {
     const HostCallbacks* callbacks;
     std::string name;
+    std::uint64_t instance;
   };
   std::shared_ptr<PluginLibrary> library_;
   std::string name_;
+  std::uint64_t instance_;
   std::map<std::string, std::string> options_;
   std::unique_ptr<Context> context_;
   shmsched_host host_{};

@@ -207,7 +207,8 @@ struct Publish {
 struct Answer {
   OpId op = 0;
   Reply reply;
-  std::vector<Reply> items;  // `list`: the executions
+  bool list = false;  // a `list` answer: `items` are its executions
+  std::vector<Reply> items;
 };
 // Take up to `count` executions from the head of `level` (input::Taken for each, then
 // input::TakeDone).
@@ -242,11 +243,17 @@ struct SetAttempt {
 struct Release {
   SlotRef slot = 0;
 };
+// A decision worth a line in the log (a failed publish and its backoff, a timeout).
+struct Log {
+  bool warning = false;
+  std::string execution_id;
+  std::string message;
+};
 }  // namespace action
 
 using Action = std::variant<action::Publish, action::Answer, action::Take, action::SubmitToQueue,
                             action::CancelInQueue, action::SweepStale, action::Annotate,
-                            action::SetAttempt, action::Release>;
+                            action::SetAttempt, action::Release, action::Log>;
 
 struct SchedulerCounters {
   std::uint64_t accepted = 0;

@@ -43,12 +43,14 @@ struct CompleteOp {
   std::optional<std::string> worker_id;
   std::optional<std::int64_t> exit_code;
   std::vector<std::byte> result;
+  std::optional<std::uint32_t> attempt;  // given: a report for another attempt is ignored
 };
 struct FailOp {
   std::string execution_id;
   std::string error;
   std::optional<std::string> worker_id;
   bool retry = false;
+  std::optional<std::uint32_t> attempt;
 };
 // Worker operations (register_worker, heartbeat, unregister_worker, claim, report_blocker):
 // recognised, answered `invalid` until workers are implemented.
