@@ -2,6 +2,7 @@
 #pragma once
 
 #include <fcntl.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -80,6 +81,9 @@ inline pid_t spawn(const std::function<void()>& body) {
   const pid_t pid = ::fork();
   if (pid < 0) throw std::runtime_error("fork failed");
   if (pid == 0) {
+    // A child outlives no test: if the test process dies (an abort, a timeout), so does the
+    // child, even one stopped on purpose.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     int code = 0;
     try {
       body();

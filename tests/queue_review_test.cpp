@@ -86,6 +86,10 @@ char finish(std::pair<pid_t, int> stopped) {
 // A process whose /proc files cannot be opened right now (the checker is out of file
 // descriptors) is not dead: its entry is not reaped and no rebuild runs under its operation.
 TEST(QueueReview, AProcessThatCannotBeCheckedIsNotDead) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "the sanitizers' runtime needs file descriptors for its own checks; this runs "
+                  "in the normal build";
+#endif
   TempSegment seg;
   auto stopped = stopped_submit(seg.name(), "submit: fill the slot", "X");
   ipc::Consumer c(seg.segment(), quick());
