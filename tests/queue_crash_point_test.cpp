@@ -288,6 +288,17 @@ std::vector<Scenario> scenarios() {
                  {},
                  {"q0", "q1"},
                  false});
+  out.push_back({"announce new entries",
+                 false,
+                 [](World& w) { common_setup(w, false); },
+                 consumer_op([](ipc::Consumer& c) {
+                   for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+                     c.announce_new(static_cast<Priority>(l), [](const auto&, std::uint64_t) {});
+                   }
+                 }),
+                 {},
+                 {},
+                 false});
   out.push_back({"annotate and set the attempt",
                  false,
                  [](World& w) { common_setup(w, false); },

@@ -233,6 +233,26 @@ std::uint64_t Consumer::rank_of(std::size_t level, std::uint64_t pos) const {
   return rank_at(*view_, level, pos);
 }
 
+std::uint64_t Consumer::announce_cursor(Priority level) const {
+  return view_->level(priority_index(level) % kLevels).announced.load(std::memory_order_acquire);
+}
+
+void Consumer::mark_announced(Priority level, std::uint64_t next) {
+  auto& cursor = view_->level(priority_index(level) % kLevels).announced;
+  if (next <= cursor.load(std::memory_order_relaxed)) return;
+  CRASH_POINT("announce: move the cursor");
+  cursor.store(next, std::memory_order_release);  // only the consumer (or a rebuild) writes it
+}
+
+bool Consumer::has_unannounced() {
+  Bracket bracket(*this);
+  if (!bracket) return false;
+  for (std::size_t l = 0; l < kLevels; ++l) {
+    if (!scan_at(l, announce_cursor(static_cast<Priority>(l))).end) return true;
+  }
+  return false;
+}
+
 std::uint64_t Consumer::level_tail(Priority level) const {
   return view_->level(priority_index(level) % kLevels).tail.load(std::memory_order_acquire);
 }

@@ -14,7 +14,8 @@ namespace shmsched::ipc::detail {
 inline constexpr std::uint64_t kMagic = 0x3144484353534d53ULL;  // "SMSSCHD1" little-endian
 // 2: participants and the maintenance and consumer words name a process identity (pid + start
 //    time) instead of an entry index; counters stay with their entry.
-inline constexpr std::uint32_t kLayoutVersion = 2;
+// 3: each level keeps the consumer's announce cursor, which a rebuild translates.
+inline constexpr std::uint32_t kLayoutVersion = 3;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::size_t kMaxIdBytes = 64;  // execution ids and user ids
 inline constexpr std::size_t kLevels = kPriorityLevels;
@@ -69,6 +70,9 @@ struct alignas(kCacheLine) LevelState {
   alignas(kCacheLine) std::atomic<std::uint64_t> head;  // next position the consumer takes
   alignas(kCacheLine) std::atomic<std::uint64_t> tail;  // next position a producer fills (may lag)
   alignas(kCacheLine) std::atomic<std::int64_t> tombstones;  // cancelled/expired cells in the ring
+  // The first position the consumer has not announced yet (ExecutionAccepted). Positions move
+  // when a rebuild compacts the ring; the rebuild moves this cursor with them.
+  std::atomic<std::uint64_t> announced;
 };
 
 struct alignas(kCacheLine) Header {

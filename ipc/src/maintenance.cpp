@@ -57,6 +57,9 @@ void rebuild_ring(const SegmentView& v, std::size_t level, std::vector<std::uint
     ++h;  // popped, head not yet moved on
   }
   std::vector<std::uint32_t> keep;
+  // The announce cursor follows its entries: it ends up after the kept ones it was after.
+  const std::uint64_t announced = v.level(level).announced.load(std::memory_order_relaxed);
+  std::uint64_t kept_before_cursor = 0;
   for (std::uint64_t t = h; t - h < cap; ++t) {
     const std::uint64_t c = r.cells[t & r.mask].load(std::memory_order_relaxed);
     if (RingRef::cell_lap(c) != r.lap(t) || RingRef::cell_index1(c) == 0) break;
@@ -73,6 +76,7 @@ void rebuild_ring(const SegmentView& v, std::size_t level, std::vector<std::uint
       set_state(s, SlotState::kQueued);
       in_ring[index] = 1;
       keep.push_back(index);
+      if (t < announced) ++kept_before_cursor;
     } else if (!is_tombstone(st) && st != SlotState::kActive) {
       v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
     }
@@ -89,6 +93,8 @@ void rebuild_ring(const SegmentView& v, std::size_t level, std::vector<std::uint
   CRASH_POINT("rebuild: normalise a ring's head and tail");
   r.head->store(h, std::memory_order_relaxed);
   r.tail->store(h + keep.size(), std::memory_order_relaxed);
+  CRASH_POINT("rebuild: move the announce cursor");
+  v.level(level).announced.store(h + kept_before_cursor, std::memory_order_relaxed);
   v.level(level).tombstones.store(0, std::memory_order_relaxed);
   auto* tree = v.rank_tree(level);
   for (std::uint64_t i = 0; i < cap; ++i) tree[i].store(0, std::memory_order_relaxed);

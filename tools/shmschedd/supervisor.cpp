@@ -277,10 +277,10 @@ void Supervisor::do_take(const core::action::Take& t, std::vector<core::Action>&
     if (!view) continue;
     ++taken;
     const core::ExecutionInfo info = info_of(*view);
-    if (pos >= announced_[t.level]) {
+    if (pos >= consumer_->announce_cursor(level)) {
       // Queued after this round's announcements: announce it before anything else happens.
       core_.handle(core::input::Announced{info, 0}, time, more);
-      announced_[t.level] = pos + 1;
+      consumer_->mark_announced(level, pos + 1);
     }
     core_.handle(core::input::Taken{t.level, pack(*ref), info}, time, more);
   }
@@ -439,10 +439,9 @@ void Supervisor::announce() {
     // Cells, not the tail, say what is queued: a producer may have filled a cell and not yet
     // moved the tail.
     std::vector<core::Input> seen;
-    announced_[l] = consumer_->scan_new(
-        level, announced_[l], [&](const ipc::ExecutionView& v, std::uint64_t rank) {
-          seen.emplace_back(core::input::Announced{info_of(v), rank});
-        });
+    consumer_->announce_new(level, [&](const ipc::ExecutionView& v, std::uint64_t rank) {
+      seen.emplace_back(core::input::Announced{info_of(v), rank});
+    });
     for (const auto& in : seen) {
       worked_ = true;
       feed(in);
@@ -604,9 +603,7 @@ void Supervisor::timers() {
 void Supervisor::sleep() {
   auto ready = [&] {
     if (stop_ || reload_ || !inbox_->empty() || consumer_->maintenance_requested()) return true;
-    for (std::size_t l = 0; l < kPriorityLevels; ++l) {
-      if (consumer_->level_tail(static_cast<Priority>(l)) > announced_[l]) return true;
-    }
+    if (consumer_->has_unannounced()) return true;
     // Queued work makes us ready only when it can be dispatched now.
     return core_.can_take(now()) && consumer_->has_work();
   };

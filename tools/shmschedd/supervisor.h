@@ -128,7 +128,6 @@ class Supervisor {
   std::unordered_map<core::OpId, ReplyTo> ops_;
   std::unordered_map<core::OpId, ipc::protocol::SubmitOp> submits_;
   core::OpId next_op_ = 1;
-  std::array<std::uint64_t, kPriorityLevels> announced_{};
   // Releases the queue could not take yet (a repair held up by a stopped process).
   std::vector<ipc::ActiveRef> pending_releases_;
   bool worked_ = false;

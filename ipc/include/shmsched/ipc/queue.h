@@ -222,11 +222,19 @@ class Consumer : public QueueHandle {
   // scan_new() counts in).
   std::optional<ActiveRef> dequeue(Priority level, std::uint64_t* pos_out = nullptr);
 
-  // Visits the queued entries of `level` at positions >= `from` (oldest first) and returns the
-  // position after the last one: how the owner learns of new submissions. `visit` gets the
-  // entry's view and its current rank.
+  // Visits the queued entries of `level` that are not announced yet (oldest first) and moves
+  // the segment's announce cursor past each: how the owner learns of new submissions. `visit`
+  // gets the entry's view and its current rank. The cursor lives in the segment (a restarted
+  // owner does not announce again what its predecessor did) and follows its entries when a
+  // compaction renumbers the ring.
   template <typename Visit>
-  std::uint64_t scan_new(Priority level, std::uint64_t from, Visit&& visit);
+  void announce_new(Priority level, Visit&& visit);
+  // The first position of `level` not announced yet; and moving it (an entry announced out of
+  // turn, because it is taken before the announcement pass reached it).
+  std::uint64_t announce_cursor(Priority level) const;
+  void mark_announced(Priority level, std::uint64_t next);
+  // True when some level has an entry that is not announced yet.
+  bool has_unannounced();
   std::uint64_t level_tail(Priority level) const;
 
   // A 64-bit word the owner may keep with an active execution (its dispatch phase, say); it
@@ -295,19 +303,20 @@ QueueStats queue_stats(const Segment& segment);
 void kick(const Segment& segment);
 
 template <typename Visit>
-std::uint64_t Consumer::scan_new(Priority level, std::uint64_t from, Visit&& visit) {
+void Consumer::announce_new(Priority level, Visit&& visit) {
   const std::size_t l = priority_index(level);
-  if (!enter()) return from;
+  if (!enter()) return;
   struct Leave {
     Consumer* c;
     ~Leave() { c->leave(); }
   } bracket{this};
-  std::uint64_t pos = from;
+  std::uint64_t pos = announce_cursor(level);
   for (;;) {
     const ScanItem item = scan_at(l, pos);
-    if (item.end) return item.pos;
+    if (item.end) return;
     if (item.live) visit(view_at(slot_at(l, item.pos)), rank_of(l, item.pos));
     pos = item.pos + 1;
+    mark_announced(level, pos);
   }
 }
 
