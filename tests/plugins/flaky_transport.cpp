@@ -36,6 +36,7 @@ struct Flaky {
   std::thread inbound;
   std::mutex mu;
   std::vector<std::thread> late;  // delayed delivery reports, joined by stop()
+  std::atomic<std::size_t> outstanding{0};
 };
 
 struct InboundOp {
@@ -141,9 +142,11 @@ int publish(shmsched_transport* t, const shmsched_message* m, uint64_t token) {
   }
   if (m->is_command && f->delay_ms > 0) {
     std::lock_guard lock(f->mu);
+    ++f->outstanding;
     f->late.emplace_back([f, token] {
       std::this_thread::sleep_for(std::chrono::milliseconds(f->delay_ms));
       f->host.delivery(f->host.host_ctx, token, 1, nullptr);
+      --f->outstanding;
     });
     return SHMSCHED_OK;
   }
@@ -160,9 +163,14 @@ void join_late(Flaky* f) {
   for (auto& th : late) th.join();
 }
 
-size_t flush(shmsched_transport* t, uint32_t) {
-  join_late(reinterpret_cast<Flaky*>(t));
-  return 0;
+// Waits up to timeout_ms for the late deliveries; returns how many are still due.
+size_t flush(shmsched_transport* t, uint32_t timeout_ms) {
+  auto* f = reinterpret_cast<Flaky*>(t);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  while (f->outstanding > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return f->outstanding;
 }
 void stop(shmsched_transport* t) {
   auto* f = reinterpret_cast<Flaky*>(t);
