@@ -98,7 +98,8 @@ TEST(DaemonScheduling, AgingChangesTheOrderNeverTheAdmission) {
   EXPECT_EQ(full, 13u);
   auto st = f.ingress->call(MapBuilder().str("op", "stats").finish());
   std::int64_t depth = 0;
-  for (const auto& kv : ipc::find_field(st.get(), "queue_depth")->via.map) depth += kv.val.as<std::int64_t>();
+  for (const auto& kv : ipc::find_field(st.get(), "queue_depth")->via.map)
+    depth += kv.val.as<std::int64_t>();
   EXPECT_EQ(depth, 10) << "everything that waits is counted";
   EXPECT_TRUE(f.ingress->op("status", "a5").has("queue_position"));
 }
@@ -251,7 +252,8 @@ TEST(DaemonScheduling, AReplacedTransportIsFlushedWithoutStoppingTheLoopAndItsRe
   const std::string conf = dir + "/shmschedd.conf";
   const std::string log_file = dir + "/delivered";
   std::ofstream(conf) << "transports = zeromq,flaky\nflush_timeout_ms = 5000\n[flaky]\n"
-                         "log_file = " << log_file << "\ndelay_ms = 1500\n";
+                         "log_file = "
+                      << log_file << "\ndelay_ms = 1500\n";
   const std::string segment = segment_name("retire");
   ipc::Segment::remove(segment);
   NotifyListener notify(dir + "/notify.sock");
@@ -268,7 +270,8 @@ TEST(DaemonScheduling, AReplacedTransportIsFlushedWithoutStoppingTheLoopAndItsRe
   }
   ASSERT_EQ(count_lines(log_file, "CreatePodCommand"), 3u);
   std::ofstream(conf) << "transports = zeromq,flaky\nflush_timeout_ms = 5000\n[flaky]\n"
-                         "log_file = " << log_file << "\ndelay_ms = 10\n";
+                         "log_file = "
+                      << log_file << "\ndelay_ms = 10\n";
   while (notify.next(0ms)) {
   }
   d.signal(SIGHUP);
@@ -279,7 +282,8 @@ TEST(DaemonScheduling, AReplacedTransportIsFlushedWithoutStoppingTheLoopAndItsRe
   const auto window = Clock::now() + 2500ms;
   while (Clock::now() < window) {
     if (auto m = notify.next(100ms); m && m->text.find("WATCHDOG=1") != std::string::npos) {
-      longest = std::max(longest, std::chrono::duration_cast<std::chrono::milliseconds>(m->at - last));
+      longest =
+          std::max(longest, std::chrono::duration_cast<std::chrono::milliseconds>(m->at - last));
       last = m->at;
     }
   }

@@ -13,7 +13,7 @@ using ipc::CancelOutcome;
 
 TEST(QueueOrder, PriorityFirstThenFifoWithinALevel) {
   TempSegment seg;
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   ipc::Consumer c(seg.segment());
   ASSERT_TRUE(submit(p, "n1", "u", Priority::kNormal).accepted());
   ASSERT_TRUE(submit(p, "b1", "u", Priority::kBackground).accepted());
@@ -29,7 +29,7 @@ TEST(QueueOrder, PriorityFirstThenFifoWithinALevel) {
 
 TEST(QueueOrder, SubmitReportsTheTrueRank) {
   TempSegment seg;
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   EXPECT_EQ(submit(p, "a", "u", Priority::kNormal).queue_position, 0u);
   EXPECT_EQ(submit(p, "b", "u", Priority::kNormal).queue_position, 1u);
   EXPECT_EQ(submit(p, "c", "u", Priority::kCritical).queue_position, 0u);
@@ -51,7 +51,7 @@ TEST(QueueAdmission, QueueFullAtCapacityAndBackAfterRelease) {
   auto cfg = small_config();
   cfg.max_queue_size = 3;
   TempSegment seg(cfg);
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   ipc::Consumer c(seg.segment());
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(submit(p, "e" + std::to_string(i), "u").accepted());
   const auto full = submit(p, "e3", "u");
@@ -71,7 +71,7 @@ TEST(QueueAdmission, UserLimitCountsQueuedAndActive) {
   auto cfg = small_config();
   cfg.max_executions_per_user = 2;
   TempSegment seg(cfg);
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   ipc::Consumer c(seg.segment());
   ASSERT_TRUE(submit(p, "a1", "alice").accepted());
   ASSERT_TRUE(submit(p, "a2", "alice").accepted());
@@ -93,7 +93,7 @@ TEST(QueueAdmission, UserLimitCountsQueuedAndActive) {
 
 TEST(QueueAdmission, DuplicateWhileQueuedOrActiveOnly) {
   TempSegment seg;
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   ipc::Consumer c(seg.segment());
   ASSERT_TRUE(submit(p, "x", "u").accepted());
   EXPECT_EQ(submit(p, "x", "other").admission, Admission::kDuplicate);
@@ -108,7 +108,7 @@ TEST(QueueAdmission, DuplicateWhileQueuedOrActiveOnly) {
 
 TEST(QueueAdmission, PayloadTooLargeAndInvalidRequests) {
   TempSegment seg;  // max_payload_bytes = 256, max_extras_bytes = 256
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   Req big{"big", "u"};
   big.payload.assign(257, 'x');
   const auto r = p.submit(big.get());
@@ -131,7 +131,7 @@ TEST(QueueAdmission, PayloadTooLargeAndInvalidRequests) {
 
 TEST(QueueCancel, CancelledEntriesAreNeverDequeuedAndGiveCountsBack) {
   TempSegment seg;
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   ipc::Consumer c(seg.segment());
   for (int i = 0; i < 5; ++i) ASSERT_TRUE(submit(p, "e" + std::to_string(i), "u").accepted());
   EXPECT_EQ(p.cancel("e0"), CancelOutcome::kCancelled);
@@ -162,7 +162,7 @@ TEST(QueueCancel, TombstonesBeyondTheHeadroomAreCompacted) {
   cfg.max_participants = 2;
   cfg.max_active = 1;
   TempSegment seg(cfg);  // slots: 8 + 1 + 2 + 64 headroom
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   // One live entry at the head keeps every later tombstone in the ring.
   ASSERT_TRUE(submit(p, "head", "u").accepted());
   for (int i = 0; i < 200; ++i) {
@@ -179,7 +179,7 @@ TEST(QueueCancel, TombstonesBeyondTheHeadroomAreCompacted) {
 
 TEST(QueueSweep, StaleEntriesAreReturnedAndTheirCountsGiven) {
   TempSegment seg;
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   ipc::Consumer c(seg.segment());
   const auto now = std::chrono::duration_cast<std::chrono::nanoseconds>(
                        std::chrono::system_clock::now().time_since_epoch())
@@ -205,7 +205,7 @@ TEST(QueueSweep, StaleEntriesAreReturnedAndTheirCountsGiven) {
 
 TEST(QueueRecords, StatusAndViewCarryEveryField) {
   TempSegment seg;
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   ipc::Consumer c(seg.segment());
   Req r{"exec-1", "alice", Priority::kHigh, std::string("\x00\x01payload", 9)};
   r.capabilities = {"gpu", "python"};
@@ -241,7 +241,7 @@ TEST(QueueWake, ConsumerSleepsUntilASubmitRingsIt) {
   TempSegment seg;
   ipc::Consumer c(seg.segment());
   EXPECT_FALSE(c.wait_for_work(std::chrono::milliseconds(1)));
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   std::atomic<bool> woke{false};
   std::chrono::steady_clock::duration slept{};
   std::thread sleeper([&] {
@@ -262,7 +262,7 @@ TEST(QueueUsers, FullUserTableIsCompactedToLiveUsers) {
   auto cfg = small_config();
   cfg.max_users = 4;
   TempSegment seg(cfg);
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   ipc::Consumer c(seg.segment());
   for (int round = 0; round < 5; ++round) {
     for (int u = 0; u < 4; ++u) {
@@ -286,7 +286,7 @@ TEST(QueueScale, AMillionEntriesFillDrainAndRefuseOneMore) {
   cfg.max_active = 16;
   cfg.max_executions_per_user = 1'000'000;
   TempSegment seg(cfg, "million");
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   for (int i = 0; i < 1'000'000; ++i) {
     const auto r = submit(p, "m" + std::to_string(i), "u" + std::to_string(i % 100),
                           static_cast<Priority>(i % 5));

@@ -38,7 +38,7 @@ struct Audit {
 // Checks every derived structure against the slots. Call only when no operation runs.
 inline Audit audit_segment(const ipc::Segment& segment) {
   using namespace ipc::detail;
-  const SegmentView& v = segment.view();
+  const SegmentView& v = ipc::detail::view_of(segment);
   const Geometry& g = *v.geo;
   Audit a;
   auto problem = [&](std::string p) { a.problems.push_back(std::move(p)); };

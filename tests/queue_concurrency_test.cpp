@@ -34,7 +34,7 @@ TEST(QueueConcurrency, ManyProducersOneConsumerEveryAcceptedEntryExactlyOnce) {
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      ipc::Producer p(seg.segment());
+      CancellingProducer p(seg.segment());
       std::vector<std::string> mine;
       std::vector<std::string> gone;
       for (int i = 0; i < kPerThread;) {
@@ -95,7 +95,7 @@ TEST(QueueConcurrency, ConcurrentSubmitsOfOneIdAcceptAtMostOne) {
     std::vector<std::thread> threads;
     for (int t = 0; t < kThreads; ++t) {
       threads.emplace_back([&] {
-        ipc::Producer p(seg.segment());
+        CancellingProducer p(seg.segment());
         ++go;
         while (go.load() < kThreads) std::this_thread::yield();
         if (submit(p, id, "u").accepted()) ++accepted;
@@ -103,7 +103,7 @@ TEST(QueueConcurrency, ConcurrentSubmitsOfOneIdAcceptAtMostOne) {
     }
     for (auto& th : threads) th.join();
     ASSERT_LE(accepted.load(), 1) << "round " << round;
-    ipc::Producer p(seg.segment());
+    CancellingProducer p(seg.segment());
     if (accepted.load() == 1) {
       ASSERT_EQ(p.cancel(id), ipc::CancelOutcome::kCancelled);
     } else {
@@ -123,7 +123,7 @@ TEST(QueueConcurrency, PerUserCapHoldsUnderContention) {
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
-      ipc::Producer p(seg.segment());
+      CancellingProducer p(seg.segment());
       for (int i = 0; i < 100; ++i) {
         const auto r = submit(p, "c" + std::to_string(t) + "-" + std::to_string(i), "alice");
         if (r.accepted())
@@ -135,13 +135,13 @@ TEST(QueueConcurrency, PerUserCapHoldsUnderContention) {
   }
   for (auto& th : threads) th.join();
   EXPECT_EQ(accepted.load(), 37);
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   EXPECT_EQ(p.user_count("alice"), 37u);
 }
 
 TEST(QueueConcurrency, CancelRacesDequeueAndExactlyOneWins) {
   TempSegment seg(concurrency_config());
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   ipc::Consumer c(seg.segment());
   int cancelled = 0;
   int taken = 0;
@@ -150,7 +150,7 @@ TEST(QueueConcurrency, CancelRacesDequeueAndExactlyOneWins) {
     ASSERT_TRUE(submit(p, id, "u").accepted());
     ipc::CancelOutcome outcome{};
     std::thread canceller([&] {
-      ipc::Producer other(seg.segment());
+      CancellingProducer other(seg.segment());
       outcome = other.cancel(id);
     });
     const std::string got = take_and_release(c);

@@ -66,7 +66,7 @@ struct Scenario {
 void common_setup(World& w, bool keep_consumer) {
   auto& seg = w.seg.segment();
   {
-    ipc::Producer p(seg);
+    CancellingProducer p(seg);
     for (int i = 0; i < 6; ++i) {
       Req r("q" + std::to_string(i), "u" + std::to_string(i % 2),
             i < 2 ? Priority::kHigh : Priority::kNormal);
@@ -115,9 +115,9 @@ pid_t helper_at(World& w, const std::string& site, int sig,
 
 std::vector<Scenario> scenarios() {
   std::vector<Scenario> out;
-  auto producer_op = [](std::function<void(ipc::Producer&)> f) {
+  auto producer_op = [](std::function<void(CancellingProducer&)> f) {
     return [f](const std::shared_ptr<ipc::Segment>& s, const std::function<void()>& arm) {
-      ipc::Producer p(s);
+      CancellingProducer p(s);
       arm();
       f(p);
     };
@@ -133,7 +133,7 @@ std::vector<Scenario> scenarios() {
   out.push_back({"submit",
                  true,
                  [](World& w) { common_setup(w, true); },
-                 producer_op([](ipc::Producer& p) { submit(p, "new", "u9", Priority::kLow); }),
+                 producer_op([](CancellingProducer& p) { submit(p, "new", "u9", Priority::kLow); }),
                  {"new"},
                  {},
                  true});
@@ -141,9 +141,9 @@ std::vector<Scenario> scenarios() {
                  true,
                  [](World& w) {
                    common_setup(w, true);
-                   w.seg.segment()->view().hdr->consumer_sleeping.store(1);
+                   ipc::detail::view_of(*w.seg.segment()).hdr->consumer_sleeping.store(1);
                  },
-                 producer_op([](ipc::Producer& p) { submit(p, "new", "u0"); }),
+                 producer_op([](CancellingProducer& p) { submit(p, "new", "u0"); }),
                  {"new"},
                  {},
                  false});
@@ -153,7 +153,7 @@ std::vector<Scenario> scenarios() {
                    common_setup(w, true);
                    w.seg.segment()->set_max_executions_per_user(3);  // u0 holds three
                  },
-                 producer_op([](ipc::Producer& p) { submit(p, "new", "u0"); }),
+                 producer_op([](CancellingProducer& p) { submit(p, "new", "u0"); }),
                  {},
                  {},
                  false});
@@ -162,19 +162,19 @@ std::vector<Scenario> scenarios() {
        true,
        [](World& w) {
          common_setup(w, true);
-         ipc::Producer p(w.seg.segment());
+         CancellingProducer p(w.seg.segment());
          for (int i = 0;
               submit(p, "fill" + std::to_string(i), "f" + std::to_string(i % 8)).accepted(); ++i) {
          }
        },
-       producer_op([](ipc::Producer& p) { submit(p, "new", "u0"); }),
+       producer_op([](CancellingProducer& p) { submit(p, "new", "u0"); }),
        {},
        {},
        false});
   out.push_back({"submit refused: duplicate",
                  true,
                  [](World& w) { common_setup(w, true); },
-                 producer_op([](ipc::Producer& p) { submit(p, "q3", "u1"); }),
+                 producer_op([](CancellingProducer& p) { submit(p, "q3", "u1"); }),
                  {},
                  {},
                  false});
@@ -183,10 +183,10 @@ std::vector<Scenario> scenarios() {
                  [](World& w) {
                    common_setup(w, true);
                    // Eight queued ids that share the first dedup bucket of "new-ov".
-                   const auto& v = w.seg.segment()->view();
+                   const auto& v = ipc::detail::view_of(*w.seg.segment());
                    ipc::detail::DedupIndex d{&v};
                    const auto target = d.first_bucket(stable_hash("new-ov"));
-                   ipc::Producer p(w.seg.segment());
+                   CancellingProducer p(w.seg.segment());
                    int found = 0;
                    for (int i = 0; found < 8; ++i) {
                      const std::string id = "ov" + std::to_string(i);
@@ -195,7 +195,7 @@ std::vector<Scenario> scenarios() {
                      ++found;
                    }
                  },
-                 producer_op([](ipc::Producer& p) { submit(p, "new-ov", "u9"); }),
+                 producer_op([](CancellingProducer& p) { submit(p, "new-ov", "u9"); }),
                  {"new-ov"},
                  {},
                  false});
@@ -204,19 +204,19 @@ std::vector<Scenario> scenarios() {
                  [](World& w) {
                    common_setup(w, true);
                    helper_at(w, "ring push: tail CAS", SIGSTOP, [](const auto& s) {
-                     ipc::Producer p(s);
+                     CancellingProducer p(s);
                      submit(p, "stopped", "u5");
                    });
                    w.may_appear.insert("stopped");
                  },
-                 producer_op([](ipc::Producer& p) { submit(p, "new", "u9"); }),
+                 producer_op([](CancellingProducer& p) { submit(p, "new", "u9"); }),
                  {"new"},
                  {},
                  false});
   out.push_back({"cancel a queued entry",
                  true,
                  [](World& w) { common_setup(w, true); },
-                 producer_op([](ipc::Producer& p) { p.cancel("q3"); }),
+                 producer_op([](CancellingProducer& p) { p.cancel("q3"); }),
                  {},
                  {"q3"},
                  true});
@@ -225,18 +225,18 @@ std::vector<Scenario> scenarios() {
                  [](World& w) {
                    common_setup(w, true);
                    helper_at(w, "submit: mark the slot queued", SIGSTOP, [](const auto& s) {
-                     ipc::Producer p(s);
+                     CancellingProducer p(s);
                      submit(p, "half", "u5");
                    });
                  },
-                 producer_op([](ipc::Producer& p) { p.cancel("half"); }),
+                 producer_op([](CancellingProducer& p) { p.cancel("half"); }),
                  {"half"},
                  {},
                  false});
   out.push_back({"register and unregister",
                  true,
                  [](World& w) { common_setup(w, true); },
-                 producer_op([](ipc::Producer&) {}),
+                 producer_op([](CancellingProducer&) {}),
                  {},
                  {},
                  true});
@@ -249,7 +249,7 @@ std::vector<Scenario> scenarios() {
                      c.dequeue();
                    });
                  },
-                 producer_op([](ipc::Producer& p) { p.head_enqueued_at(Priority::kNormal); }),
+                 producer_op([](CancellingProducer& p) { p.head_enqueued_at(Priority::kNormal); }),
                  {},
                  {},
                  false});
@@ -265,11 +265,11 @@ std::vector<Scenario> scenarios() {
                  [](World& w) {
                    common_setup(w, false);
                    {
-                     ipc::Producer p(w.seg.segment());
+                     CancellingProducer p(w.seg.segment());
                      ASSERT_TRUE(submit(p, "c0", "u7", Priority::kCritical).accepted());
                    }
                    helper_at(w, "cancel: count the tombstone", SIGSTOP, [](const auto& s) {
-                     ipc::Producer p(s);
+                     CancellingProducer p(s);
                      p.cancel("c0");
                    });
                    w.may_vanish.insert("c0");
@@ -351,7 +351,7 @@ std::vector<Scenario> scenarios() {
                    const pid_t dying = spawn([name] {
                      auto seg = ipc::Segment::attach(name);
                      cp::arm_at("dedup insert: claim an empty entry", SIGKILL, -1);
-                     ipc::Producer p(seg);
+                     CancellingProducer p(seg);
                      submit(p, "dead", "u6");
                    });
                    ::waitpid(dying, nullptr, 0);
@@ -366,18 +366,18 @@ std::vector<Scenario> scenarios() {
                  [](World& w) {
                    common_setup(w, true);
                    helper_at(w, "dedup insert: claim an empty entry", SIGKILL, [](const auto& s) {
-                     ipc::Producer p(s);
+                     CancellingProducer p(s);
                      submit(p, "dead", "u6");
                    });
                  },
-                 producer_op([](ipc::Producer& p) { submit(p, "new", "u9"); }),
+                 producer_op([](CancellingProducer& p) { submit(p, "new", "u9"); }),
                  {"new"},
                  {},
                  true});
   out.push_back({"maintenance by a producer (no consumer attached)",
                  false,
                  [](World& w) { common_setup(w, false); },
-                 producer_op([](ipc::Producer& p) { p.run_maintenance(); }),
+                 producer_op([](CancellingProducer& p) { p.run_maintenance(); }),
                  {},
                  {},
                  false});
@@ -385,9 +385,10 @@ std::vector<Scenario> scenarios() {
                  false,
                  [](World& w) {
                    common_setup(w, false);
-                   w.seg.segment()->view().hdr->maintenance.store(ipc::detail::kMaintenanceDirty);
+                   ipc::detail::view_of(*w.seg.segment())
+                       .hdr->maintenance.store(ipc::detail::kMaintenanceDirty);
                  },
-                 producer_op([](ipc::Producer& p) { submit(p, "new", "u9"); }),
+                 producer_op([](CancellingProducer& p) { submit(p, "new", "u9"); }),
                  {"new"},
                  {},
                  false});
@@ -398,7 +399,7 @@ std::vector<Scenario> scenarios() {
                    helper_at(w, "maintenance: commit the claim", SIGSTOP,
                              [](const auto& s) { ipc::Producer(s).run_maintenance(); });
                  },
-                 producer_op([](ipc::Producer& p) { submit(p, "new", "u9"); }),
+                 producer_op([](CancellingProducer& p) { submit(p, "new", "u9"); }),
                  {"new"},
                  {},
                  false});
@@ -406,9 +407,10 @@ std::vector<Scenario> scenarios() {
                  true,
                  [](World& w) {
                    common_setup(w, true);
-                   w.seg.segment()->view().hdr->maintenance.store(ipc::detail::kMaintenanceDirty);
+                   ipc::detail::view_of(*w.seg.segment())
+                       .hdr->maintenance.store(ipc::detail::kMaintenanceDirty);
                  },
-                 producer_op([](ipc::Producer& p) { submit(p, "new", "u9"); }),
+                 producer_op([](CancellingProducer& p) { submit(p, "new", "u9"); }),
                  {"new"},
                  {},
                  false});
@@ -555,13 +557,14 @@ void recover_and_check(World& w, const Scenario& sc, const std::set<std::string>
     }
   };
   drain();
-  ipc::Producer p(w.seg.segment());
+  CancellingProducer p(w.seg.segment());
   ASSERT_TRUE(submit(p, "fresh", "u3").accepted()) << where;
   drain();
   const Audit empty = audit_segment(*w.seg.segment());
   EXPECT_TRUE(empty.ok()) << where << " (drained):\n" << empty.text();
   EXPECT_TRUE(empty.live().empty()) << where;
-  EXPECT_EQ(empty.free_slots, w.seg.segment()->view().geo->slot_count) << where << ": slots leaked";
+  EXPECT_EQ(empty.free_slots, ipc::detail::view_of(*w.seg.segment()).geo->slot_count)
+      << where << ": slots leaked";
 }
 
 TEST(QueueCrashPoints, EveryCrashPointOfEveryOperationIsRecovered) {

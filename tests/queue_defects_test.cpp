@@ -50,17 +50,17 @@ TEST(QueueDefects, KilledMaintainerWhoseEntryIsReusedDoesNotWedgeTheQueue) {
   cfg.max_executions_per_user = 300000;
   cfg.max_participants = 2;
   TempSegment seg(cfg, "dead-maintainer");
-  const auto& v = seg.segment()->view();
+  const auto& v = ipc::detail::view_of(*seg.segment());
   {
     // Touch many slots so that the rebuild has work to do.
-    ipc::Producer p(seg.segment());
+    CancellingProducer p(seg.segment());
     for (int i = 0; i < 20000; ++i) ASSERT_TRUE(submit(p, "w" + std::to_string(i), "u").accepted());
   }
   const std::string name = seg.name();
   bool killed_inside = false;
   for (int round = 0; round < 50 && !killed_inside; ++round) {
     const pid_t maintainer = spawn([&] {
-      ipc::Producer p(ipc::Segment::attach(name));
+      CancellingProducer p(ipc::Segment::attach(name));
       for (;;) p.run_maintenance();
     });
     const auto deadline = Clock::now() + 5s;
@@ -105,7 +105,7 @@ TEST(QueueDefects, CancelOfAnEntryWhoseProducerDiedBeforeItsRingPushReturns) {
   const pid_t dying = spawn([&] {
     auto s = ipc::Segment::attach(name);
     IndexedProducer p(s);
-    const auto& v = s->view();
+    const auto& v = ipc::detail::view_of(*s);
     using namespace ipc::detail;
     // What submit() does up to its dedup insert, then death (no destructor, no ring push).
     const std::string id = "half-done";
@@ -126,7 +126,7 @@ TEST(QueueDefects, CancelOfAnEntryWhoseProducerDiedBeforeItsRingPushReturns) {
   ipc::Producer neighbour2(seg.segment());
   EXPECT_EQ(run_bounded(
                 [&] {
-                  ipc::Producer p(ipc::Segment::attach(name));
+                  CancellingProducer p(ipc::Segment::attach(name));
                   const auto outcome = p.cancel("half-done");
                   ::_exit(outcome == ipc::CancelOutcome::kNotFound ? 0 : 5);
                 },
@@ -136,7 +136,7 @@ TEST(QueueDefects, CancelOfAnEntryWhoseProducerDiedBeforeItsRingPushReturns) {
   // Once the dead producer is reaped and its leftovers rebuilt, the id is free again.
   ipc::Consumer consumer(seg.segment());
   consumer.reap_dead();
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   EXPECT_TRUE(submit(p, "half-done", "u").accepted());
 }
 

@@ -34,7 +34,7 @@ int kills_wanted() {
 // A producer that submits as fast as it can and reports every accepted id.
 void producer_body(const std::string& segment, int generation, int report_fd) {
   auto seg = ipc::Segment::attach(segment);
-  ipc::Producer p(seg);
+  CancellingProducer p(seg);
   std::mt19937 rng(static_cast<unsigned>(generation * 7919 + 1));
   for (std::uint64_t seq = 0;; ++seq) {
     const std::string id = "k" + std::to_string(generation) + "-" + std::to_string(seq);
@@ -237,7 +237,7 @@ TEST(QueueKillStorm, SigkilledProducersLoseNothingAndLeakNothing) {
   for (std::uint64_t d : st.depth) EXPECT_EQ(d, 0u);
   for (int u = 0; u < kUsers; ++u) EXPECT_EQ(consumer.user_count("u" + std::to_string(u)), 0u);
   EXPECT_GE(st.maintenance_runs, 2u) << "no kill landed inside an operation";
-  ipc::Producer p(seg.segment());
+  CancellingProducer p(seg.segment());
   const auto cfg = storm_config();
   for (std::uint64_t i = 0; i < cfg.max_queue_size; ++i) {
     const auto r = submit(p, "after-" + std::to_string(i),
@@ -266,7 +266,7 @@ TEST(QueueKillStorm, SigkilledConsumerIsReplacedWithAllState) {
   constexpr int kTotal = kRounds * (60 + kSlack + 1) + 1000;
   std::set<std::string> submitted;
   {
-    ipc::Producer p(seg.segment());
+    CancellingProducer p(seg.segment());
     for (int i = 0; i < kTotal; ++i) {
       const std::string id = "x" + std::to_string(i);
       ASSERT_TRUE(

@@ -30,7 +30,7 @@ std::string user_of(const std::string& id) {
 
 void child_body(const std::string& segment, int child, int fd, unsigned seed) {
   auto seg = ipc::Segment::attach(segment);
-  ipc::Producer p(seg);
+  CancellingProducer p(seg);
   std::mt19937 rng(seed);
   for (int op = 0; op < kOpsPerChild; ++op) {
     const unsigned dice = rng() % 100;

@@ -214,7 +214,7 @@ TEST(QueueReview, ABoundedProducerReturnsWhileARepairIsBlocked) {
   auto stopped = stopped_submit(seg.name(), "submit: fill the slot", "S");
   // A maintainer died mid-rebuild: nobody may operate until a rebuild completes, and the
   // rebuild waits for the stopped producer.
-  seg.segment()->view().hdr->maintenance.store(ipc::detail::kMaintenanceDirty);
+  ipc::detail::view_of(*seg.segment()).hdr->maintenance.store(ipc::detail::kMaintenanceDirty);
   ipc::ProducerOptions bounded;
   bounded.wait = 50ms;
   ipc::Producer loop_producer(seg.segment(), bounded);
@@ -243,7 +243,7 @@ TEST(QueueReview, ABlockedRepairCostsOneWaitAndTheConsumersOwnProducersDoNotRebu
   }
   for (int i = 0; i < 10; ++i) refs.push_back(*c.dequeue());
   auto stopped = stopped_submit(seg.name(), "submit: fill the slot", "S");
-  seg.segment()->view().hdr->maintenance.store(ipc::detail::kMaintenanceDirty);
+  ipc::detail::view_of(*seg.segment()).hdr->maintenance.store(ipc::detail::kMaintenanceDirty);
   const auto t0 = Clock::now();
   for (int round = 0; round < 10; ++round) {
     for (const auto ref : refs) EXPECT_FALSE(c.release(ref));
@@ -257,7 +257,8 @@ TEST(QueueReview, ABlockedRepairCostsOneWaitAndTheConsumersOwnProducersDoNotRebu
   own.ask_consumer_in_process = true;
   ipc::Producer p(seg.segment(), own);
   EXPECT_EQ(submit(p, "T", "ut").admission, Admission::kQueueFull);
-  EXPECT_EQ(seg.segment()->view().hdr->maintenance.load(), ipc::detail::kMaintenanceDirty);
+  EXPECT_EQ(ipc::detail::view_of(*seg.segment()).hdr->maintenance.load(),
+            ipc::detail::kMaintenanceDirty);
   EXPECT_EQ(finish(stopped), '0');
   c.reap_dead();
   for (const auto ref : refs) EXPECT_TRUE(c.release(ref));
@@ -298,7 +299,7 @@ TEST(QueueReview, AnExceptionInsideAnOperationOrARebuildWedgesNothing) {
     EXPECT_THROW(p.run_maintenance(), std::bad_alloc);
     cp::disarm();
   }
-  const auto& v = seg.segment()->view();
+  const auto& v = ipc::detail::view_of(*seg.segment());
   for (std::uint32_t i = 0; i < v.geo->max_participants; ++i) {
     EXPECT_EQ(v.participant(i).busy.load(), 0u) << "entry " << i;
   }

@@ -82,6 +82,14 @@ struct Req {
   }
 };
 
+// A producer that may also cancel directly in the segment, as the supervisor does: tests race
+// cancels from other processes against everything else (the public API keeps cancel to the
+// consumer, which publishes and counts it).
+struct CancellingProducer : ipc::Producer {
+  using ipc::Producer::Producer;
+  using ipc::QueueHandle::cancel;
+};
+
 inline ipc::SubmitResult submit(ipc::Producer& p, const std::string& id, const std::string& user,
                                 Priority prio = Priority::kNormal) {
   Req r{id, user, prio};

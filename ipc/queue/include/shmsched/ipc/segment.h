@@ -13,9 +13,11 @@
 
 namespace shmsched::ipc {
 
+class Segment;
 namespace detail {
 struct SegmentView;
-}
+const SegmentView& view_of(const Segment& segment);
+}  // namespace detail
 
 // Thrown when a segment cannot be created or attached; the message names the cause and the fix.
 class SegmentError : public std::runtime_error {
@@ -53,9 +55,9 @@ class Segment {
   // The per-user cap is a run-time setting of the owner.
   void set_max_executions_per_user(std::uint64_t limit);
 
-  const detail::SegmentView& view() const { return *view_; }
-
  private:
+  // The queue's code (and its white-box tests) reach the layout through detail::view_of().
+  friend const detail::SegmentView& detail::view_of(const Segment& segment);
   struct Mapping;
   Segment(std::string name, std::unique_ptr<Mapping> mapping);
 

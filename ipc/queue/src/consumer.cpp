@@ -289,7 +289,7 @@ void Consumer::finish_sleep(std::uint32_t seq, bool sleep, std::chrono::nanoseco
 }
 
 void kick(const Segment& segment) {
-  Header& hdr = *segment.view().hdr;
+  Header& hdr = *view_of(segment).hdr;
   hdr.wake_seq.fetch_add(1, std::memory_order_seq_cst);
   futex_wake(&hdr.wake_seq, 1);
 }

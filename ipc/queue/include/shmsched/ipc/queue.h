@@ -62,9 +62,6 @@ class QueueHandle {
   QueueHandle& operator=(const QueueHandle&) = delete;
   virtual ~QueueHandle();
 
-  // Cancels a queued execution by id in O(1) (plus O(log capacity) for the rank index).
-  CancelOutcome cancel(std::string_view execution_id);
-
   // A snapshot of a queued or active execution, with its exact queue position when queued.
   std::optional<ExecutionRecord> status(std::string_view execution_id);
 
@@ -101,6 +98,11 @@ class QueueHandle {
   QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role,
               std::chrono::milliseconds wait = std::chrono::milliseconds(1000),
               bool bounded = false, bool ask_consumer_in_process = false);
+
+  // Cancels a queued execution by id in O(1) (plus O(log capacity) for the rank index). Public
+  // on the Consumer only: the supervisor publishes ExecutionCancelled and counts it; other
+  // processes cancel through the ingress.
+  CancelOutcome cancel(std::string_view execution_id);
 
   // Brackets every operation that touches shared state (see "Maintenance" in the docs). An
   // unbounded handle's enter() waits as long as maintenance runs; a bounded one's (the consumer,
@@ -214,6 +216,8 @@ class Consumer : public QueueHandle {
   // it left). Throws SegmentError if a live consumer is attached, or if a repair that is needed
   // cannot run within options.start_wait.
   explicit Consumer(std::shared_ptr<Segment> segment, ConsumerOptions options = {});
+
+  using QueueHandle::cancel;
   ~Consumer() override;
 
   // The next execution in priority order (FIFO within a priority), now active; or nullopt.

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "layout.h"
+#include "shmsched/ipc/segment.h"
 #include "shmsched/ipc/segment_config.h"
 
 namespace shmsched::ipc::detail {

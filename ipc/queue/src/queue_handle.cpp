@@ -58,7 +58,7 @@ bool QueueHandle::claim_entry() {
 QueueHandle::QueueHandle(std::shared_ptr<Segment> segment, std::uint32_t role,
                          std::chrono::milliseconds wait, bool bounded, bool ask_consumer_in_process)
     : segment_(std::move(segment)),
-      view_(&segment_->view()),
+      view_(&view_of(*segment_)),
       identity_(self_identity()),
       bounded_(bounded),
       ask_consumer_in_process_(ask_consumer_in_process),
@@ -530,7 +530,7 @@ std::optional<std::int64_t> QueueHandle::head_enqueued_at(Priority level) {
 }
 
 QueueStats queue_stats(const Segment& segment) {
-  const SegmentView& v = segment.view();
+  const SegmentView& v = view_of(segment);
   QueueStats st;
   for (std::size_t l = 0; l < kLevels; ++l) st.depth[l] = level_depth(v, l);
   st.queued = static_cast<std::uint64_t>(std::max<std::int64_t>(0, v.hdr->queued.load()));

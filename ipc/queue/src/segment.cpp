@@ -241,4 +241,10 @@ void Segment::set_max_executions_per_user(std::uint64_t limit) {
   view_->hdr->per_user_limit.store(static_cast<std::uint32_t>(limit), std::memory_order_relaxed);
 }
 
+namespace detail {
+const SegmentView& view_of(const Segment& segment) {
+  return *segment.view_;
+}
+}  // namespace detail
+
 }  // namespace shmsched::ipc
