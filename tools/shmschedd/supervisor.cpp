@@ -161,11 +161,13 @@ void Supervisor::advance() {
 
 void Supervisor::queue_state() {
   core::input::QueueState qs;
-  const auto st = consumer_->stats();
   for (std::size_t l = 0; l < kPriorityLevels; ++l) {
-    qs.depth[l] = st.depth[l];
-    if (st.depth[l] > 0)
-      qs.head_enqueued_at[l] = consumer_->head_enqueued_at(static_cast<Priority>(l));
+    const auto level = static_cast<Priority>(l);
+    qs.depth[l] = consumer_->depth(level);
+    // The heads' ages matter only to aging.
+    if (qs.depth[l] > 0 && config_.aging_seconds > 0) {
+      qs.head_enqueued_at[l] = consumer_->head_enqueued_at(level);
+    }
   }
   std::vector<core::Action> none;
   core_.handle(qs, now(), none);

@@ -240,6 +240,8 @@ class Consumer : public QueueHandle {
   // True when some level has an entry that is not announced yet.
   bool has_unannounced();
   std::uint64_t level_tail(Priority level) const;
+  // Queued entries of `level` (exact when nothing runs concurrently; a few loads).
+  std::uint64_t depth(Priority level) const;
 
   // A 64-bit word the owner may keep with an active execution (its dispatch phase, say); it
   // survives the owner's restart with the slot.
@@ -302,8 +304,9 @@ class Consumer : public QueueHandle {
 // The queue's counts and counters, read without registering (plain atomic loads).
 QueueStats queue_stats(const Segment& segment);
 
-// Wakes the consumer from sleep_unless() / wait_for_work(); callable from any thread of any
-// attached process (used by the owner's other threads to hand it work).
+// Wakes the consumer from sleep_unless() / wait_for_work() if it sleeps (or is about to); callable
+// from any thread of any attached process, after handing it work where its `ready` check looks.
+// Costs no system call while the consumer is awake.
 void kick(const Segment& segment);
 
 template <typename Visit>
