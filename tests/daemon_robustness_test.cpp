@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "daemon_support.h"
 #include "journal_listener.h"
@@ -245,6 +246,80 @@ TEST(DaemonRobustness, LogsGoToTheJournalWithPrioritiesAndExecutionIds) {
   EXPECT_EQ(failed->field("EXECUTION_ID"), "j-1");
   // Nothing went to stderr with a textual level that the journal would not understand.
   EXPECT_THAT(daemon.log_text(), ::testing::Not(HasSubstr("<warning>")));
+  EXPECT_EQ(daemon.signal(SIGTERM), 0);
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
+// Found in review: the loop's "is there work?" and the scheduler's "what can I take?" disagreed
+// (cells vs counts), so the loop spun on a full core while a cancelled entry sat at the head, or
+// a producer was stopped before moving the tail (and that entry was never taken), or a repair a
+// stopped process blocks kept being requested. The loop sleeps in all three.
+double cpu_seconds(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(f, line);
+  std::istringstream in(line.substr(line.rfind(')') + 2));
+  std::string field;
+  unsigned long long ut = 0, st = 0;
+  for (int i = 3; i <= 15 && in >> field; ++i) {
+    if (i == 14) ut = std::stoull(field);
+    if (i == 15) st = std::stoull(field);
+  }
+  return static_cast<double>(ut + st) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+TEST(DaemonRobustness, TheLoopSleepsWhateverIsLeftInTheQueue) {
+  const std::string dir = temp_dir("no-spin");
+  const std::string segment = segment_name("no-spin");
+  ipc::Segment::remove(segment);
+  Daemon daemon(dir, segment, {"--max-active-executions=1"});
+  daemon.start();
+  Ingress ingress(daemon.endpoint());
+  Events events(daemon.events_endpoint());
+  events.sync(ingress);
+  auto busy = [&] {
+    const double c0 = cpu_seconds(daemon.pid());
+    std::this_thread::sleep_for(1500ms);
+    return cpu_seconds(daemon.pid()) - c0;
+  };
+  // (a) Only a cancelled entry left, capacity free.
+  ASSERT_TRUE(ingress.submit("a", "u").ok());
+  ASSERT_TRUE(events.next("CreatePodCommand"));
+  ASSERT_TRUE(ingress.submit("b", "u").ok());
+  ASSERT_TRUE(ingress.op("cancel", "b").ok());
+  ASSERT_TRUE(ingress.complete("a").ok());
+  EXPECT_LT(busy(), 0.3) << "spins on a cancelled entry at the head";
+  // (b) A producer stopped between publishing its entry and moving the tail: the entry is
+  // accepted (in the ring), so it is taken, and the loop sleeps.
+  auto producer = [&](const std::string& how, const std::string& site, const std::string& id) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::execl(SHMSCHED_BIN_DIR "/crash_point_producer", "crash_point_producer", segment.c_str(),
+              how.c_str(), site.c_str(), id.c_str(), "p", nullptr);
+      ::_exit(127);
+    }
+    int status = 0;
+    ::waitpid(pid, &status, WUNTRACED);
+    return std::make_pair(pid, status);
+  };
+  const auto [frozen, frozen_status] = producer("stop", "ring push: tail CAS", "frozen");
+  ASSERT_TRUE(WIFSTOPPED(frozen_status));
+  auto cmd = events.next("CreatePodCommand", 5s);
+  ASSERT_TRUE(cmd) << "the stopped producer's entry was never taken";
+  EXPECT_EQ(cmd->str("execution_id"), "frozen");
+  EXPECT_LT(busy(), 0.3) << "spins behind a lagging tail";
+  ::kill(frozen, SIGCONT);
+  ::waitpid(frozen, nullptr, 0);
+  // (c) A repair held up by a stopped producer (another died inside its submit).
+  const auto [stopped, stopped_status] = producer("stop", "submit: fill the slot", "stopped");
+  ASSERT_TRUE(WIFSTOPPED(stopped_status));
+  const auto [dead, dead_status] = producer("kill", "dedup insert: claim an empty entry", "dead");
+  ASSERT_TRUE(WIFSIGNALED(dead_status));
+  std::this_thread::sleep_for(300ms);
+  EXPECT_LT(busy(), 0.3) << "spins on a repair it cannot run";
+  ::kill(stopped, SIGCONT);
+  ::waitpid(stopped, nullptr, 0);
   EXPECT_EQ(daemon.signal(SIGTERM), 0);
   ipc::Segment::remove(segment);
   std::filesystem::remove_all(dir);

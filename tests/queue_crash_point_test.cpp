@@ -288,6 +288,24 @@ std::vector<Scenario> scenarios() {
                  {},
                  {"q0", "q1"},
                  false});
+  out.push_back({"the consumer counts a level behind a stopped producer's tail",
+                 false,
+                 [](World& w) {
+                   common_setup(w, false);
+                   helper_at(w, "ring push: tail CAS", SIGSTOP, [](const auto& s) {
+                     CancellingProducer p(s);
+                     submit(p, "lagging", "u5");
+                   });
+                   w.may_appear.insert("lagging");
+                 },
+                 consumer_op([](ipc::Consumer& c) {
+                   for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+                     c.depth(static_cast<Priority>(l));
+                   }
+                 }),
+                 {},
+                 {},
+                 false});
   out.push_back({"announce new entries",
                  false,
                  [](World& w) { common_setup(w, false); },

@@ -267,6 +267,22 @@ TEST(QueueReview, ABlockedRepairCostsOneWaitAndTheConsumersOwnProducersDoNotRebu
   EXPECT_TRUE(a.ok()) << a.text();
 }
 
+// The consumer's count of a level includes the entry of a producer stopped between publishing it
+// and moving the tail (so the supervisor takes it), and excludes a cancelled entry at the head
+// (so the supervisor does not wake up for it).
+TEST(QueueReview, DepthCountsWhatCanBeTakenAndOnlyThat) {
+  TempSegment seg;
+  ipc::Consumer c(seg.segment(), quick());
+  auto stopped = stopped_submit(seg.name(), "ring push: tail CAS", "X");
+  EXPECT_EQ(c.depth(Priority::kNormal), 1u);
+  EXPECT_EQ(take(c), "X");
+  EXPECT_EQ(finish(stopped), '0');
+  CancellingProducer p(seg.segment());
+  ASSERT_TRUE(submit(p, "Y", "u").accepted());
+  ASSERT_EQ(c.cancel("Y"), ipc::CancelOutcome::kCancelled);
+  EXPECT_EQ(c.depth(Priority::kNormal), 0u);
+}
+
 // A handle inherited across fork() and destroyed in the child (static destructors, unwinding)
 // must not unregister the parent.
 TEST(QueueReview, AHandleDestroyedInAForkedChildLeavesTheParentRegistered) {

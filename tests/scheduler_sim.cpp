@@ -44,6 +44,7 @@ class World {
   }
 
   void apply(const Step& s);
+  void drain();
   SimResult& result() { return result_; }
 
  private:
@@ -110,6 +111,8 @@ class World {
   // (life, attempt) -> when it was first published, since the last crash.
   std::map<std::pair<std::uint64_t, std::uint32_t>, std::int64_t> published_at_;
   std::map<OpId, OpKind> open_ops_;
+  std::map<OpId, std::string> cancel_ids_;
+  std::map<std::uint64_t, std::uint32_t> failed_attempt_;  // life -> attempt announced as failed
   std::map<OpId, ExecutionInfo> transport_submits_;
   OpId next_op_ = 1;
   std::uint64_t cap_floor_ = 0;  // the cap may be exceeded after a reload lowered it
@@ -175,6 +178,7 @@ void World::start_scheduler(bool crash) {
     acked_.clear();
     published_at_.clear();
     open_ops_.clear();
+    cancel_ids_.clear();
     transport_submits_.clear();
   } else {
     for (const char* name : kTransportNames) up_[next_transport_++] = name;
@@ -231,8 +235,13 @@ void World::carry_out(std::vector<Action>& actions) {
         case EventType::kCreatePodCommand: {
           auto life = life_of_live(ev.execution_id);
           if (!life) violate("CreatePodCommand for " + ev.execution_id + ", which is not live");
+          if (failed_attempt_.count(*life) && ev.attempt <= failed_attempt_[*life])
+            violate("attempt " + std::to_string(ev.attempt) + " of " + ev.execution_id +
+                    " published again after ExecutionFailed(will_retry) for attempt " +
+                    std::to_string(failed_attempt_[*life]));
           auto& acked = acked_[{*life, ev.attempt}];
-          published_at_.try_emplace({*life, ev.attempt}, now_.mono_ns);
+          // Every publish of a dispatch starts its timeout anew (the one before was given up).
+          published_at_[{*life, ev.attempt}] = now_.mono_ns;
           for (TransportId t : p->to) {
             auto up = up_.find(t);
             if (up == up_.end()) {
@@ -275,7 +284,11 @@ void World::carry_out(std::vector<Action>& actions) {
                       " s after it was published");
             }
           }
-          if (!terminal) break;
+          if (!terminal) {
+            if (auto l = life_of_live(ev.execution_id))
+              failed_attempt_[*l] = std::max(failed_attempt_[*l], ev.attempt);
+            break;
+          }
           std::optional<std::uint64_t> life = life_of_live(ev.execution_id);
           if (auto r = removed_.find(ev.execution_id); r != removed_.end()) {
             life = r->second;
@@ -344,6 +357,23 @@ void World::carry_out(std::vector<Action>& actions) {
       active_.erase(it);
     } else if (auto* ans = std::get_if<action::Answer>(&a)) {
       if (!open_ops_.erase(ans->op)) violate("an answer to an operation that is not open");
+      if (auto c = cancel_ids_.find(ans->op); c != cancel_ids_.end()) {
+        if (!ans->reply.ok) {
+          for (const auto& l : levels_)
+            for (const auto& e : l)
+              if (e.info.execution_id == c->second)
+                violate("cancel of " + c->second + " answered " + ans->reply.error +
+                        " while it is queued");
+        }
+        cancel_ids_.erase(c);
+      }
+      if (ans->list) {
+        std::set<std::string> ids;
+        for (const auto& item : ans->items)
+          for (const auto& [k, v] : item.fields)
+            if (k == "execution_id" && !ids.insert(std::get<std::string>(v)).second)
+              violate("list of finished executions names " + std::get<std::string>(v) + " twice");
+      }
     } else if (auto* st = std::get_if<action::SubmitToQueue>(&a)) {
       auto it = transport_submits_.find(st->op);
       if (it == transport_submits_.end()) violate("SubmitToQueue for an unknown operation");
@@ -438,6 +468,24 @@ void World::check() {
     violate("the scheduler holds " + std::to_string(sched_->taken()) + " taken executions, the " +
             "segment " + std::to_string(taken));
   }
+  // Timeouts fire in time: after the round, no dispatched attempt is older than its timeout
+  // and grace (unless a reload changed the settings since it was published).
+  for (const auto& [ref, slot] : active_) {
+    const Phase ph = phase_of(slot.annotation);
+    if (ph != Phase::kDispatched && ph != Phase::kDispatching) continue;
+    auto at = published_at_.find({slot.life, slot.info.attempt});
+    if (at == published_at_.end() || config_changed_since_(at->second)) continue;
+    const std::uint64_t limit =
+        slot.info.timeout_seconds ? slot.info.timeout_seconds : config_.default_timeout_seconds;
+    if (limit == 0) continue;
+    const std::int64_t deadline =
+        at->second + static_cast<std::int64_t>(limit + config_.timeout_grace_seconds) * kSec;
+    if (now_.mono_ns > deadline) {
+      violate("attempt " + std::to_string(slot.info.attempt) + " of " + slot.info.execution_id +
+              " outlived its timeout by " + std::to_string((now_.mono_ns - deadline) / kSec) +
+              " s");
+    }
+  }
   // Per-user caps (the queue's, queued + taken).
   for (const auto& [user, n] : users_) {
     if (n < 0 || static_cast<std::uint64_t>(n) > kPerUser) {
@@ -485,6 +533,35 @@ void World::apply(const Step& s) {
   check();
 }
 
+// Liveness, after the workload: every pending delivery is made, every dispatched execution
+// completes, time passes; in the end nothing may stay queued, taken, or unanswered.
+void World::drain() {
+  crash_after_ = -1;
+  for (int i = 0; i < 400; ++i) {
+    while (!pending_.empty()) {
+      const Pending p = pending_.front();
+      pending_.erase(pending_.begin());
+      if (up_.count(p.transport)) acked_[{p.life, p.attempt}].insert(up_[p.transport]);
+      if (retiring_.count(p.transport)) acked_[{p.life, p.attempt}].insert(retiring_[p.transport]);
+      feed(input::Delivery{p.transport, p.token, true});
+    }
+    for (const auto& [ref, slot] : std::map<SlotRef, Slot>(active_)) {
+      if (phase_of(slot.annotation) != Phase::kDispatched) continue;
+      const OpId op = next_op_++;
+      open_ops_[op] = OpKind::kComplete;
+      feed(input::Complete{op, slot.info.execution_id, std::nullopt, std::nullopt, 0});
+    }
+    now_.mono_ns += kSec;
+    now_.wall_ns += kSec;
+    loop();
+    check();
+  }
+  if (!open_ops_.empty())
+    violate("drain: operation " + std::to_string(open_ops_.begin()->first) + " never answered");
+  for (const auto& [life, l] : lives_)
+    if (!l.terminal) violate("drain: " + l.id + " never ended (stuck)");
+}
+
 void World::apply_step(const Step& s) {
   switch (s.kind) {
     case Step::kSubmit: {
@@ -516,6 +593,7 @@ void World::apply_step(const Step& s) {
     case Step::kCancel: {
       const OpId op = next_op_++;
       open_ops_[op] = OpKind::kCancel;
+      cancel_ids_[op] = id_of(s.a);
       feed(input::Cancel{op, id_of(s.a), s.b % 2 ? "user asked" : ""});
       break;
     }
@@ -625,6 +703,9 @@ void World::apply_step(const Step& s) {
         feed(input::Status{op, id_of(s.a)});
       else
         open_ops_.erase(op);  // the shell answers those from the segment
+      const OpId lop = next_op_++;
+      open_ops_[lop] = OpKind::kStatus;
+      feed(input::ListFinished{lop, FinalState::kNone, std::nullopt, 1000});
       break;
     }
     case Step::kKinds:
@@ -673,6 +754,15 @@ SimResult run(const std::vector<Step>& steps) {
       r.failure = v.what;
       return r;
     }
+  }
+  try {
+    world.drain();
+  } catch (const Violation& v) {
+    SimResult& r = world.result();
+    r.ok = false;
+    r.failed_at = steps.size() ? steps.size() - 1 : 0;
+    r.failure = v.what;
+    return r;
   }
   return world.result();
 }

@@ -59,10 +59,16 @@ std::string_view final_state_name(FinalState s) {
   return "finished";
 }
 
-std::uint64_t phase_word(Phase p, std::size_t level, std::uint32_t failures, FinalState final) {
+std::uint64_t phase_word(Phase p, std::size_t level, std::uint32_t failures, FinalState final,
+                         std::uint32_t attempt) {
   return static_cast<std::uint64_t>(p) | (static_cast<std::uint64_t>(level & 0xff) << 8) |
          (static_cast<std::uint64_t>(std::min<std::uint32_t>(failures, 0xffff)) << 16) |
-         (static_cast<std::uint64_t>(final) << 32);
+         (static_cast<std::uint64_t>(final) << 32) |
+         (static_cast<std::uint64_t>(std::min<std::uint32_t>(attempt, 0xffffff)) << 40);
+}
+
+std::uint32_t attempt_of(std::uint64_t word) {
+  return static_cast<std::uint32_t>(word >> 40);
 }
 
 Phase phase_of(std::uint64_t word) {
@@ -107,7 +113,8 @@ void Scheduler::set_phase(Exec& e, Phase p, std::vector<Action>& out, FinalState
   if (!was && is) ++dispatched_;
   if (was && !is) --dispatched_;
   e.phase = p;
-  out.push_back(action::Annotate{e.slot, phase_word(p, e.level, e.publish_failures, final)});
+  out.push_back(
+      action::Annotate{e.slot, phase_word(p, e.level, e.publish_failures, final, e.info.attempt)});
 }
 
 // ---- Inputs -----------------------------------------------------------------------------------
@@ -185,6 +192,11 @@ void Scheduler::on(const input::Recovered& in, Time now, std::vector<Action>& ou
   e = Exec{};
   e.slot = in.slot;
   e.info = in.info;
+  // The word may know of a newer attempt than the slot (a crash between the two stores).
+  if (attempt_of(in.annotation) > e.info.attempt) {
+    e.info.attempt = attempt_of(in.annotation);
+    out.push_back(action::SetAttempt{e.slot, e.info.attempt});
+  }
   e.level = phase == Phase::kUnknown
                 ? priority_index(in.info.priority)
                 : std::min<std::size_t>((in.annotation >> 8) & 0xff, kPriorityLevels - 1);
@@ -221,11 +233,8 @@ void Scheduler::on(const input::Cancel& in, Time now, std::vector<Action>& out) 
     answer(out, in.op, Reply::success());
     return;
   }
-  if (finished_.count(in.execution_id)) {
-    answer(out, in.op,
-           Reply::failure("finished", "execution " + in.execution_id + " has already finished"));
-    return;
-  }
+  // Not ours: ask the queue even for an id that finished before (it may have been submitted
+  // again since, and the queue holds that one).
   cancels_in_queue_[in.op] = PendingCancel{in.execution_id, reason, 0};
   out.push_back(action::CancelInQueue{in.op, in.execution_id});
 }
@@ -260,8 +269,12 @@ void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>&
       }
       [[fallthrough]];
     case CancelOutcome::kNotFound:
-      answer(out, in.op,
-             Reply::failure("not_found", "no queued or active execution " + pc.execution_id));
+      forget_old(now);
+      answer(
+          out, in.op,
+          finished_.count(pc.execution_id)
+              ? Reply::failure("finished", "execution " + pc.execution_id + " has already finished")
+              : Reply::failure("not_found", "no queued or active execution " + pc.execution_id));
       return;
     case CancelOutcome::kUnavailable:
       // The queue is held up (a repair a stopped process blocks): ask again a little later.
@@ -333,6 +346,17 @@ void Scheduler::fail(Exec& e, std::string error, std::optional<std::string> reas
                      std::optional<std::string> worker, bool retry, Time now,
                      std::vector<Action>& out) {
   const bool again = retry && e.info.attempt < config_.max_attempts;
+  if (again) {
+    // The next attempt is recorded (phase word, then slot) before its predecessor's failure is
+    // announced: a supervisor that dies in between publishes the new attempt, never the failed
+    // one again, and an execution never stays "dispatched" with its failure already out.
+    ++counters_.retried;
+    e.publish_failures = 0;
+    ++e.info.attempt;
+    hold(e, now.mono_ns + backoff_ns(config_.retry_backoff_ms, e.info.attempt - 1), true, out);
+    e.acked.clear();
+    out.push_back(action::SetAttempt{e.slot, e.info.attempt});
+  }
   Event ev;
   ev.type = EventType::kFailed;
   ev.execution_id = e.info.execution_id;
@@ -341,19 +365,9 @@ void Scheduler::fail(Exec& e, std::string error, std::optional<std::string> reas
   ev.error = error;
   if (reason) ev.reason = *reason;
   ev.will_retry = again;
-  ev.attempt = e.info.attempt;
+  ev.attempt = again ? e.info.attempt - 1 : e.info.attempt;
   publish(std::move(ev), out);
-  if (again) {
-    ++counters_.retried;
-    // Held first: a supervisor that dies right here publishes it again rather than believing
-    // the new attempt was already published.
-    e.publish_failures = 0;
-    hold(e, now.mono_ns + backoff_ns(config_.retry_backoff_ms, e.info.attempt), true, out);
-    e.acked.clear();
-    ++e.info.attempt;
-    out.push_back(action::SetAttempt{e.slot, e.info.attempt});
-    return;
-  }
+  if (again) return;
   ++counters_.failed;
   FinishedRecord rec;
   rec.state = FinalState::kFailed;
@@ -438,7 +452,7 @@ void Scheduler::on(const input::ListFinished& in, Time now, std::vector<Action>&
   for (auto it = finished_order_.rbegin(); it != finished_order_.rend(); ++it) {
     if (a.items.size() >= in.limit) break;
     auto f = finished_.find(it->first);
-    if (f == finished_.end() || f->second.finished_mono != it->second) continue;
+    if (f == finished_.end() || f->second.seq != it->second) continue;
     if (in.state != FinalState::kNone && f->second.state != in.state) continue;
     if (in.user_id && f->second.user_id != *in.user_id) continue;
     a.items.push_back(finished_reply(it->first, f->second));
@@ -542,7 +556,7 @@ void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
 void Scheduler::resolve_dispatch(Exec& e, Time now, std::vector<Action>& out) {
   tokens_.erase(e.token);
   e.token = 0;
-  if (!e.publish_failed && !transports_.empty()) {
+  if (!e.publish_failed && !e.acked.empty()) {
     e.publish_failures = 0;
     set_phase(e, Phase::kDispatched, out);
     ++counters_.dispatched;
@@ -619,8 +633,9 @@ void Scheduler::finish(Exec& e, FinalState state, const FinishedRecord& base, Ti
 void Scheduler::remember(const std::string& id, FinishedRecord rec, Time now) {
   rec.finished_at_ns = now.wall_ns;
   rec.finished_mono = now.mono_ns;
+  rec.seq = ++finished_seq_;
+  finished_order_.emplace_back(id, rec.seq);
   finished_[id] = std::move(rec);
-  finished_order_.emplace_back(id, now.mono_ns);
   forget_old(now);
 }
 
@@ -628,10 +643,13 @@ void Scheduler::forget_old(Time now) {
   const std::int64_t cutoff =
       now.mono_ns - static_cast<std::int64_t>(config_.finished_retention_seconds) * kSec;
   while (!finished_order_.empty()) {
-    const auto& [id, at] = finished_order_.front();
+    const auto& [id, seq] = finished_order_.front();
     auto it = finished_.find(id);
-    const bool stale = it == finished_.end() || it->second.finished_mono != at;
-    if (!stale && finished_.size() <= config_.finished_retention_count && at >= cutoff) break;
+    const bool stale = it == finished_.end() || it->second.seq != seq;
+    if (!stale && finished_.size() <= config_.finished_retention_count &&
+        it->second.finished_mono >= cutoff) {
+      break;
+    }
     if (!stale) finished_.erase(it);
     finished_order_.pop_front();
   }

@@ -192,8 +192,20 @@ void validate(Config& c, const Raw& raw) {
           "at most max_backoff_ms");
   require(c.dispatch_backoff_ms >= 1 && c.dispatch_backoff_ms <= c.max_backoff_ms,
           "dispatch_backoff_ms", c.dispatch_backoff_ms, "use 1 .. max_backoff_ms");
-  require(c.stale_timeout_seconds >= 1, "stale_timeout_seconds", c.stale_timeout_seconds,
-          "at least 1");
+  // Durations are bounded (ten years) so that no arithmetic on them overflows.
+  constexpr std::uint64_t kTenYears = 10ULL * 366 * 24 * 3600;
+  require(c.stale_timeout_seconds >= 1 && c.stale_timeout_seconds <= kTenYears,
+          "stale_timeout_seconds", c.stale_timeout_seconds, "use 1 .. 316224000 (ten years)");
+  require(c.default_timeout_seconds <= kTenYears, "default_timeout_seconds",
+          c.default_timeout_seconds, "use 0 .. 316224000 (ten years)");
+  require(c.timeout_grace_seconds <= kTenYears, "timeout_grace_seconds", c.timeout_grace_seconds,
+          "use 0 .. 316224000 (ten years)");
+  require(c.finished_retention_seconds <= kTenYears, "finished_retention_seconds",
+          c.finished_retention_seconds, "use 0 .. 316224000 (ten years)");
+  require(c.aging_seconds <= kTenYears, "aging_seconds", c.aging_seconds,
+          "use 0 .. 316224000 (ten years)");
+  require(c.max_backoff_ms <= kTenYears * 1000, "max_backoff_ms", c.max_backoff_ms,
+          "at most ten years");
   require(c.reap_interval_ms >= 1 && c.reap_interval_ms <= 60000, "reap_interval_ms",
           c.reap_interval_ms, "use 1 .. 60000");
   require(c.idle_spin_us <= 10000, "idle_spin_us", c.idle_spin_us, "use 0 .. 10000");

@@ -18,6 +18,11 @@ namespace {
 const char* state_of(const ipc::ExecutionRecord& r) {
   if (r.state == ipc::ExecutionState::kQueued) return "queued";
   const auto phase = core::phase_of(r.annotation);
+  if (phase == core::Phase::kFinished) {
+    // Ended; only the release of its slot is pending.
+    return core::final_state_name(static_cast<core::FinalState>((r.annotation >> 32) & 0xff))
+        .data();
+  }
   return phase == core::Phase::kHeld || phase == core::Phase::kUnknown ? "queued" : "dispatched";
 }
 

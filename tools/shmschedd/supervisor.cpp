@@ -222,6 +222,7 @@ void Supervisor::carry_out(std::vector<core::Action>& actions) {
       }
       core_.handle(res, t, more);
     } else if (auto* c = std::get_if<core::action::CancelInQueue>(&a)) {
+      announce_all();  // an entry is announced before it can be cancelled
       // Find the user before the cancel makes the entry disappear.
       const auto rec = consumer_->status(c->execution_id);
       const auto outcome = consumer_->cancel(c->execution_id);
@@ -280,8 +281,10 @@ void Supervisor::do_take(const core::action::Take& t, std::vector<core::Action>&
     ++taken;
     const core::ExecutionInfo info = info_of(*view);
     if (pos >= consumer_->announce_cursor(level)) {
-      // Queued after this round's announcements: announce it before anything else happens.
-      core_.handle(core::input::Announced{info, 0}, time, more);
+      // Queued after this round's announcements: announce it (out) before anything else.
+      std::vector<core::Action> announced;
+      core_.handle(core::input::Announced{info, 0}, time, announced);
+      carry_out(announced);
       consumer_->mark_announced(level, pos + 1);
     }
     core_.handle(core::input::Taken{t.level, pack(*ref), info}, time, more);
@@ -290,6 +293,7 @@ void Supervisor::do_take(const core::action::Take& t, std::vector<core::Action>&
 }
 
 void Supervisor::do_answer(const core::action::Answer& a) {
+  submits_.erase(a.op);  // answered without asking the queue (a finished id, say)
   auto it = ops_.find(a.op);
   if (it == ops_.end()) return;
   const ReplyTo to = it->second;
@@ -370,6 +374,19 @@ void Supervisor::publish_counters() {
 // ---- Inbox ------------------------------------------------------------------------------------
 
 void Supervisor::handle_op(OpMessage& op) {
+  if (stopping_) {
+    // Stopping: the transports are being flushed and get no new events. A transport's operation
+    // is not acknowledged (a Kafka message is read again by the next supervisor).
+    const auto reply = protocol::error_reply(
+        "unavailable", "the supervisor is stopping: send it again to the next one");
+    if (op.reply_to.ingress_token && ingress_) ingress_->reply(op.reply_to.ingress_token, reply);
+    if (op.reply_to.transport && op.reply_to.transport->reply) {
+      op.reply_to.transport->reply(op.reply_to.transport->op_ctx,
+                                   reinterpret_cast<const std::uint8_t*>(reply.data()),
+                                   reply.size());
+    }
+    return;
+  }
   const core::OpId id = next_op_++;
   ops_[id] = op.reply_to;
   if (auto* c = std::get_if<protocol::CancelOp>(&op.request)) {
@@ -435,19 +452,20 @@ void Supervisor::process_inbox() {
   }
 }
 
+void Supervisor::announce_all() {
+  announce();
+}
+
 void Supervisor::announce() {
   for (std::size_t l = 0; l < kPriorityLevels; ++l) {
     const auto level = static_cast<Priority>(l);
     // Cells, not the tail, say what is queued: a producer may have filled a cell and not yet
     // moved the tail.
-    std::vector<core::Input> seen;
+    // Published before the cursor moves past it (at least once, even if we die here).
     consumer_->announce_new(level, [&](const ipc::ExecutionView& v, std::uint64_t rank) {
-      seen.emplace_back(core::input::Announced{info_of(v), rank});
-    });
-    for (const auto& in : seen) {
       worked_ = true;
-      feed(in);
-    }
+      feed(core::input::Announced{info_of(v), rank});
+    });
   }
 }
 
@@ -530,6 +548,7 @@ void Supervisor::apply_transports(const Config& next) {
     auto old = std::find_if(transports_.begin(), transports_.end(),
                             [&](const auto& t) { return t.second->name() == name; });
     std::string error;
+    std::optional<core::TransportId> replaced;  // gone once its replacement is up
     auto fresh = start_transport(next, name, error);
     if (!fresh && old != transports_.end()) {
       Config previous = next;
@@ -540,9 +559,9 @@ void Supervisor::apply_transports(const Config& next) {
       taken->flush(
           static_cast<std::uint32_t>(std::min<std::uint64_t>(next.flush_timeout_ms, 1000)));
       process_inbox();
-      const core::TransportId gone = taken->instance();
-      taken.reset();
-      feed(core::input::TransportGone{gone});
+      replaced = taken->instance();
+      feed(core::input::TransportRetiring{*replaced});
+      taken.reset();  // frees what it held (its endpoint)
       fresh = start_transport(next, name, error);
       if (!fresh) {
         spdlog::error("{}; keeping its previous configuration", error);
@@ -556,6 +575,8 @@ void Supervisor::apply_transports(const Config& next) {
       feed(core::input::TransportUp{fresh->instance(), fresh->name()});
       kept[fresh->instance()] = std::move(fresh);
     }
+    // Up before gone: what the old instance never acknowledged is published again to the new.
+    if (replaced) feed(core::input::TransportGone{*replaced});
   }
   // What is left is replaced or removed: it retires (flushed while the loop goes on).
   for (auto& [id, t] : transports_) retire(std::move(t), next);
@@ -582,13 +603,14 @@ void Supervisor::recover_active() {
 
 void Supervisor::timers() {
   const auto now = Clock::now();
-  if (now >= next_reap_ || consumer_->maintenance_requested()) {
+  if (now >= next_reap_ || (consumer_->maintenance_requested() && !repair_blocked_)) {
     next_reap_ = now + std::chrono::milliseconds(config_.reap_interval_ms);
     const auto deferred_before = consumer_->stats().maintenance_deferred;
     if (const auto dead = consumer_->reap_dead()) {
       spdlog::warn("found {} dead queue participant(s); reclaiming what they held", dead);
     }
-    if (consumer_->blocked_by() != 0) {
+    repair_blocked_ = consumer_->blocked_by() != 0;
+    if (repair_blocked_) {
       counters_.maintenance_deferred.fetch_add(
           consumer_->stats().maintenance_deferred - deferred_before, std::memory_order_relaxed);
       note_blocked("a repair of the queue");
@@ -604,10 +626,17 @@ void Supervisor::timers() {
 
 void Supervisor::sleep() {
   auto ready = [&] {
-    if (stop_ || reload_ || !inbox_->empty() || consumer_->maintenance_requested()) return true;
+    if (stop_ || reload_ || !inbox_->empty()) return true;
+    // A request for maintenance, unless the last repair was held up (then: the next reap).
+    if (consumer_->maintenance_requested() && !repair_blocked_) return true;
     if (consumer_->has_unannounced()) return true;
-    // Queued work makes us ready only when it can be dispatched now.
-    return core_.can_take(now()) && consumer_->has_work();
+    // Queued work makes us ready only when the scheduler would take it now (by the same count
+    // it decides on: cancelled entries waiting to be passed are not work).
+    if (!core_.can_take(now())) return false;
+    for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+      if (consumer_->depth(static_cast<Priority>(l)) > 0) return true;
+    }
+    return false;
   };
   const auto now = Clock::now();
   if (worked_ && config_.idle_spin_us > 0) {
@@ -692,6 +721,7 @@ void Supervisor::shutdown() {
     }
   }
   ops_.clear();
+  stopping_ = true;
   for (auto& [id, t] : transports_) retire(std::move(t), config_);
   transports_.clear();
   service_retiring(true);

@@ -101,6 +101,8 @@ class Supervisor {
   void retry_pending_releases();
   void note_blocked(const char* what);
   void publish_counters();
+  // Everything queued is announced before an operation may act on it.
+  void announce_all();
   ipc::Producer* loop_producer(std::string& error);
 
   Config config_;
@@ -131,6 +133,8 @@ class Supervisor {
   // Releases the queue could not take yet (a repair held up by a stopped process).
   std::vector<ipc::ActiveRef> pending_releases_;
   bool worked_ = false;
+  bool stopping_ = false;        // transports' inbound operations are answered unavailable
+  bool repair_blocked_ = false;  // the last repair was deferred: requests wait for the next reap
 
   Clock::time_point next_reap_{};
   Clock::time_point next_watchdog_{};

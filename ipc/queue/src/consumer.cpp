@@ -298,8 +298,24 @@ void kick(const Segment& segment) {
   futex_wake(&hdr.wake_seq, 1);
 }
 
-std::uint64_t Consumer::depth(Priority level) const {
-  return level_depth(*view_, priority_index(level) % kLevels);
+std::uint64_t Consumer::depth(Priority level) {
+  const SegmentView& v = *view_;
+  const std::size_t l = priority_index(level) % kLevels;
+  Bracket bracket(*this);
+  if (!bracket) return level_depth(v, l);
+  // A producer stopped between its cell CAS and its tail CAS leaves the tail behind its entry:
+  // help the tail on (as the next push would), so the count includes it.
+  RingRef ring = ring_of(v, l);
+  for (int i = 0; i < 8; ++i) {
+    std::uint64_t t = ring.tail->load(std::memory_order_seq_cst);
+    const std::uint64_t c = ring.cells[t & ring.mask].load(std::memory_order_seq_cst);
+    const bool filled = RingRef::cell_lap(c) == ring.lap(t) && RingRef::cell_index1(c) != 0;
+    const bool taken = c == RingRef::make(ring.lap(t) + 1, 0);
+    if (!filled && !taken) break;
+    CRASH_POINT("depth: help a lagging tail");
+    ring.tail->compare_exchange_strong(t, t + 1, std::memory_order_seq_cst);
+  }
+  return level_depth(v, l);
 }
 
 std::optional<ExecutionView> Consumer::view(ActiveRef ref) const {

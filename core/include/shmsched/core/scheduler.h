@@ -280,9 +280,13 @@ enum class Phase : std::uint8_t {
   kFinished = 4,     // its final event is out; only the release of its slot is left
 };
 
-// The phase word: phase | effective level << 8 | publish failures << 16 | final state << 32.
-std::uint64_t phase_word(Phase p, std::size_t level, std::uint32_t failures, FinalState final);
+// The phase word: phase | effective level << 8 | publish failures << 16 | final state << 32 |
+// attempt << 40 (the attempt it is about: a crash between announcing a retry and storing the new
+// attempt in the slot must not bring the failed attempt back).
+std::uint64_t phase_word(Phase p, std::size_t level, std::uint32_t failures, FinalState final,
+                         std::uint32_t attempt);
 Phase phase_of(std::uint64_t word);
+std::uint32_t attempt_of(std::uint64_t word);
 
 class Scheduler {
  public:
@@ -329,6 +333,7 @@ class Scheduler {
     std::int64_t enqueued_at_ns = 0;
     std::int64_t finished_at_ns = 0;  // wall clock
     std::int64_t finished_mono = 0;
+    std::uint64_t seq = 0;  // order of remembering (finished_order_)
     std::uint32_t attempt = 1;
     std::optional<std::string> worker_id;
     std::optional<std::int64_t> exit_code;
@@ -405,8 +410,9 @@ class Scheduler {
   std::vector<std::pair<OpId, PendingCancel>> deferred_cancels_;
   std::unordered_map<OpId, input::Submit> submits_;  // asked of the queue
   std::unordered_map<std::string, FinishedRecord> finished_;
-  // Oldest first: (id, finished_mono); an entry whose time no longer matches its record is stale.
-  std::deque<std::pair<std::string, std::int64_t>> finished_order_;
+  // Oldest first: (id, seq); an entry whose seq no longer matches its record is stale.
+  std::deque<std::pair<std::string, std::uint64_t>> finished_order_;
+  std::uint64_t finished_seq_ = 0;
 };
 
 }  // namespace shmsched::core

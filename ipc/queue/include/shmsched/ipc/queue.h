@@ -240,8 +240,9 @@ class Consumer : public QueueHandle {
   // True when some level has an entry that is not announced yet.
   bool has_unannounced();
   std::uint64_t level_tail(Priority level) const;
-  // Queued entries of `level` (exact when nothing runs concurrently; a few loads).
-  std::uint64_t depth(Priority level) const;
+  // Queued entries of `level` (exact when nothing runs concurrently; a few loads). Helps a
+  // tail that a stopped producer left behind its entry, so that entry counts.
+  std::uint64_t depth(Priority level);
 
   // A 64-bit word the owner may keep with an active execution (its dispatch phase, say); it
   // survives the owner's restart with the slot.

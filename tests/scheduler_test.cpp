@@ -1,0 +1,168 @@
+// The scheduler (core/scheduler.h) on explicit input sequences: the cases a review found, each of
+// which failed before its fix. The seeded simulation (scheduler_sim_test) explores the rest.
+#include <gtest/gtest.h>
+
+#include "shmsched/core/scheduler.h"
+
+namespace shmsched::core {
+namespace {
+
+constexpr std::int64_t kSec = 1'000'000'000;
+
+struct Harness {
+  Scheduler s;
+  Time t{1000 * kSec, 1'700'000'000 * kSec};
+  std::vector<Action> out;
+  explicit Harness(SchedulerConfig c = {}) : s(c) {}
+  std::vector<Action>& in(const Input& i) {
+    out.clear();
+    s.handle(i, t, out);
+    return out;
+  }
+  std::vector<Action>& advance() {
+    out.clear();
+    s.advance(t, out);
+    return out;
+  }
+  template <class T>
+  std::vector<T> all() const {
+    std::vector<T> r;
+    for (const auto& a : out) {
+      if (const auto* p = std::get_if<T>(&a)) r.push_back(*p);
+    }
+    return r;
+  }
+  // Takes `id` from the queue's normal level as `slot`; returns its CreatePodCommand.
+  action::Publish take(const std::string& id, SlotRef slot, std::uint32_t attempt = 1) {
+    input::QueueState q;
+    q.depth[2] = 1;
+    in(q);
+    advance();
+    in(input::Taken{2, slot, info(id, attempt)});
+    auto pubs = all<action::Publish>();
+    std::vector<Action> ignored;
+    s.handle(input::TakeDone{2, 0}, t, ignored);
+    EXPECT_EQ(pubs.size(), 1u);
+    return pubs.empty() ? action::Publish{} : pubs[0];
+  }
+  static ExecutionInfo info(const std::string& id, std::uint32_t attempt = 1) {
+    return ExecutionInfo{id, "u", Priority::kNormal, 1'700'000'000 * kSec, attempt, 0};
+  }
+};
+
+// An id that finished may be submitted again (the queue's dedup covers live entries only): a
+// cancel of the new one asks the queue instead of answering "finished" from memory.
+TEST(Scheduler, ACancelOfAReusedIdAsksTheQueue) {
+  Harness h;
+  h.in(input::TransportUp{1, "zeromq"});
+  const auto p = h.take("e1", 7);
+  h.in(input::Delivery{1, p.token, true});
+  h.in(input::Complete{1, "e1", std::nullopt, std::nullopt, 0});
+  h.in(input::Cancel{2, "e1", ""});
+  ASSERT_EQ(h.all<action::CancelInQueue>().size(), 1u);
+  h.in(input::CancelResult{2, CancelOutcome::kCancelled, "u"});
+  ASSERT_EQ(h.all<action::Answer>().size(), 1u);
+  EXPECT_TRUE(h.all<action::Answer>()[0].reply.ok);
+  // Not in the queue either: then "finished" (it did finish, once).
+  h.in(input::Cancel{3, "e1", ""});
+  h.in(input::CancelResult{3, CancelOutcome::kNotFound, ""});
+  EXPECT_EQ(h.all<action::Answer>()[0].reply.error, "finished");
+}
+
+// An id that ends twice at the same instant is listed once.
+TEST(Scheduler, AFinishedExecutionIsListedOnce) {
+  Harness h;
+  h.in(input::Expired{Harness::info("e1")});
+  h.in(input::Expired{Harness::info("e1")});
+  h.in(input::ListFinished{9, FinalState::kNone, std::nullopt, 100});
+  const auto answers = h.all<action::Answer>();
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_EQ(answers[0].items.size(), 1u);
+  EXPECT_EQ(h.s.remembered_finished(), 1u);
+}
+
+// A transport replaced by a reload (up before gone): what the old instance never acknowledged
+// is published again to the new one, and counts as dispatched only then.
+TEST(Scheduler, WhatAReplacedTransportNeverAcknowledgedIsPublishedToItsReplacement) {
+  Harness h;
+  h.in(input::TransportUp{1, "zeromq"});
+  h.in(input::TransportUp{2, "kafka"});
+  const auto p = h.take("e1", 7);
+  ASSERT_EQ(p.to.size(), 2u);
+  h.in(input::Delivery{1, p.token, true});
+  h.in(input::TransportRetiring{2});
+  h.in(input::TransportUp{3, "kafka"});
+  h.in(input::TransportGone{2});
+  EXPECT_EQ(h.s.dispatched_now(), 0u);
+  h.t.mono_ns += 10 * kSec;
+  h.advance();
+  const auto again = h.all<action::Publish>();
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].event.type, EventType::kCreatePodCommand);
+  EXPECT_EQ(again[0].to, std::vector<TransportId>{3}) << "only to the transport that lacks it";
+  h.in(input::Delivery{3, again[0].token, true});
+  EXPECT_EQ(h.s.dispatched_now(), 1u);
+}
+
+// A supervisor dies between recording a retry in the phase word and storing the new attempt in
+// the slot: the next one publishes the new attempt, not the failed one again.
+TEST(Scheduler, ACrashDuringARetryNeverBringsTheFailedAttemptBack) {
+  SchedulerConfig c;
+  c.max_attempts = 2;
+  c.retry_backoff_ms = 10;
+  Harness h(c);
+  h.in(input::TransportUp{1, "zeromq"});
+  const auto p = h.take("e1", 7);
+  h.in(input::Delivery{1, p.token, true});
+  auto& actions = h.in(input::Fail{1, "e1", "boom", std::nullopt, 1, true});
+  // The phase word comes first (held, attempt 2), then the slot's attempt, then the event.
+  std::optional<std::uint64_t> word;
+  std::size_t word_at = 0, set_at = 0, event_at = 0;
+  for (std::size_t i = 0; i < actions.size(); ++i) {
+    if (const auto* an = std::get_if<action::Annotate>(&actions[i]); an && !word) {
+      word = an->value;
+      word_at = i;
+    }
+    if (std::holds_alternative<action::SetAttempt>(actions[i])) set_at = i;
+    if (const auto* pub = std::get_if<action::Publish>(&actions[i]);
+        pub && pub->event.type == EventType::kFailed) {
+      event_at = i;
+    }
+  }
+  ASSERT_TRUE(word);
+  EXPECT_LT(word_at, set_at);
+  EXPECT_LT(set_at, event_at);
+  EXPECT_EQ(phase_of(*word), Phase::kHeld);
+  EXPECT_EQ(attempt_of(*word), 2u);
+  // Dies right after the phase word: the slot still says attempt 1.
+  Harness r(c);
+  r.in(input::TransportUp{5, "zeromq"});
+  r.in(input::Recovered{7, Harness::info("e1", 1), *word});
+  ASSERT_EQ(r.all<action::SetAttempt>().size(), 1u);
+  EXPECT_EQ(r.all<action::SetAttempt>()[0].attempt, 2u);
+  r.t.mono_ns += kSec;
+  r.advance();
+  const auto pubs = r.all<action::Publish>();
+  ASSERT_EQ(pubs.size(), 1u);
+  EXPECT_EQ(pubs[0].event.attempt, 2u);
+  // A late report of attempt 1 is ignored.
+  r.in(input::Fail{2, "e1", "late", std::nullopt, 1, true});
+  EXPECT_TRUE(std::get<bool>(r.all<action::Answer>()[0].reply.fields[0].second));
+  EXPECT_TRUE(r.all<action::Publish>().empty());
+}
+
+// Shutdown: every transport retires, then their acknowledgements arrive. A dispatch every
+// transport acknowledged is dispatched, not a publish failure.
+TEST(Scheduler, AcknowledgementsFromRetiringTransportsCount) {
+  Harness h;
+  h.in(input::TransportUp{1, "zeromq"});
+  const auto p = h.take("e1", 7);
+  h.in(input::TransportRetiring{1});
+  h.in(input::Delivery{1, p.token, true});
+  EXPECT_EQ(h.s.held(), 0u);
+  EXPECT_EQ(h.s.dispatched_now(), 1u);
+  EXPECT_EQ(h.s.counters().publish_failures, 0u);
+}
+
+}  // namespace
+}  // namespace shmsched::core
