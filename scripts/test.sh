@@ -35,7 +35,8 @@ export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(pwd)
 
 run_suite build "" all -LE long
 if ((quick == 0)); then
-  run_suite build-asan address all -LE long
+  # The simulation runs 10,000 seeds in the first build; a thousand suffice under the sanitizers.
+  SHMSCHED_SIM_SEEDS=1000 run_suite build-asan address all -LE long
   run_suite build-tsan thread "queue_concurrency_test daemon_e2e_test daemon_robustness_test" -L "tsan|e2e"
   CXX=clang++ EXTRA_CMAKE_ARGS=-DSHMSCHED_FUZZ=ON run_suite build-fuzz "" request_decoder_fuzz -L fuzz
 fi
