@@ -3,6 +3,7 @@
 // one place whatever it waits for.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -55,6 +56,8 @@ class Inbox {
     {
       std::lock_guard lock(mutex_);
       queue_.push_back(std::move(m));
+      // The hand-off the loop's `ready` check reads (seq_cst, for kick()'s Dekker).
+      pending_.fetch_add(1, std::memory_order_seq_cst);
     }
     ipc::kick(*segment_);
   }
@@ -63,18 +66,17 @@ class Inbox {
     std::lock_guard lock(mutex_);
     std::deque<Message> out;
     out.swap(queue_);
+    pending_.fetch_sub(static_cast<std::int64_t>(out.size()), std::memory_order_seq_cst);
     return out;
   }
 
-  bool empty() const {
-    std::lock_guard lock(mutex_);
-    return queue_.empty();
-  }
+  bool empty() const { return pending_.load(std::memory_order_seq_cst) == 0; }
 
  private:
   std::shared_ptr<ipc::Segment> segment_;
   mutable std::mutex mutex_;
   std::deque<Message> queue_;
+  std::atomic<std::int64_t> pending_{0};  // messages in queue_
 };
 
 }  // namespace shmsched::daemon

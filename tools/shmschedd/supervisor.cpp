@@ -21,7 +21,6 @@
 #include <algorithm>
 #include <chrono>
 
-#include "event_codec.h"
 #include "journal_sink.h"
 #include "shmsched/ipc/events.h"
 
@@ -248,7 +247,7 @@ void Supervisor::do_publish(const core::action::Publish& p) {
   const bool command = ev.type == core::EventType::kCreatePodCommand;
   std::optional<ipc::ExecutionView> view;
   if (command) view = consumer_->view(unpack(ev.slot));
-  const auto body = encode_event(ev, view ? &*view : nullptr);
+  const auto body = ipc::events::encode_event(ev, view ? &*view : nullptr);
   shmsched_message msg{type.c_str(), ev.execution_id.c_str(),
                        type.c_str(), reinterpret_cast<const std::uint8_t*>(body.data()),
                        body.size(),  command ? 1 : 0};
@@ -298,7 +297,7 @@ void Supervisor::do_answer(const core::action::Answer& a) {
   if (it == ops_.end()) return;
   const ReplyTo to = it->second;
   ops_.erase(it);
-  const auto body = encode_reply(a.reply, a.list ? &a.items : nullptr);
+  const auto body = ipc::events::encode_reply(a.reply, a.list ? &a.items : nullptr);
   if (to.ingress_token) ingress_->reply(to.ingress_token, body);
   if (to.transport) {
     if (to.transport->reply) {

@@ -290,9 +290,8 @@ void Consumer::finish_sleep(std::uint32_t seq, bool sleep, std::chrono::nanoseco
 
 void kick(const Segment& segment) {
   Header& hdr = *view_of(segment).hdr;
-  // The caller's hand-off (a message in its queue) is ordered before our look at the flag; the
-  // consumer stores the flag before its last look at that queue (Dekker, as for producers).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // Dekker, as for producers: the caller made its hand-off visible with a seq_cst store that the
+  // consumer's `ready` check reads, and the consumer stores the flag before that check.
   if (hdr.consumer_sleeping.load(std::memory_order_seq_cst) == 0) return;  // awake: it will see it
   hdr.wake_seq.fetch_add(1, std::memory_order_seq_cst);
   futex_wake(&hdr.wake_seq, 1);

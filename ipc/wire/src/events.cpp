@@ -15,58 +15,76 @@ std::int64_t now_ns() {
 }
 
 namespace {
-MapBuilder header(std::string_view type) {
-  MapBuilder m;
-  m.str("type", type).integer("timestamp", now_ns());
-  return m;
+
+void add_fields(MapBuilder& m, const core::Reply& r) {
+  for (const auto& [key, value] : r.fields) {
+    if (const auto* i = std::get_if<std::int64_t>(&value)) {
+      m.integer(key, *i);
+    } else if (const auto* s = std::get_if<std::string>(&value)) {
+      m.str(key, *s);
+    } else if (const auto* b = std::get_if<bool>(&value)) {
+      m.boolean(key, *b);
+    }
+  }
 }
+
 }  // namespace
 
-std::vector<std::byte> accepted(std::string_view execution_id, std::string_view user_id,
-                                Priority priority, std::uint64_t queue_position) {
-  return header("ExecutionAccepted")
-      .str("execution_id", execution_id)
-      .str("user_id", user_id)
-      .str("priority", priority_name(priority))
-      .integer("queue_position", static_cast<std::int64_t>(queue_position))
-      .finish();
-}
-
-std::vector<std::byte> rejected(std::string_view execution_id, std::string_view user_id,
-                                std::string_view reason, std::string_view message) {
-  return header("ExecutionRejected")
-      .str("execution_id", execution_id)
-      .str("user_id", user_id)
-      .str("reason", reason)
-      .str("message", message)
-      .finish();
-}
-
-std::vector<std::byte> dispatch(const ExecutionRecord& e, std::uint32_t attempt,
-                                std::optional<std::string_view> worker_id) {
-  MapBuilder m = header(worker_id ? "TaskPush" : "CreatePodCommand");
-  m.str("execution_id", e.execution_id)
-      .str("user_id", e.user_id)
-      .str("priority", priority_name(e.priority))
-      .bin("payload", e.payload)
-      .string_map("metadata", e.metadata)
-      .integer("attempt", attempt)
-      .strings("required_capabilities", e.required_capabilities)
-      .integer("timeout_seconds", e.timeout_seconds)
-      .integer("enqueued_at", e.enqueued_at_ns);
-  if (worker_id) m.str("worker_id", *worker_id);
+std::vector<std::byte> encode_event(const core::Event& e, const ExecutionView* view) {
+  MapBuilder m;
+  m.str("type", core::event_name(e.type)).integer("timestamp", now_ns());
+  m.str("execution_id", e.execution_id).str("user_id", e.user_id);
+  switch (e.type) {
+    case core::EventType::kAccepted:
+      m.str("priority", priority_name(e.priority))
+          .integer("queue_position", static_cast<std::int64_t>(e.queue_position));
+      break;
+    case core::EventType::kRejected:
+      m.str("reason", e.reason).str("message", e.message);
+      break;
+    case core::EventType::kCreatePodCommand: {
+      std::vector<std::string> capabilities;
+      Metadata metadata;
+      if (view && !view->extras.empty()) decode_extras(view->extras, capabilities, metadata);
+      m.str("priority", priority_name(e.priority))
+          .bin("payload", view ? view->payload : std::span<const std::byte>())
+          .string_map("metadata", metadata)
+          .integer("attempt", e.attempt)
+          .strings("required_capabilities", capabilities)
+          .integer("timeout_seconds", view ? view->timeout_seconds : 0)
+          .integer("enqueued_at", view ? view->enqueued_at_ns : 0);
+      break;
+    }
+    case core::EventType::kCompleted:
+    case core::EventType::kFailed:
+    case core::EventType::kCancelled:
+    case core::EventType::kExpired:
+      if (e.worker_id) m.str("worker_id", *e.worker_id);
+      if (e.exit_code) m.integer("exit_code", *e.exit_code);
+      if (e.error) m.str("error", *e.error);
+      if (!e.reason.empty()) m.str("reason", e.reason);
+      if (e.will_retry) m.boolean("will_retry", *e.will_retry);
+      if (e.type == core::EventType::kFailed) m.integer("attempt", e.attempt);
+      break;
+  }
   return m.finish();
 }
 
-std::vector<std::byte> finished(const Finished& f) {
-  MapBuilder m = header(f.type);
-  m.str("execution_id", f.execution_id).str("user_id", f.user_id);
-  if (f.worker_id) m.str("worker_id", *f.worker_id);
-  if (f.exit_code) m.integer("exit_code", *f.exit_code);
-  if (f.error) m.str("error", *f.error);
-  if (f.reason) m.str("reason", *f.reason);
-  if (f.will_retry) m.boolean("will_retry", *f.will_retry);
-  if (f.attempt) m.integer("attempt", *f.attempt);
+std::vector<std::byte> encode_reply(const core::Reply& r, const std::vector<core::Reply>* items) {
+  if (!r.ok) return protocol::error_reply(r.error, r.message);
+  MapBuilder m;
+  m.boolean("ok", true);
+  add_fields(m, r);
+  if (items) {
+    std::vector<std::vector<std::byte>> encoded;
+    encoded.reserve(items->size());
+    for (const auto& item : *items) {
+      MapBuilder one;
+      add_fields(one, item);
+      encoded.push_back(one.finish());
+    }
+    m.raw_array("executions", encoded);
+  }
   return m.finish();
 }
 

@@ -306,8 +306,8 @@ class Consumer : public QueueHandle {
 QueueStats queue_stats(const Segment& segment);
 
 // Wakes the consumer from sleep_unless() / wait_for_work() if it sleeps (or is about to); callable
-// from any thread of any attached process, after handing it work where its `ready` check looks.
-// Costs no system call while the consumer is awake.
+// from any thread of any attached process, after handing it work with a sequentially consistent
+// store that the consumer's `ready` check reads. Costs no system call while the consumer is awake.
 void kick(const Segment& segment);
 
 template <typename Visit>
