@@ -457,8 +457,14 @@ TEST(DaemonE2E, AgingLiftsLongWaitingEntries) {
   auto cmd = f.events->next("CreatePodCommand");
   ASSERT_TRUE(cmd);
   EXPECT_EQ(cmd->str("execution_id"), "starving") << "the aged background entry should go first";
-  auto st = f.ingress->call(MapBuilder().str("op", "stats").finish());
-  EXPECT_EQ(ipc::get_int(*ipc::find_field(st.get(), "counters"), "aged").value_or(0), 1);
+  // (The counters are published at the end of the loop's round: wait for it.)
+  std::int64_t aged = 0;
+  for (const auto until = Clock::now() + std::chrono::seconds(5); aged == 0 && Clock::now() < until;
+       std::this_thread::sleep_for(std::chrono::milliseconds(10))) {
+    auto st = f.ingress->call(MapBuilder().str("op", "stats").finish());
+    aged = ipc::get_int(*ipc::find_field(st.get(), "counters"), "aged").value_or(0);
+  }
+  EXPECT_EQ(aged, 1);
 }
 
 std::string run_ctl(const Fixture& f, const std::string& args, int* rc = nullptr) {

@@ -49,6 +49,14 @@ struct Fixture {
     auto st = ingress->call(MapBuilder().str("op", "stats").finish());
     return ipc::get_int(*ipc::find_field(st.get(), "counters"), name).value_or(-1);
   }
+  // The counters are published at the end of the loop's round: wait for `want` a moment.
+  std::int64_t wait_counter(const std::string& name, std::int64_t want) {
+    std::int64_t v = counter(name);
+    for (const auto until = Clock::now() + 5s; v < want && Clock::now() < until; v = counter(name)) {
+      std::this_thread::sleep_for(10ms);
+    }
+    return v;
+  }
 };
 
 // CPU time (user + system) the process used so far, in clock ticks.
@@ -159,7 +167,7 @@ TEST(DaemonScheduling, ADispatchedExecutionThatNeverFinishesTimesOutAndGivesItsC
   EXPECT_EQ(cmd->str("execution_id"), "next");
   EXPECT_EQ(f.ingress->op("status", "lost").str("state"), "failed");
   EXPECT_EQ(f.ingress->op("status", "lost").str("reason"), "timeout");
-  EXPECT_EQ(f.counter("timed_out"), 1);
+  EXPECT_EQ(f.wait_counter("timed_out", 1), 1);
 }
 
 // 4. A stale or redelivered `fail` with retry for attempt N counted against attempt N+1.
@@ -184,7 +192,7 @@ TEST(DaemonScheduling, AReportForAnAttemptThatIsNotCurrentIsAnsweredAndIgnored) 
   EXPECT_EQ(stale.integer("attempt"), 2);
   EXPECT_FALSE(f.events->next("CreatePodCommand", 500ms)) << "a stale report started attempt 3";
   EXPECT_EQ(f.ingress->op("status", "x").integer("attempt"), 2);
-  EXPECT_EQ(f.counter("stale_reports"), 1);
+  EXPECT_EQ(f.wait_counter("stale_reports", 1), 1);
   // The current attempt's report counts; a completion for an old attempt is ignored too.
   EXPECT_TRUE(ipc::get_bool(f.ingress
                                 ->call(MapBuilder()
