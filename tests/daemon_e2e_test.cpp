@@ -14,11 +14,6 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-std::string segment_name(const std::string& tag) {
-  static int n = 0;
-  return "shmsched-e2e-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
-}
-
 struct Fixture {
   std::string dir;
   std::string segment;

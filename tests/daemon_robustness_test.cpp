@@ -18,11 +18,6 @@ namespace {
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
-std::string segment_name(const std::string& tag) {
-  static int n = 0;
-  return "shmsched-rb-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
-}
-
 std::vector<std::byte> bytes_of(const std::string& s) {
   const auto* b = reinterpret_cast<const std::byte*>(s.data());
   return {b, b + s.size()};
@@ -137,15 +132,7 @@ TEST(DaemonRobustness, AProducerStoppedInsideAnOperationDoesNotStopTheLoop) {
   ASSERT_TRUE(events.next("CreatePodCommand"));
 
   auto producer = [&](const std::string& how, const std::string& site, const std::string& id) {
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::execl(SHMSCHED_BIN_DIR "/crash_point_producer", "crash_point_producer", segment.c_str(),
-              how.c_str(), site.c_str(), id.c_str(), "p", nullptr);
-      ::_exit(127);
-    }
-    int status = 0;
-    ::waitpid(pid, &status, WUNTRACED);
-    return std::make_pair(pid, status);
+    return crash_point_producer(segment, how, site, id);
   };
   const auto [frozen, frozen_status] = producer("stop", "ring push: tail CAS", "frozen");
   ASSERT_TRUE(WIFSTOPPED(frozen_status));
@@ -293,15 +280,7 @@ TEST(DaemonRobustness, TheLoopSleepsWhateverIsLeftInTheQueue) {
   // (b) A producer stopped between publishing its entry and moving the tail: the entry is
   // accepted (in the ring), so it is taken, and the loop sleeps.
   auto producer = [&](const std::string& how, const std::string& site, const std::string& id) {
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-      ::execl(SHMSCHED_BIN_DIR "/crash_point_producer", "crash_point_producer", segment.c_str(),
-              how.c_str(), site.c_str(), id.c_str(), "p", nullptr);
-      ::_exit(127);
-    }
-    int status = 0;
-    ::waitpid(pid, &status, WUNTRACED);
-    return std::make_pair(pid, status);
+    return crash_point_producer(segment, how, site, id);
   };
   const auto [frozen, frozen_status] = producer("stop", "ring push: tail CAS", "frozen");
   ASSERT_TRUE(WIFSTOPPED(frozen_status));

@@ -17,11 +17,6 @@ namespace {
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
-std::string segment_name(const std::string& tag) {
-  static int n = 0;
-  return "shmsched-sched-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
-}
-
 struct Fixture {
   std::string dir;
   std::string segment;
@@ -52,7 +47,8 @@ struct Fixture {
   // The counters are published at the end of the loop's round: wait for `want` a moment.
   std::int64_t wait_counter(const std::string& name, std::int64_t want) {
     std::int64_t v = counter(name);
-    for (const auto until = Clock::now() + 5s; v < want && Clock::now() < until; v = counter(name)) {
+    for (const auto until = Clock::now() + 5s; v < want && Clock::now() < until;
+         v = counter(name)) {
       std::this_thread::sleep_for(10ms);
     }
     return v;

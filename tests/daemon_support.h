@@ -36,6 +36,29 @@ inline std::string temp_dir(const std::string& tag) {
   return dir;
 }
 
+// A segment name of its own for each test (tests run in parallel).
+inline std::string segment_name(const std::string& tag) {
+  static int n = 0;
+  return "shmsched-test-" + tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
+}
+
+// Runs tests/tools/crash_point_producer: a producer that submits `id` and stops ("stop") or
+// dies ("kill") at the first crash point matching `site`. Returns its pid and wait status once
+// it has.
+inline std::pair<pid_t, int> crash_point_producer(const std::string& segment,
+                                                  const std::string& how, const std::string& site,
+                                                  const std::string& id) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::execl(SHMSCHED_BIN_DIR "/crash_point_producer", "crash_point_producer", segment.c_str(),
+            how.c_str(), site.c_str(), id.c_str(), "p", nullptr);
+    ::_exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, WUNTRACED);
+  return {pid, status};
+}
+
 // One running shmschedd.
 class Daemon {
  public:

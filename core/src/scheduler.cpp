@@ -284,25 +284,35 @@ void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>&
   }
 }
 
-void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out) {
-  auto it = active_.find(in.execution_id);
+// The execution a complete/fail reports on, or nullptr after answering why it is not one:
+// unknown, finished, or a report for an attempt that is not the current one.
+Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
+                                     std::optional<std::uint32_t> attempt,
+                                     std::vector<Action>& out) {
+  auto it = active_.find(id);
   if (it == active_.end()) {
-    answer(
-        out, in.op,
-        finished_.count(in.execution_id)
-            ? Reply::failure("finished", "execution " + in.execution_id + " has already finished")
-            : Reply::failure("not_found", "no dispatched execution " + in.execution_id));
-    return;
+    answer(out, op,
+           finished_.count(id)
+               ? Reply::failure("finished", "execution " + id + " has already finished")
+               : Reply::failure("not_found", "no dispatched execution " + id));
+    return nullptr;
   }
   Exec& e = it->second;
-  if (in.attempt && *in.attempt != e.info.attempt) {
+  if (attempt && *attempt != e.info.attempt) {
     ++counters_.stale_reports;
-    answer(out, in.op,
+    answer(out, op,
            Reply::success()
                .with("ignored", true)
                .with("attempt", static_cast<std::int64_t>(e.info.attempt)));
-    return;
+    return nullptr;
   }
+  return &e;
+}
+
+void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out) {
+  Exec* found = reported(in.op, in.execution_id, in.attempt, out);
+  if (!found) return;
+  Exec& e = *found;
   ++counters_.completed;
   Event ev;
   ev.type = EventType::kCompleted;
@@ -320,25 +330,9 @@ void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out
 }
 
 void Scheduler::on(const input::Fail& in, Time now, std::vector<Action>& out) {
-  auto it = active_.find(in.execution_id);
-  if (it == active_.end()) {
-    answer(
-        out, in.op,
-        finished_.count(in.execution_id)
-            ? Reply::failure("finished", "execution " + in.execution_id + " has already finished")
-            : Reply::failure("not_found", "no dispatched execution " + in.execution_id));
-    return;
-  }
-  Exec& e = it->second;
-  if (in.attempt && *in.attempt != e.info.attempt) {
-    ++counters_.stale_reports;
-    answer(out, in.op,
-           Reply::success()
-               .with("ignored", true)
-               .with("attempt", static_cast<std::int64_t>(e.info.attempt)));
-    return;
-  }
-  fail(e, in.error, std::nullopt, in.worker_id, in.retry, now, out);
+  Exec* e = reported(in.op, in.execution_id, in.attempt, out);
+  if (!e) return;
+  fail(*e, in.error, std::nullopt, in.worker_id, in.retry, now, out);
   answer(out, in.op, Reply::success());
 }
 

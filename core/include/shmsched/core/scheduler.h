@@ -373,6 +373,8 @@ class Scheduler {
   void on(const input::TransportGone& in, Time now, std::vector<Action>& out);
   void on(const input::Reload& in, Time now, std::vector<Action>& out);
 
+  Exec* reported(OpId op, const std::string& id, std::optional<std::uint32_t> attempt,
+                 std::vector<Action>& out);
   void publish_dispatch(Exec& e, Time now, std::vector<Action>& out);
   void resolve_dispatch(Exec& e, Time now, std::vector<Action>& out);
   void hold(Exec& e, std::int64_t ready_at, bool front, std::vector<Action>& out);
