@@ -283,6 +283,30 @@ TEST(QueueReview, DepthCountsWhatCanBeTakenAndOnlyThat) {
   EXPECT_EQ(c.depth(Priority::kNormal), 0u);
 }
 
+// CI (a loaded machine, ASan): a repair was deferred because of a participant that was already
+// dead, since its death was only looked at every 64 naps of the wait and the wait ran out first.
+// A dead participant never holds a repair up, however short the wait.
+TEST(QueueReview, ADeadParticipantNeverHoldsARepairUp) {
+  TempSegment seg;
+  ipc::ConsumerOptions tight = quick();
+  tight.maintenance_wait = 1ms;
+  ipc::Consumer c(seg.segment(), tight);
+  const std::string name = seg.name();
+  const pid_t dying = spawn([name] {
+    auto s = ipc::Segment::attach(name);
+    ipc::Producer p(s);
+    cp::arm_at("user table: take a unit of the cap", SIGKILL, -1);
+    submit(p, "dead", "u");
+  });
+  ::waitpid(dying, nullptr, 0);
+  const auto runs = ipc::queue_stats(*seg.segment()).maintenance_runs;
+  c.reap_dead();
+  EXPECT_EQ(c.blocked_by(), 0);
+  EXPECT_EQ(ipc::queue_stats(*seg.segment()).maintenance_runs, runs + 1);
+  const Audit a = audit_segment(*seg.segment());
+  EXPECT_TRUE(a.ok()) << a.text();
+}
+
 // A handle inherited across fork() and destroyed in the child (static destructors, unwinding)
 // must not unregister the parent.
 TEST(QueueReview, AHandleDestroyedInAForkedChildLeavesTheParentRegistered) {

@@ -320,8 +320,11 @@ bool QueueHandle::maintain_as_owner(bool dirty, SteadyClock::time_point deadline
       const std::uint64_t w = p.ident.load(std::memory_order_seq_cst);
       if (w == 0) break;
       if (p.busy.load(std::memory_order_seq_cst) == 0) break;
-      if (spins % 64 == 63 && !identity_alive(w)) break;
+      // Died inside its operation (looked at first, then now and then, and always before
+      // giving up: a dead participant never holds a repair up).
+      if (spins % 64 == 0 && !identity_alive(w)) break;
       if (SteadyClock::now() >= deadline) {
+        if (!identity_alive(w)) break;
         blocked_by_ = identity_pid(w);
         v.hdr->maintenance_deferred.fetch_add(1, std::memory_order_relaxed);
         release_maintenance(dirty ? kMaintenanceDirty : 0);
