@@ -35,6 +35,15 @@ std::string_view event_name(EventType t) {
 }
 
 namespace {
+template <typename T>
+bool erase_one(std::vector<T>& v, const T& x) {
+  auto it = std::find(v.begin(), v.end(), x);
+  if (it == v.end()) return false;
+  *it = v.back();
+  v.pop_back();
+  return true;
+}
+
 void answer(std::vector<Action>& out, OpId op, Reply reply) {
   action::Answer a;
   a.op = op;
@@ -76,7 +85,11 @@ Phase phase_of(std::uint64_t word) {
   return p <= static_cast<std::uint8_t>(Phase::kFinished) ? static_cast<Phase>(p) : Phase::kUnknown;
 }
 
-Scheduler::Scheduler(SchedulerConfig config) : config_(config) {}
+Scheduler::Scheduler(SchedulerConfig config) : config_(config) {
+  // Room for what may be dispatched at once, so the dispatch path does not rehash.
+  active_.reserve(std::min<std::uint64_t>(config_.max_active_executions, 1 << 20));
+  tokens_.reserve(std::min<std::uint64_t>(config_.max_active_executions, 1 << 20));
+}
 
 void Scheduler::handle(const Input& in, Time now, std::vector<Action>& out) {
   std::visit([&](const auto& v) { on(v, now, out); }, in);
@@ -461,12 +474,12 @@ void Scheduler::on(const input::Delivery& in, Time now, std::vector<Action>& out
   if (a == active_.end()) return;
   Exec& e = a->second;
   // Only a result for the current publish, from an instance that was asked, counts.
-  if (e.token != in.token || !e.pending.erase(in.transport)) return;
+  if (e.token != in.token || !erase_one(e.pending, in.transport)) return;
   std::string name;
   if (auto up = transports_.find(in.transport); up != transports_.end()) name = up->second;
   if (auto r = retiring_.find(in.transport); r != retiring_.end()) name = r->second;
   if (in.ok) {
-    e.acked.insert(name);
+    if (std::find(e.acked.begin(), e.acked.end(), name) == e.acked.end()) e.acked.push_back(name);
   } else {
     e.publish_failed = true;
   }
@@ -501,7 +514,7 @@ void Scheduler::on(const input::TransportGone& in, Time now, std::vector<Action>
   for (const auto& [id, n] : transports_) replaced = replaced || n == name;
   std::vector<std::string> resolved;
   for (auto& [id, e] : active_) {
-    if (e.phase != Phase::kDispatching || !e.pending.erase(in.transport)) continue;
+    if (e.phase != Phase::kDispatching || !erase_one(e.pending, in.transport)) continue;
     if (replaced) e.publish_failed = true;
     if (e.pending.empty()) resolved.push_back(id);
   }
@@ -534,8 +547,10 @@ void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
   p.event.attempt = e.info.attempt;
   p.token = e.token;
   for (const auto& [id, name] : transports_) {
-    if (e.acked.count(name)) continue;  // never twice to one transport for one attempt
-    e.pending.insert(id);
+    if (std::find(e.acked.begin(), e.acked.end(), name) != e.acked.end()) {
+      continue;  // never twice to one transport for one attempt
+    }
+    e.pending.push_back(id);
     p.to.push_back(id);
   }
   set_phase(e, Phase::kDispatching, out);

@@ -85,9 +85,14 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
                                                   : spdlog::level::debug;
     spdlog::log(lvl, "[{}] {}", t, msg);
   };
+  loop_thread_ = std::this_thread::get_id();
   callbacks_.delivery = [this](std::uint64_t instance, const std::string& name, std::uint64_t token,
                                bool ok, const std::string& error) {
-    inbox_->post(DeliveryMessage{instance, name, token, ok, error});
+    if (std::this_thread::get_id() == loop_thread_) {
+      local_deliveries_.push_back(DeliveryMessage{instance, name, token, ok, error});
+    } else {
+      inbox_->post(DeliveryMessage{instance, name, token, ok, error});
+    }
   };
   callbacks_.inbound = [this](const std::string& t, std::vector<std::byte> body,
                               shmsched_inbound_done done) {
@@ -234,6 +239,18 @@ void Supervisor::carry_out(std::vector<core::Action>& actions) {
                std::chrono::duration_cast<std::chrono::seconds>(std::chrono::nanoseconds(age_ns)),
                t.wall_ns)) {
         core_.handle(core::input::Expired{info_of(rec)}, t, more);
+      }
+    }
+    // Results reported from inside publish(): as if they had come through the inbox.
+    if (!local_deliveries_.empty()) {
+      std::vector<DeliveryMessage> local;
+      local.swap(local_deliveries_);
+      for (const auto& d : local) {
+        if (d.token & kEventTokenBit) {
+          if (!d.ok) spdlog::warn("transport {} could not deliver an event: {}", d.name, d.error);
+          continue;
+        }
+        core_.handle(core::input::Delivery{d.transport, d.token, d.ok}, t, more);
       }
     }
     for (auto& m : more) actions.push_back(std::move(m));
@@ -429,6 +446,8 @@ void Supervisor::handle_op(OpMessage& op) {
 
 void Supervisor::process_inbox() {
   auto messages = inbox_->take();
+  for (auto& d : local_deliveries_) messages.emplace_back(std::move(d));  // (none, normally)
+  local_deliveries_.clear();
   for (auto& m : messages) {
     worked_ = true;
     if (auto* op = std::get_if<OpMessage>(&m)) {

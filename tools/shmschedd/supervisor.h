@@ -112,6 +112,10 @@ class Supervisor {
   std::unique_ptr<ipc::Consumer> consumer_;
   std::unique_ptr<ipc::Producer> loop_producer_;
   std::unique_ptr<Inbox> inbox_;
+  // Delivery results a transport reports from inside publish() (on this thread): fed to the
+  // scheduler right after the action that published, without the inbox's lock and wake-up.
+  std::thread::id loop_thread_;
+  std::vector<DeliveryMessage> local_deliveries_;
   HostCallbacks callbacks_;
   core::Scheduler core_;
 

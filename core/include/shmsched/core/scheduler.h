@@ -320,9 +320,11 @@ class Scheduler {
     std::int64_t ready_at = 0;
     std::uint32_t publish_failures = 0;
     std::uint64_t token = 0;
-    std::set<TransportId> pending;  // outcomes still due for `token`
+    // A handful of transports at most: small vectors, not node-based sets (this is per
+    // execution on the dispatch path).
+    std::vector<TransportId> pending;  // outcomes still due for `token`
     bool publish_failed = false;
-    std::set<std::string> acked;  // transports (by name) that have the current attempt
+    std::vector<std::string> acked;  // transports (by name) that have the current attempt
     std::int64_t dispatched_at = 0;
     std::uint64_t timeout_seq = 0;  // invalidates older entries of the timeout heap
   };
