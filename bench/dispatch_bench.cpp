@@ -362,6 +362,7 @@ int main(int argc, char** argv) {
   std::string bin = SHMSCHED_BIN_DIR, plugins = SHMSCHED_PLUGIN_DIR;
   int n_latency = 2000;
   std::uint64_t n_throughput = 200000;
+  std::string only;  // "shm": only the shared-memory throughput (for profiling)
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     if (k == "--bin-dir")
@@ -374,9 +375,46 @@ int main(int argc, char** argv) {
       n_throughput = std::strtoull(argv[i + 1], nullptr, 10);
     else if (k == "--daemon-arg")
       g_daemon_args.push_back(argv[i + 1]);
+    else if (k == "--only")
+      only = argv[i + 1];
   }
   const std::string dir = "/tmp/shmsched-dispatch-bench-" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
+
+  if (only == "shm") {
+    // The shared-memory throughput phase alone, e.g. under perf.
+    Daemon d;
+    d.dir = dir;
+    start_daemon(d, bin, plugins, n_throughput + 100);
+    zmq::context_t ctx;
+    Commands commands(ctx, "ipc://" + dir + "/events.sock");
+    ipc::ClientOptions o;
+    o.segment = d.segment;
+    o.endpoint = "ipc://" + dir + "/ingress.sock";
+    ipc::Client client(o);
+    ipc::protocol::SubmitOp op;
+    op.user_id = "bench";
+    op.payload.assign(64, std::byte{'x'});
+    for (int i = 0; i < 50; ++i) {
+      op.execution_id = "warm-" + std::to_string(i);
+      client.submit(op);
+      commands.wait_for(op.execution_id);
+    }
+    const auto t0 = Clock::now();
+    for (std::uint64_t i = 0; i < n_throughput; ++i) {
+      op.execution_id = "ts-" + std::to_string(i);
+      client.submit(op);
+    }
+    const double submit_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    commands.count(n_throughput);
+    const double all_s = std::chrono::duration<double>(Clock::now() - t0).count();
+    std::printf("  %-52s %10.0f /s\n", "shared-memory submits (1 producer)",
+                static_cast<double>(n_throughput) / submit_s);
+    std::printf("  %-52s %10.0f /s\n", "shared memory, submitted and dispatched",
+                static_cast<double>(n_throughput) / all_s);
+    std::filesystem::remove_all(dir);
+    return 0;
+  }
 
   std::printf("Floor of this machine:\n");
   const auto tcp = tcp_round_trip(5000);

@@ -12,7 +12,7 @@ packages=(
   libspdlog-dev libfmt-dev
   librdkafka-dev kcat
   libsystemd-dev
-  libconcurrentqueue-dev
+  libconcurrentqueue-dev libabsl-dev
   redis-server libhiredis-dev
 )
 

@@ -18,7 +18,7 @@ jobs=$(nproc)
 run_suite() {
   local dir=$1 sanitize=$2 targets=$3 ctest_args=("${@:4}")
   echo "=== ${dir} (sanitizer: ${sanitize:-none}) ==="
-  cmake -S . -B "$dir" -DSHMSCHED_SANITIZE="$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  cmake -S . -B "$dir" -DSHMSCHED_SANITIZE="$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMSCHED_WERROR=ON \
     ${EXTRA_CMAKE_ARGS:-} >/dev/null
   if [[ $targets == all ]]; then
     cmake --build "$dir" -j "$jobs"

@@ -99,7 +99,9 @@ TEST(Scheduler, WhatAReplacedTransportNeverAcknowledgedIsPublishedToItsReplaceme
   const auto again = h.all<action::Publish>();
   ASSERT_EQ(again.size(), 1u);
   EXPECT_EQ(again[0].event.type, EventType::kCreatePodCommand);
-  EXPECT_EQ(again[0].to, std::vector<TransportId>{3}) << "only to the transport that lacks it";
+  EXPECT_EQ(std::vector<TransportId>(again[0].to.begin(), again[0].to.end()),
+            std::vector<TransportId>{3})
+      << "only to the transport that lacks it";
   h.in(input::Delivery{3, again[0].token, true});
   EXPECT_EQ(h.s.dispatched_now(), 1u);
 }

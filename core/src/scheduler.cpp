@@ -3,6 +3,7 @@
 #include "shmsched/core/scheduler.h"
 
 #include <algorithm>
+#include <stdexcept>
 
 namespace shmsched::core {
 
@@ -11,6 +12,12 @@ namespace {
 constexpr std::int64_t kMs = 1'000'000;
 constexpr std::int64_t kSec = 1'000'000'000;
 constexpr std::int64_t kCancelRetryNs = 100 * kMs;  // a cancel the queue could not take
+
+// A publish token: the pool index of its execution above a sequence number, so that a delivery
+// result finds its execution without a look-up table. Bit 63 stays clear (the shell's own).
+constexpr int kTokenIndexShift = 40;
+constexpr std::uint64_t kTokenSeqMask = (1ULL << kTokenIndexShift) - 1;
+constexpr std::size_t kMaxExecs = 1ULL << 23;  // the segment holds at most 4,194,304 active
 
 }  // namespace
 
@@ -35,8 +42,8 @@ std::string_view event_name(EventType t) {
 }
 
 namespace {
-template <typename T>
-bool erase_one(std::vector<T>& v, const T& x) {
+template <typename V, typename T>
+bool erase_one(V& v, const T& x) {
   auto it = std::find(v.begin(), v.end(), x);
   if (it == v.end()) return false;
   *it = v.back();
@@ -87,8 +94,63 @@ Phase phase_of(std::uint64_t word) {
 
 Scheduler::Scheduler(SchedulerConfig config) : config_(config) {
   // Room for what may be dispatched at once, so the dispatch path does not rehash.
-  active_.reserve(std::min<std::uint64_t>(config_.max_active_executions, 1 << 20));
-  tokens_.reserve(std::min<std::uint64_t>(config_.max_active_executions, 1 << 20));
+  const auto room = std::min<std::uint64_t>(config_.max_active_executions, 1 << 20);
+  active_.reserve(room);
+  execs_.reserve(room);
+}
+
+Scheduler::Exec* Scheduler::find(const std::string& id) {
+  auto it = active_.find(id);
+  return it == active_.end() ? nullptr : &execs_[it->second];
+}
+
+Scheduler::Exec& Scheduler::admit(const std::string& id) {
+  auto [it, fresh] = active_.try_emplace(id, 0);
+  if (!fresh) {
+    Exec& old = execs_[it->second];
+    unhold(old);
+    if (old.phase == Phase::kDispatching || old.phase == Phase::kDispatched) --dispatched_;
+    old = Exec{};
+    old.live = true;
+    return old;
+  }
+  ExecIndex idx = 0;
+  if (!free_execs_.empty()) {
+    idx = free_execs_.back();
+    free_execs_.pop_back();
+  } else {
+    if (execs_.size() >= kMaxExecs) {
+      active_.erase(it);
+      throw std::length_error("the scheduler holds " + std::to_string(kMaxExecs) +
+                              " taken executions, more than any segment can");
+    }
+    idx = static_cast<ExecIndex>(execs_.size());
+    execs_.emplace_back();
+  }
+  it->second = idx;
+  Exec& e = execs_[idx];
+  // Field by field: the pooled strings keep their buffers.
+  e.live = true;
+  e.slot = 0;
+  e.phase = Phase::kUnknown;
+  e.level = 2;
+  e.ready_at = 0;
+  e.publish_failures = 0;
+  e.token = 0;
+  e.pending.clear();
+  e.publish_failed = false;
+  e.acked.clear();
+  e.dispatched_at = 0;
+  e.timeout_seq = 0;
+  return e;
+}
+
+void Scheduler::retire(Exec& e) {
+  active_.erase(e.info.execution_id);
+  e.live = false;
+  e.token = 0;
+  e.timeout_seq = 0;
+  free_execs_.push_back(index_of(e));
 }
 
 void Scheduler::handle(const Input& in, Time now, std::vector<Action>& out) {
@@ -153,10 +215,7 @@ void Scheduler::on(const input::Taken& in, Time now, std::vector<Action>& out) {
   if (queue_.depth[level] > 0) --queue_.depth[level];
   const std::size_t effective =
       aged_level(priority_index(in.info.priority), in.info.enqueued_at_ns, now);
-  auto [it, fresh] = active_.try_emplace(in.info.execution_id);
-  Exec& e = it->second;
-  if (!fresh) unhold(e);  // cannot happen (ids are unique in the queue); keep state consistent
-  e = Exec{};
+  Exec& e = admit(in.info.execution_id);
   e.slot = in.slot;
   e.info = in.info;
   e.level = effective;
@@ -201,8 +260,7 @@ void Scheduler::on(const input::Recovered& in, Time now, std::vector<Action>& ou
     remember(in.info.execution_id, rec, now);
     return;
   }
-  Exec& e = active_[in.info.execution_id];
-  e = Exec{};
+  Exec& e = admit(in.info.execution_id);
   e.slot = in.slot;
   e.info = in.info;
   // The word may know of a newer attempt than the slot (a crash between the two stores).
@@ -229,9 +287,9 @@ void Scheduler::on(const input::Recovered& in, Time now, std::vector<Action>& ou
 
 void Scheduler::on(const input::Cancel& in, Time now, std::vector<Action>& out) {
   const std::string reason = in.reason.empty() ? "cancelled" : in.reason;
-  if (auto it = active_.find(in.execution_id); it != active_.end()) {
+  if (Exec* found = find(in.execution_id)) {
     // Ours (dispatched, or held for a retry): nothing to ask the queue.
-    Exec& e = it->second;
+    Exec& e = *found;
     ++counters_.cancelled;
     Event ev;
     ev.type = EventType::kCancelled;
@@ -302,15 +360,15 @@ void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>&
 Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
                                      std::optional<std::uint32_t> attempt,
                                      std::vector<Action>& out) {
-  auto it = active_.find(id);
-  if (it == active_.end()) {
+  Exec* found = find(id);
+  if (!found) {
     answer(out, op,
            finished_.count(id)
                ? Reply::failure("finished", "execution " + id + " has already finished")
                : Reply::failure("not_found", "no dispatched execution " + id));
     return nullptr;
   }
-  Exec& e = it->second;
+  Exec& e = *found;
   if (attempt && *attempt != e.info.attempt) {
     ++counters_.stale_reports;
     answer(out, op,
@@ -468,13 +526,14 @@ void Scheduler::on(const input::ListFinished& in, Time now, std::vector<Action>&
 }
 
 void Scheduler::on(const input::Delivery& in, Time now, std::vector<Action>& out) {
-  auto t = tokens_.find(in.token);
-  if (t == tokens_.end()) return;  // superseded (a retry, a cancel, a completion)
-  auto a = active_.find(t->second);
-  if (a == active_.end()) return;
-  Exec& e = a->second;
-  // Only a result for the current publish, from an instance that was asked, counts.
-  if (e.token != in.token || !erase_one(e.pending, in.transport)) return;
+  const std::uint64_t idx = in.token >> kTokenIndexShift;
+  if (idx >= execs_.size()) return;
+  Exec& e = execs_[idx];
+  // Only a result for the current publish, from an instance that was asked, counts (a retry,
+  // a cancel or a completion superseded the others).
+  if (!e.live || in.token == 0 || e.token != in.token || !erase_one(e.pending, in.transport)) {
+    return;
+  }
   std::string name;
   if (auto up = transports_.find(in.transport); up != transports_.end()) name = up->second;
   if (auto r = retiring_.find(in.transport); r != retiring_.end()) name = r->second;
@@ -512,14 +571,15 @@ void Scheduler::on(const input::TransportGone& in, Time now, std::vector<Action>
   // execution is published again to the transports that do not have it only.
   bool replaced = false;
   for (const auto& [id, n] : transports_) replaced = replaced || n == name;
-  std::vector<std::string> resolved;
-  for (auto& [id, e] : active_) {
+  std::vector<ExecIndex> resolved;
+  for (const auto& [id, idx] : active_) {
+    Exec& e = execs_[idx];
     if (e.phase != Phase::kDispatching || !erase_one(e.pending, in.transport)) continue;
     if (replaced) e.publish_failed = true;
-    if (e.pending.empty()) resolved.push_back(id);
+    if (e.pending.empty()) resolved.push_back(idx);
   }
-  for (const auto& id : resolved) {
-    if (auto it = active_.find(id); it != active_.end()) resolve_dispatch(it->second, now, out);
+  for (const ExecIndex idx : resolved) {
+    if (execs_[idx].live) resolve_dispatch(execs_[idx], now, out);
   }
 }
 
@@ -533,11 +593,11 @@ void Scheduler::on(const input::Reload& in, Time now, std::vector<Action>& out) 
 // ---- Dispatch ---------------------------------------------------------------------------------
 
 void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
-  if (e.token) tokens_.erase(e.token);
-  e.token = next_token_++;
+  std::uint64_t seq = next_token_++ & kTokenSeqMask;
+  if (seq == 0) seq = next_token_++ & kTokenSeqMask;
+  e.token = static_cast<std::uint64_t>(index_of(e)) << kTokenIndexShift | seq;
   e.pending.clear();
   e.publish_failed = false;
-  tokens_[e.token] = e.info.execution_id;
   action::Publish p;
   p.event.type = EventType::kCreatePodCommand;
   p.event.execution_id = e.info.execution_id;
@@ -563,7 +623,6 @@ void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
 }
 
 void Scheduler::resolve_dispatch(Exec& e, Time now, std::vector<Action>& out) {
-  tokens_.erase(e.token);
   e.token = 0;
   if (!e.publish_failed && !e.acked.empty()) {
     e.publish_failures = 0;
@@ -587,7 +646,6 @@ void Scheduler::resolve_dispatch(Exec& e, Time now, std::vector<Action>& out) {
 }
 
 void Scheduler::hold(Exec& e, std::int64_t ready_at, bool front, std::vector<Action>& out) {
-  if (e.token) tokens_.erase(e.token);
   e.token = 0;
   e.pending.clear();
   unhold(e);
@@ -598,16 +656,16 @@ void Scheduler::hold(Exec& e, std::int64_t ready_at, bool front, std::vector<Act
   e.timeout_seq = 0;
   auto& lane = lanes_[std::min(e.level, kPriorityLevels - 1)];
   if (front) {
-    lane.push_front(e.info.execution_id);
+    lane.push_front(index_of(e));
   } else {
-    lane.push_back(e.info.execution_id);
+    lane.push_back(index_of(e));
   }
 }
 
 void Scheduler::unhold(Exec& e) {
   if (e.phase != Phase::kHeld) return;
   auto& lane = lanes_[std::min(e.level, kPriorityLevels - 1)];
-  lane.erase(std::remove(lane.begin(), lane.end(), e.info.execution_id), lane.end());
+  lane.erase(std::remove(lane.begin(), lane.end(), index_of(e)), lane.end());
 }
 
 void Scheduler::arm_timeout(Exec& e, Time now) {
@@ -617,12 +675,11 @@ void Scheduler::arm_timeout(Exec& e, Time now) {
   e.timeout_seq = ++timeout_seq_;
   timeouts_.push(TimeoutEntry{
       now.mono_ns + static_cast<std::int64_t>(seconds + config_.timeout_grace_seconds) * kSec,
-      e.info.execution_id, e.timeout_seq});
+      index_of(e), e.timeout_seq});
 }
 
 void Scheduler::finish(Exec& e, FinalState state, const FinishedRecord& base, Time now,
                        std::vector<Action>& out) {
-  if (e.token) tokens_.erase(e.token);
   unhold(e);
   // Marked finished first: a supervisor that dies before the release releases it on restart
   // instead of dispatching it again.
@@ -634,9 +691,8 @@ void Scheduler::finish(Exec& e, FinalState state, const FinishedRecord& base, Ti
   rec.priority = e.info.priority;
   rec.enqueued_at_ns = e.info.enqueued_at_ns;
   rec.attempt = e.info.attempt;
-  const std::string id = e.info.execution_id;
-  active_.erase(id);  // `e` is gone from here on
-  remember(id, std::move(rec), now);
+  remember(e.info.execution_id, std::move(rec), now);
+  retire(e);  // `e` is free from here on
 }
 
 void Scheduler::remember(const std::string& id, FinishedRecord rec, Time now) {
@@ -674,9 +730,8 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
   while (!timeouts_.empty() && timeouts_.top().at <= now.mono_ns) {
     const TimeoutEntry t = timeouts_.top();
     timeouts_.pop();
-    auto it = active_.find(t.execution_id);
-    if (it == active_.end() || it->second.timeout_seq != t.seq) continue;
-    Exec& e = it->second;
+    Exec& e = execs_[t.exec];
+    if (!e.live || e.timeout_seq != t.seq) continue;
     if (e.phase != Phase::kDispatching && e.phase != Phase::kDispatched) continue;
     ++counters_.timed_out;
     out.push_back(action::Log{true, e.info.execution_id,
@@ -709,12 +764,11 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
   for (auto n : taking_) in_flight += n;
   while (dispatched_ + in_flight < config_.max_active_executions && !transports_.empty() &&
          now.mono_ns >= paused_until_) {
-    std::optional<std::pair<std::size_t, std::string>> held_pick;  // (effective level, id)
+    std::optional<std::pair<std::size_t, ExecIndex>> held_pick;  // (effective level, exec)
     for (std::size_t l = 0; l < kPriorityLevels && !held_pick; ++l) {
-      for (const auto& id : lanes_[l]) {
-        auto it = active_.find(id);
-        if (it != active_.end() && it->second.ready_at <= now.mono_ns) {
-          held_pick.emplace(l, id);
+      for (const ExecIndex idx : lanes_[l]) {
+        if (execs_[idx].live && execs_[idx].ready_at <= now.mono_ns) {
+          held_pick.emplace(l, idx);
           break;
         }
       }
@@ -734,7 +788,7 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
     if (held_pick && (!queue_pick || held_pick->first <= queue_pick->first)) {
       auto& lane = lanes_[held_pick->first];
       lane.erase(std::find(lane.begin(), lane.end(), held_pick->second));
-      Exec& e = active_.at(held_pick->second);
+      Exec& e = execs_[held_pick->second];
       e.phase = Phase::kUnknown;  // out of its lane; publish_dispatch sets the phase
       publish_dispatch(e, now, out);
       continue;
@@ -768,8 +822,8 @@ std::optional<std::int64_t> Scheduler::next_deadline(Time now) const {
   if (paused_until_ > 0) consider(paused_until_);
   for (const auto& [op, pc] : deferred_cancels_) consider(pc.retry_at);
   for (const auto& lane : lanes_) {
-    for (const auto& id : lane) {
-      if (auto it = active_.find(id); it != active_.end()) consider(it->second.ready_at);
+    for (const ExecIndex idx : lane) {
+      if (execs_[idx].live) consider(execs_[idx].ready_at);
     }
   }
   return at;

@@ -25,6 +25,9 @@
 #include <variant>
 #include <vector>
 
+#include <absl/container/flat_hash_map.h>
+#include <boost/container/small_vector.hpp>
+
 #include "shmsched/core/events.h"
 #include "shmsched/core/priority.h"
 
@@ -201,7 +204,7 @@ namespace action {
 // each must report the outcome of `token` (input::Delivery). Events have token 0.
 struct Publish {
   Event event;
-  std::vector<TransportId> to;
+  boost::container::small_vector<TransportId, 2> to;
   std::uint64_t token = 0;
 };
 struct Answer {
@@ -312,22 +315,27 @@ class Scheduler {
   bool can_take(Time now) const;
 
  private:
+  // Executions taken from the queue live in a pool (execs_), found by id through active_ and by
+  // publish token through the index the token carries: the dispatch path allocates nothing per
+  // execution once the pool has grown.
   struct Exec {
+    bool live = false;
     SlotRef slot = 0;
     ExecutionInfo info;
     Phase phase = Phase::kUnknown;
     std::size_t level = 2;  // effective level of its lane while held
     std::int64_t ready_at = 0;
     std::uint32_t publish_failures = 0;
-    std::uint64_t token = 0;
-    // A handful of transports at most: small vectors, not node-based sets (this is per
-    // execution on the dispatch path).
-    std::vector<TransportId> pending;  // outcomes still due for `token`
+    std::uint64_t token = 0;  // of the publish in flight (0: none)
+    // A handful of transports at most: inline, no allocation per execution.
+    boost::container::small_vector<TransportId, 2> pending;  // outcomes still due for `token`
     bool publish_failed = false;
-    std::vector<std::string> acked;  // transports (by name) that have the current attempt
+    boost::container::small_vector<std::string, 2>
+        acked;  // transports (by name) that have this attempt
     std::int64_t dispatched_at = 0;
     std::uint64_t timeout_seq = 0;  // invalidates older entries of the timeout heap
   };
+  using ExecIndex = std::uint32_t;
   struct FinishedRecord {
     FinalState state = FinalState::kNone;
     std::string user_id;
@@ -349,8 +357,8 @@ class Scheduler {
   };
   struct TimeoutEntry {
     std::int64_t at;
-    std::string execution_id;
-    std::uint64_t seq;
+    ExecIndex exec;
+    std::uint64_t seq;  // unique among all arms: a reused pool entry never matches
     bool operator>(const TimeoutEntry& o) const { return at > o.at; }
   };
 
@@ -377,6 +385,12 @@ class Scheduler {
 
   Exec* reported(OpId op, const std::string& id, std::optional<std::uint32_t> attempt,
                  std::vector<Action>& out);
+  Exec* find(const std::string& id);
+  ExecIndex index_of(const Exec& e) const { return static_cast<ExecIndex>(&e - execs_.data()); }
+  // A fresh pool entry for `id` (an old one of the same id is reused: cannot happen, ids are
+  // unique in the queue, but the state stays consistent).
+  Exec& admit(const std::string& id);
+  void retire(Exec& e);  // finished: out of active_, back to the pool
   void publish_dispatch(Exec& e, Time now, std::vector<Action>& out);
   void resolve_dispatch(Exec& e, Time now, std::vector<Action>& out);
   void hold(Exec& e, std::int64_t ready_at, bool front, std::vector<Action>& out);
@@ -397,11 +411,12 @@ class Scheduler {
 
   SchedulerConfig config_;
   SchedulerCounters counters_;
-  std::unordered_map<std::string, Exec> active_;
-  std::array<std::deque<std::string>, kPriorityLevels> lanes_;  // held, in dispatch order
-  std::unordered_map<std::uint64_t, std::string> tokens_;
-  std::map<TransportId, std::string> transports_;  // up and taking publishes
-  std::map<TransportId, std::string> retiring_;    // flushing: awaited, no new publishes
+  std::vector<Exec> execs_;
+  std::vector<ExecIndex> free_execs_;
+  absl::flat_hash_map<std::string, ExecIndex> active_;        // taken and unfinished, by id
+  std::array<std::deque<ExecIndex>, kPriorityLevels> lanes_;  // held, in dispatch order
+  std::map<TransportId, std::string> transports_;             // up and taking publishes
+  std::map<TransportId, std::string> retiring_;               // flushing: awaited, no new publishes
   std::uint64_t next_token_ = 1;
   std::uint64_t dispatched_ = 0;
   std::int64_t paused_until_ = 0;  // after a failed publish, nothing new is taken until then
@@ -413,7 +428,7 @@ class Scheduler {
   std::unordered_map<OpId, PendingCancel> cancels_in_queue_;  // asked of the queue
   std::vector<std::pair<OpId, PendingCancel>> deferred_cancels_;
   std::unordered_map<OpId, input::Submit> submits_;  // asked of the queue
-  std::unordered_map<std::string, FinishedRecord> finished_;
+  absl::flat_hash_map<std::string, FinishedRecord> finished_;
   // Oldest first: (id, seq); an entry whose seq no longer matches its record is stale.
   std::deque<std::pair<std::string, std::uint64_t>> finished_order_;
   std::uint64_t finished_seq_ = 0;
