@@ -1,5 +1,6 @@
 /*
- * shmsched transport plugin ABI, version 1.
+ * shmsched transport plugin ABI, version 2 (version 2 added publish_batch; shmschedd refuses a
+ * plugin built for another version, with a message that says to rebuild it).
  *
  * A transport is a shared object that the supervisor (shmschedd) loads with dlopen. It exports
  * one symbol, shmsched_transport_entry, returning a table of functions over an opaque handle.
@@ -25,7 +26,7 @@
 extern "C" {
 #endif
 
-#define SHMSCHED_TRANSPORT_ABI_VERSION 1u
+#define SHMSCHED_TRANSPORT_ABI_VERSION 2u
 #define SHMSCHED_TRANSPORT_ENTRY_SYMBOL "shmsched_transport_entry"
 
 /* Return codes. */
@@ -107,6 +108,16 @@ typedef struct {
   /* Stops threads; after it returns no callback is made. */
   void (*stop)(shmsched_transport* t);
   void (*destroy)(shmsched_transport* t);
+
+  /* Since version 2, optional (NULL: the host calls publish() once per message).
+   * Queues msgs[0 .. n) in order, each as publish(msgs[i], tokens[i]) would, and returns how
+   * many it took: all n, or a prefix when msgs[taken] was refused, with the reason in *refusal
+   * (SHMSCHED_ERR_BUSY, SHMSCHED_ERR_IO, ...). Refused and later messages are not taken and get
+   * no delivery callback; the host deals with the refused one and offers the rest again. The
+   * host hands over every message it has for this transport at once (one wake-up of the
+   * supervisor's loop), so a transport can send them as a batch. */
+  size_t (*publish_batch)(shmsched_transport* t, const shmsched_message* msgs,
+                          const uint64_t* tokens, size_t n, int* refusal);
 } shmsched_transport_api;
 
 /* The one exported symbol. */

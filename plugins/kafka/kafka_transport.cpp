@@ -587,7 +587,8 @@ const shmsched_transport_api kApi = {SHMSCHED_TRANSPORT_ABI_VERSION,
                                      publish,
                                      flush,
                                      stop,
-                                     destroy};
+                                     destroy,
+                                     nullptr};  // no publish_batch: produce() is per message
 
 }  // namespace
 

@@ -82,16 +82,35 @@ int start(shmsched_transport* handle, char* err, size_t err_len) {
   return SHMSCHED_OK;
 }
 
-int publish(shmsched_transport* handle, const shmsched_message* msg, uint64_t token) {
-  auto* t = reinterpret_cast<ZeromqTransport*>(handle);
+int send_one(ZeromqTransport* t, const shmsched_message* msg) {
   if (!t->socket || !msg || !msg->topic) return SHMSCHED_ERR_INTERNAL;
   const size_t topic_len = std::strlen(msg->topic);
   if (zmq_send(t->socket, msg->topic, topic_len, ZMQ_SNDMORE) < 0 ||
       zmq_send(t->socket, msg->body, msg->body_len, 0) < 0) {
     return errno == EAGAIN ? SHMSCHED_ERR_BUSY : SHMSCHED_ERR_IO;
   }
-  if (t->host.delivery) t->host.delivery(t->host.host_ctx, token, 1, nullptr);
   return SHMSCHED_OK;
+}
+
+int publish(shmsched_transport* handle, const shmsched_message* msg, uint64_t token) {
+  auto* t = reinterpret_cast<ZeromqTransport*>(handle);
+  const int rc = send_one(t, msg);
+  if (rc == SHMSCHED_OK && t->host.delivery) t->host.delivery(t->host.host_ctx, token, 1, nullptr);
+  return rc;
+}
+
+size_t publish_batch(shmsched_transport* handle, const shmsched_message* msgs,
+                     const uint64_t* tokens, size_t n, int* refusal) {
+  auto* t = reinterpret_cast<ZeromqTransport*>(handle);
+  for (size_t i = 0; i < n; ++i) {
+    const int rc = send_one(t, &msgs[i]);
+    if (rc != SHMSCHED_OK) {
+      *refusal = rc;
+      return i;
+    }
+    if (t->host.delivery) t->host.delivery(t->host.host_ctx, tokens[i], 1, nullptr);
+  }
+  return n;
 }
 
 size_t flush(shmsched_transport*, uint32_t) {
@@ -120,6 +139,7 @@ const shmsched_transport_api kApi = {
     flush,
     stop,
     destroy,
+    publish_batch,
 };
 
 }  // namespace

@@ -3,6 +3,8 @@
 //   fail_file  while this file exists, every CreatePodCommand fails (asynchronously, like a
 //              broker that is down)
 //   log_file   each delivered message is appended as "<type> <key>\n"
+//   refuse_file  while this file exists, publish_batch refuses every CreatePodCommand at once
+//              (SHMSCHED_ERR_BUSY, a full local queue), taking the messages before it
 //   delay_ms   report deliveries of commands this much later, from another thread (a slow broker)
 //   inbound_dir  every <name>.req file that appears here is handed to the host as an inbound
 //              operation (renamed <name>.taken first); the host's reply is written to
@@ -29,6 +31,7 @@ namespace {
 struct Flaky {
   shmsched_host host;
   std::string fail_file;
+  std::string refuse_file;
   std::string log_file;
   int delay_ms = 0;
   std::string inbound_dir;
@@ -96,6 +99,8 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
     const std::string k = kv[i].key;
     if (k == "fail_file") {
       f->fail_file = kv[i].value;
+    } else if (k == "refuse_file") {
+      f->refuse_file = kv[i].value;
     } else if (k == "log_file") {
       f->log_file = kv[i].value;
     } else if (k == "delay_ms") {
@@ -104,7 +109,8 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
       f->inbound_dir = kv[i].value;
     } else if (k != "runtime_dir") {
       err_out(err, err_len,
-              "unknown option flaky." + k + " (known: fail_file, log_file, delay_ms, inbound_dir)");
+              "unknown option flaky." + k +
+                  " (known: fail_file, refuse_file, log_file, delay_ms, inbound_dir)");
       delete f;
       return nullptr;
     }
@@ -154,6 +160,21 @@ int publish(shmsched_transport* t, const shmsched_message* m, uint64_t token) {
   return SHMSCHED_OK;
 }
 
+size_t publish_batch(shmsched_transport* t, const shmsched_message* msgs, const uint64_t* tokens,
+                     size_t n, int* refusal) {
+  auto* f = reinterpret_cast<Flaky*>(t);
+  struct stat st {};
+  const bool refusing = !f->refuse_file.empty() && ::stat(f->refuse_file.c_str(), &st) == 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (refusing && msgs[i].is_command) {
+      *refusal = SHMSCHED_ERR_BUSY;
+      return i;
+    }
+    publish(t, &msgs[i], tokens[i]);
+  }
+  return n;
+}
+
 void join_late(Flaky* f) {
   std::vector<std::thread> late;
   {
@@ -192,7 +213,8 @@ const shmsched_transport_api kApi = {SHMSCHED_TRANSPORT_ABI_VERSION,
                                      publish,
                                      flush,
                                      stop,
-                                     destroy};
+                                     destroy,
+                                     publish_batch};
 
 }  // namespace
 

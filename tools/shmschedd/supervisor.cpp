@@ -31,9 +31,24 @@ namespace protocol = ipc::protocol;
 
 namespace {
 
-constexpr std::uint64_t kEventTokenBit = 1ULL << 63;  // events: delivery results only logged
 constexpr auto kMaxSleep = std::chrono::milliseconds(100);
 constexpr auto kFlushSlice = std::chrono::milliseconds(0);
+// Entries announced (ExecutionAccepted) per batch before the cursor moves past them.
+constexpr std::size_t kAnnounceBatch = 1024;
+
+// Actions that must not be carried out before the events decided ahead of them are out: an
+// answer (a client that hears "completed" may look for the event), a release and the finished
+// phase (after them, a restarted supervisor would not publish the final event again).
+bool must_follow_publishes(const core::Action& a) {
+  if (std::holds_alternative<core::action::Answer>(a) ||
+      std::holds_alternative<core::action::Release>(a)) {
+    return true;
+  }
+  if (const auto* an = std::get_if<core::action::Annotate>(&a)) {
+    return core::phase_of(an->value) == core::Phase::kFinished;
+  }
+  return false;
+}
 
 std::int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch())
@@ -178,18 +193,38 @@ void Supervisor::queue_state() {
 }
 
 // Carries out actions in order; actions whose answers the scheduler needs (take, cancel,
-// submit, sweep) feed them back at once, and what that leads to is carried out after.
+// submit, sweep) feed them back at once, and what that leads to is carried out after. Events
+// and commands collect in outbound_ and go to the transports as one batch each at the end (or
+// before an action that must follow them); delivery results reported from inside publish()
+// are fed back then, and what they lead to is carried out in the same call.
 void Supervisor::carry_out(std::vector<core::Action>& actions) {
-  for (std::size_t i = 0; i < actions.size(); ++i) {
+  const core::Time t = now();
+  std::vector<core::Action> more;
+  for (std::size_t i = 0;; ++i) {
+    if (i == actions.size()) {
+      flush_outbound();
+      if (local_deliveries_.empty()) break;
+      std::vector<DeliveryMessage> local;
+      local.swap(local_deliveries_);
+      for (const auto& d : local) {
+        if (d.token & kEventTokenBit) {
+          if (!d.ok) spdlog::warn("transport {} could not deliver an event: {}", d.name, d.error);
+          continue;
+        }
+        core_.handle(core::input::Delivery{d.transport, d.token, d.ok}, t, more);
+      }
+      for (auto& m : more) actions.push_back(std::move(m));
+      more.clear();
+      if (i == actions.size()) break;
+    }
     core::Action& a = actions[i];  // `actions` grows only after it is carried out
-    std::vector<core::Action> more;
-    const core::Time t = now();
+    if (must_follow_publishes(a)) flush_outbound();
     if (auto* p = std::get_if<core::action::Publish>(&a)) {
       do_publish(*p);
     } else if (auto* ans = std::get_if<core::action::Answer>(&a)) {
       do_answer(*ans);
     } else if (auto* take = std::get_if<core::action::Take>(&a)) {
-      do_take(*take, more);
+      do_take(*take, t, more);
     } else if (auto* an = std::get_if<core::action::Annotate>(&a)) {
       consumer_->annotate(unpack(an->slot), an->value);
     } else if (auto* sa = std::get_if<core::action::SetAttempt>(&a)) {
@@ -241,53 +276,35 @@ void Supervisor::carry_out(std::vector<core::Action>& actions) {
         core_.handle(core::input::Expired{info_of(rec)}, t, more);
       }
     }
-    // Results reported from inside publish(): as if they had come through the inbox.
-    if (!local_deliveries_.empty()) {
-      std::vector<DeliveryMessage> local;
-      local.swap(local_deliveries_);
-      for (const auto& d : local) {
-        if (d.token & kEventTokenBit) {
-          if (!d.ok) spdlog::warn("transport {} could not deliver an event: {}", d.name, d.error);
-          continue;
-        }
-        core_.handle(core::input::Delivery{d.transport, d.token, d.ok}, t, more);
-      }
-    }
     for (auto& m : more) actions.push_back(std::move(m));
+    more.clear();
   }
+}
+
+void Supervisor::flush_outbound() {
+  outbound_.flush(
+      transports_, [this](core::TransportId id, const std::string& name, std::string_view type,
+                          std::string_view execution_id, std::uint64_t token, int code) {
+        const ExecutionLogScope log_scope(execution_id);
+        spdlog::warn("transport {} refused {} for {} (code {})", name, type, execution_id, code);
+        // A refusal is a failed delivery, reported at once.
+        if (!(token & kEventTokenBit))
+          inbox_->post(DeliveryMessage{id, name, token, false, "refused"});
+      });
 }
 
 void Supervisor::do_publish(const core::action::Publish& p) {
   const core::Event& ev = p.event;
-  const ExecutionLogScope log_scope(ev.execution_id);
-  const std::string type(core::event_name(ev.type));
-  const bool command = ev.type == core::EventType::kCreatePodCommand;
   std::optional<ipc::ExecutionView> view;
-  if (command) view = consumer_->view(unpack(ev.slot));
-  const auto body = ipc::events::encode_event(ev, view ? &*view : nullptr);
-  shmsched_message msg{type.c_str(), ev.execution_id.c_str(),
-                       type.c_str(), reinterpret_cast<const std::uint8_t*>(body.data()),
-                       body.size(),  command ? 1 : 0};
-  auto send = [&](core::TransportId id, Transport& t) {
-    const std::uint64_t token = p.token ? p.token : kEventTokenBit | next_event_token_++;
-    if (t.publish(msg, token) == SHMSCHED_OK) return;
-    spdlog::warn("transport {} refused {} for {}", t.name(), type, ev.execution_id);
-    // A refusal is a failed delivery, reported at once.
-    if (p.token) inbox_->post(DeliveryMessage{id, t.name(), p.token, false, "refused"});
-  };
-  if (p.to.empty()) {
-    for (auto& [id, t] : transports_) send(id, *t);
-    return;
-  }
-  for (core::TransportId id : p.to) {
-    if (auto it = transports_.find(id); it != transports_.end()) send(id, *it->second);
-  }
+  if (ev.type == core::EventType::kCreatePodCommand) view = consumer_->view(unpack(ev.slot));
+  outbound_.add(ev, view ? &*view : nullptr, ipc::events::now_ns(),
+                std::span<const core::TransportId>(p.to.data(), p.to.size()), p.token);
 }
 
-void Supervisor::do_take(const core::action::Take& t, std::vector<core::Action>& more) {
+void Supervisor::do_take(const core::action::Take& t, core::Time time,
+                         std::vector<core::Action>& more) {
   const auto level = static_cast<Priority>(t.level);
   std::uint32_t taken = 0;
-  const core::Time time = now();
   while (taken < t.count) {
     std::uint64_t pos = 0;
     const auto ref = consumer_->dequeue(level, &pos);
@@ -297,10 +314,10 @@ void Supervisor::do_take(const core::action::Take& t, std::vector<core::Action>&
     ++taken;
     const core::ExecutionInfo info = info_of(*view);
     if (pos >= consumer_->announce_cursor(level)) {
-      // Queued after this round's announcements: announce it (out) before anything else.
-      std::vector<core::Action> announced;
-      core_.handle(core::input::Announced{info, 0}, time, announced);
-      carry_out(announced);
+      // Queued after this round's announcements: announced (ExecutionAccepted, ahead of its
+      // command in the same batch) as it is taken. Out of the queue now, it is not announced
+      // again after a restart, so the cursor may move before the event is out.
+      core_.handle(core::input::Announced{info, 0}, time, more);
       consumer_->mark_announced(level, pos + 1);
     }
     core_.handle(core::input::Taken{t.level, pack(*ref), info}, time, more);
@@ -478,12 +495,30 @@ void Supervisor::announce() {
   for (std::size_t l = 0; l < kPriorityLevels; ++l) {
     const auto level = static_cast<Priority>(l);
     // Cells, not the tail, say what is queued: a producer may have filled a cell and not yet
-    // moved the tail.
-    // Published before the cursor moves past it (at least once, even if we die here).
-    consumer_->announce_new(level, [&](const ipc::ExecutionView& v, std::uint64_t rank) {
-      worked_ = true;
-      feed(core::input::Announced{info_of(v), rank});
-    });
+    // moved the tail. The ExecutionAccepted events of a batch are out before the cursor moves
+    // past it (at least once, even if we die in between).
+    for (;;) {
+      const core::Time t = now();
+      std::vector<core::Action> actions;
+      const std::size_t n = consumer_->announce_new(
+          level, kAnnounceBatch,
+          [&](const ipc::ExecutionView& v, std::uint64_t rank) {
+            core_.handle(core::input::Announced{info_of(v), rank}, t, actions);
+          },
+          [&] {
+            // Only events follow from announcements; they are encoded while the views hold.
+            for (auto& a : actions) {
+              if (auto* p = std::get_if<core::action::Publish>(&a)) do_publish(*p);
+            }
+            std::erase_if(actions, [](const core::Action& a) {
+              return std::holds_alternative<core::action::Publish>(a);
+            });
+            flush_outbound();
+          });
+      if (n > 0) worked_ = true;
+      if (!actions.empty()) carry_out(actions);
+      if (n < kAnnounceBatch) break;
+    }
   }
 }
 

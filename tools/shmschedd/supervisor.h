@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "inbox.h"
+#include "outbound.h"
 #include "shmsched/core/scheduler.h"
 #include "shmsched/ipc/ingress_server.h"
 #include "shmsched/ipc/queue.h"
@@ -78,7 +79,8 @@ class Supervisor {
   void advance();
   void carry_out(std::vector<core::Action>& actions);
   void do_publish(const core::action::Publish& p);
-  void do_take(const core::action::Take& t, std::vector<core::Action>& more);
+  void do_take(const core::action::Take& t, core::Time time, std::vector<core::Action>& more);
+  void flush_outbound();
   void do_answer(const core::action::Answer& a);
   void process_inbox();
   void handle_op(OpMessage& op);
@@ -123,7 +125,7 @@ class Supervisor {
   std::map<core::TransportId, Retiring> retiring_;
   std::map<std::string, std::shared_ptr<PluginLibrary>> libraries_;
   core::TransportId next_transport_ = 1;
-  std::uint64_t next_event_token_ = 1;
+  Outbound outbound_;
 
   zmq::context_t zmq_;
   std::unique_ptr<ipc::IngressServer> ingress_;

@@ -3,6 +3,8 @@
 #include <dlfcn.h>
 #include <sys/stat.h>
 
+#include <algorithm>
+
 namespace shmsched::daemon {
 
 std::shared_ptr<PluginLibrary> PluginLibrary::load(const std::string& dir,
@@ -93,6 +95,25 @@ Transport::~Transport() {
 
 int Transport::publish(const shmsched_message& msg, std::uint64_t token) {
   return library_->api().publish(handle_, &msg, token);
+}
+
+std::size_t Transport::publish_batch(const shmsched_message* msgs, const std::uint64_t* tokens,
+                                     std::size_t n, int* refusal) {
+  *refusal = SHMSCHED_OK;
+  if (n == 0) return 0;
+  if (library_->api().publish_batch) {
+    const std::size_t taken = library_->api().publish_batch(handle_, msgs, tokens, n, refusal);
+    if (taken < n && *refusal == SHMSCHED_OK) *refusal = SHMSCHED_ERR_INTERNAL;
+    return std::min(taken, n);
+  }
+  for (std::size_t i = 0; i < n; ++i) {
+    const int rc = library_->api().publish(handle_, &msgs[i], tokens[i]);
+    if (rc != SHMSCHED_OK) {
+      *refusal = rc;
+      return i;
+    }
+  }
+  return n;
 }
 
 std::size_t Transport::flush(std::uint32_t timeout_ms) {

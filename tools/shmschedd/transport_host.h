@@ -66,6 +66,10 @@ class Transport {
 
   // SHMSCHED_OK when the message was taken (a delivery callback follows for `token`).
   int publish(const shmsched_message& msg, std::uint64_t token);
+  // msgs[0 .. n) in order (publish_batch, or publish() one by one for a plugin without it):
+  // how many were taken; *refusal says why msgs[taken] was not.
+  std::size_t publish_batch(const shmsched_message* msgs, const std::uint64_t* tokens,
+                            std::size_t n, int* refusal);
   std::size_t flush(std::uint32_t timeout_ms);
 
  private:

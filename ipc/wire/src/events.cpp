@@ -31,8 +31,16 @@ void add_fields(MapBuilder& m, const core::Reply& r) {
 }  // namespace
 
 std::vector<std::byte> encode_event(const core::Event& e, const ExecutionView* view) {
-  MapBuilder m;
-  m.str("type", core::event_name(e.type)).integer("timestamp", now_ns());
+  std::vector<std::byte> out;
+  const std::size_t start = encode_event_into(out, e, view, now_ns());
+  out.erase(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(start));
+  return out;
+}
+
+std::size_t encode_event_into(std::vector<std::byte>& out, const core::Event& e,
+                              const ExecutionView* view, std::int64_t timestamp) {
+  MapBuilder m(out);
+  m.str("type", core::event_name(e.type)).integer("timestamp", timestamp);
   m.str("execution_id", e.execution_id).str("user_id", e.user_id);
   switch (e.type) {
     case core::EventType::kAccepted:
@@ -67,7 +75,7 @@ std::vector<std::byte> encode_event(const core::Event& e, const ExecutionView* v
       if (e.type == core::EventType::kFailed) m.integer("attempt", e.attempt);
       break;
   }
-  return m.finish();
+  return m.complete();
 }
 
 std::vector<std::byte> encode_reply(const core::Reply& r, const std::vector<core::Reply>* items) {

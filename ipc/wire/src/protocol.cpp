@@ -3,6 +3,7 @@
 #include "shmsched/ipc/protocol.h"
 
 #include <algorithm>
+#include <cstring>
 #include <msgpack.hpp>
 #include <random>
 
@@ -277,7 +278,7 @@ std::variant<Request, DecodeError> decode_request(std::span<const std::byte> fra
 
 template <typename PackValue>
 MapBuilder& MapBuilder::field(std::string_view key, PackValue&& pack_value) {
-  ByteSink sink{body_};
+  ByteSink sink{buffer()};
   msgpack::packer<ByteSink> pk(sink);
   pk.pack(key);
   pack_value(pk);
@@ -332,23 +333,50 @@ MapBuilder& MapBuilder::int_map(std::string_view key,
   });
 }
 MapBuilder& MapBuilder::raw(std::string_view key, std::vector<std::byte> encoded) {
-  return field(key, [&](auto&) { body_.insert(body_.end(), encoded.begin(), encoded.end()); });
+  return field(key,
+               [&](auto&) { buffer().insert(buffer().end(), encoded.begin(), encoded.end()); });
 }
 MapBuilder& MapBuilder::raw_array(std::string_view key,
                                   const std::vector<std::vector<std::byte>>& items) {
   return field(key, [&](auto& pk) {
     pk.pack_array(static_cast<std::uint32_t>(items.size()));
-    for (const auto& item : items) body_.insert(body_.end(), item.begin(), item.end());
+    for (const auto& item : items) buffer().insert(buffer().end(), item.begin(), item.end());
   });
 }
 
-std::vector<std::byte> MapBuilder::finish() const {
-  std::vector<std::byte> out;
-  out.reserve(body_.size() + 5);
-  ByteSink sink{out};
-  msgpack::packer<ByteSink>(sink).pack_map(count_);
-  out.insert(out.end(), body_.begin(), body_.end());
-  return out;
+MapBuilder::MapBuilder() {
+  own_.reserve(256);
+  own_.resize(kHeaderRoom);
+}
+
+MapBuilder::MapBuilder(std::vector<std::byte>& out) : external_(&out), header_at_(out.size()) {
+  out.resize(out.size() + kHeaderRoom);
+}
+
+std::size_t MapBuilder::complete() {
+  std::vector<std::byte>& b = buffer();
+  std::byte header[kHeaderRoom];
+  std::size_t n = 0;
+  if (count_ <= 15) {
+    header[n++] = static_cast<std::byte>(0x80 | count_);  // fixmap
+  } else if (count_ <= 0xffff) {
+    header[n++] = std::byte{0xde};  // map 16
+    header[n++] = static_cast<std::byte>(count_ >> 8);
+    header[n++] = static_cast<std::byte>(count_);
+  } else {
+    header[n++] = std::byte{0xdf};  // map 32
+    for (int shift = 24; shift >= 0; shift -= 8) {
+      header[n++] = static_cast<std::byte>(count_ >> shift);
+    }
+  }
+  const std::size_t start = header_at_ + kHeaderRoom - n;
+  std::memcpy(b.data() + start, header, n);
+  return start;
+}
+
+std::vector<std::byte> MapBuilder::finish() {
+  const std::size_t start = complete();
+  return std::vector<std::byte>(own_.begin() + static_cast<std::ptrdiff_t>(start), own_.end());
 }
 
 std::vector<std::byte> error_reply(std::string_view code, std::string_view message) {

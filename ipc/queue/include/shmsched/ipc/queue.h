@@ -226,13 +226,19 @@ class Consumer : public QueueHandle {
   // scan_new() counts in).
   std::optional<ActiveRef> dequeue(Priority level, std::uint64_t* pos_out = nullptr);
 
-  // Visits the queued entries of `level` that are not announced yet (oldest first) and moves
-  // the segment's announce cursor past each: how the owner learns of new submissions. `visit`
-  // gets the entry's view and its current rank. The cursor lives in the segment (a restarted
-  // owner does not announce again what its predecessor did) and follows its entries when a
-  // compaction renumbers the ring.
+  // Visits up to `limit` queued entries of `level` that are not announced yet (oldest first),
+  // calls `commit()`, then moves the segment's announce cursor past them: how the owner learns
+  // of new submissions. `visit` gets the entry's view (valid until commit() returns) and its
+  // current rank; `commit` is where the owner makes the announcements known, so that each is
+  // made at least once even if the owner dies. Returns how many entries it visited. The cursor
+  // lives in the segment (a restarted owner does not announce again what its predecessor did)
+  // and follows its entries when a compaction renumbers the ring.
+  template <typename Visit, typename Commit>
+  std::size_t announce_new(Priority level, std::size_t limit, Visit&& visit, Commit&& commit);
   template <typename Visit>
-  void announce_new(Priority level, Visit&& visit);
+  void announce_new(Priority level, Visit&& visit) {
+    announce_new(level, SIZE_MAX, std::forward<Visit>(visit), [] {});
+  }
   // The first position of `level` not announced yet; and moving it (an entry announced out of
   // turn, because it is taken before the announcement pass reached it).
   std::uint64_t announce_cursor(Priority level) const;
@@ -310,22 +316,31 @@ QueueStats queue_stats(const Segment& segment);
 // store that the consumer's `ready` check reads. Costs no system call while the consumer is awake.
 void kick(const Segment& segment);
 
-template <typename Visit>
-void Consumer::announce_new(Priority level, Visit&& visit) {
+template <typename Visit, typename Commit>
+std::size_t Consumer::announce_new(Priority level, std::size_t limit, Visit&& visit,
+                                   Commit&& commit) {
   const std::size_t l = priority_index(level);
-  if (!enter()) return;
+  if (!enter()) return 0;
   struct Leave {
     Consumer* c;
     ~Leave() { c->leave(); }
   } bracket{this};
-  std::uint64_t pos = announce_cursor(level);
-  for (;;) {
+  const std::uint64_t from = announce_cursor(level);
+  std::uint64_t pos = from;
+  std::size_t visited = 0;
+  while (visited < limit) {
     const ScanItem item = scan_at(l, pos);
-    if (item.end) return;
-    if (item.live) visit(view_at(slot_at(l, item.pos)), rank_of(l, item.pos));
+    if (item.end) break;
+    if (item.live) {
+      visit(view_at(slot_at(l, item.pos)), rank_of(l, item.pos));
+      ++visited;
+    }
     pos = item.pos + 1;
-    mark_announced(level, pos);
   }
+  if (pos == from) return 0;
+  commit();
+  mark_announced(level, pos);
+  return visited;
 }
 
 template <typename Ready>

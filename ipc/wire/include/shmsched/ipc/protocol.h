@@ -73,9 +73,15 @@ SubmitRequest to_submit_request(const SubmitOp& op, std::string_view execution_i
 
 // ---- Encoding of replies and events ------------------------------------------------------
 
-// A msgpack map built field by field (keys in insertion order).
+// A msgpack map built field by field (keys in insertion order), into a buffer of its own
+// (finish()) or appended to a buffer the caller reuses (complete()): the hot path encodes many
+// events into one buffer without an allocation each.
 class MapBuilder {
  public:
+  MapBuilder();
+  // Appends the map to `out`; complete() says where it starts.
+  explicit MapBuilder(std::vector<std::byte>& out);
+
   MapBuilder& str(std::string_view key, std::string_view value);
   MapBuilder& integer(std::string_view key, std::int64_t value);
   MapBuilder& boolean(std::string_view key, bool value);
@@ -87,15 +93,22 @@ class MapBuilder {
   // A nested map (already encoded by another MapBuilder).
   MapBuilder& raw(std::string_view key, std::vector<std::byte> encoded);
   MapBuilder& raw_array(std::string_view key, const std::vector<std::vector<std::byte>>& items);
-  std::vector<std::byte> finish() const;
+  // The map, as its own bytes.
+  std::vector<std::byte> finish();
+  // Writes the map's header; the map is out[start .. out.size()) for the returned start.
+  std::size_t complete();
 
  private:
-  // Keys and values are encoded as they come, into one buffer; finish() puts the map header
-  // (which needs the count) in front.
+  // Keys and values are encoded as they come; room for the largest map header is left in front
+  // and the header (which needs the count) is written there at the end, right-aligned.
+  static constexpr std::size_t kHeaderRoom = 5;
   template <typename PackValue>
   MapBuilder& field(std::string_view key, PackValue&& pack_value);
+  std::vector<std::byte>& buffer() { return external_ ? *external_ : own_; }
 
-  std::vector<std::byte> body_;
+  std::vector<std::byte> own_;
+  std::vector<std::byte>* external_ = nullptr;
+  std::size_t header_at_ = 0;
   std::uint32_t count_ = 0;
 };
 

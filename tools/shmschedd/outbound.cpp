@@ -1,0 +1,62 @@
+#include "outbound.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "shmsched/ipc/events.h"
+
+namespace shmsched::daemon {
+
+void Outbound::add(const core::Event& event, const ipc::ExecutionView* view, std::int64_t timestamp,
+                   std::span<const core::TransportId> to, std::uint64_t token) {
+  Item item;
+  item.type = core::event_name(event.type);
+  item.command = event.type == core::EventType::kCreatePodCommand;
+  item.token = token;
+  item.to.assign(to.begin(), to.end());
+  item.key_at = arena_.size();
+  item.key_len = event.execution_id.size();
+  const auto* key = reinterpret_cast<const std::byte*>(event.execution_id.data());
+  arena_.insert(arena_.end(), key, key + event.execution_id.size());
+  arena_.push_back(std::byte{0});
+  item.body_at = ipc::events::encode_event_into(arena_, event, view, timestamp);
+  item.body_len = arena_.size() - item.body_at;
+  items_.push_back(std::move(item));
+}
+
+void Outbound::flush(Transports& transports, const Refused& refused) {
+  if (items_.empty()) return;
+  for (auto& [id, transport] : transports) {
+    messages_.clear();
+    tokens_.clear();
+    which_.clear();
+    for (std::size_t i = 0; i < items_.size(); ++i) {
+      const Item& it = items_[i];
+      if (!it.to.empty() && std::find(it.to.begin(), it.to.end(), id) == it.to.end()) continue;
+      const char* key = reinterpret_cast<const char*>(arena_.data() + it.key_at);
+      messages_.push_back(
+          shmsched_message{it.type.data(), key, it.type.data(),
+                           reinterpret_cast<const std::uint8_t*>(arena_.data() + it.body_at),
+                           it.body_len, it.command ? 1 : 0});
+      tokens_.push_back(it.token ? it.token : kEventTokenBit | next_event_token_++);
+      which_.push_back(i);
+    }
+    std::size_t done = 0;
+    while (done < messages_.size()) {
+      int refusal = SHMSCHED_OK;
+      done += transport->publish_batch(messages_.data() + done, tokens_.data() + done,
+                                       messages_.size() - done, &refusal);
+      if (done == messages_.size()) break;
+      const Item& it = items_[which_[done]];
+      refused(
+          id, transport->name(), it.type,
+          std::string_view(reinterpret_cast<const char*>(arena_.data() + it.key_at), it.key_len),
+          it.token, refusal);
+      ++done;  // the rest is offered again
+    }
+  }
+  items_.clear();
+  arena_.clear();
+}
+
+}  // namespace shmsched::daemon
