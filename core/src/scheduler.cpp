@@ -12,6 +12,7 @@ namespace {
 constexpr std::int64_t kMs = 1'000'000;
 constexpr std::int64_t kSec = 1'000'000'000;
 constexpr std::int64_t kCancelRetryNs = 100 * kMs;  // a cancel the queue could not take
+constexpr std::uint64_t kDispatchBatch = 1024;      // dispatches decided per advance()
 
 // A publish token: the pool index of its execution above a sequence number, so that a delivery
 // result finds its execution without a look-up table. Bit 63 stays clear (the shell's own).
@@ -97,6 +98,9 @@ Scheduler::Scheduler(SchedulerConfig config) : config_(config) {
   const auto room = std::min<std::uint64_t>(config_.max_active_executions, 1 << 20);
   active_.reserve(room);
   execs_.reserve(room);
+  std::vector<TimeoutEntry> heap;
+  heap.reserve(room);
+  timeouts_ = decltype(timeouts_)(std::greater<>(), std::move(heap));
 }
 
 Scheduler::Exec* Scheduler::find(const std::string& id) {
@@ -762,8 +766,11 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
   // order of effective level (aging lifts long waiters), held ones first within a level.
   std::uint64_t in_flight = 0;
   for (auto n : taking_) in_flight += n;
-  while (dispatched_ + in_flight < config_.max_active_executions && !transports_.empty() &&
-         now.mono_ns >= paused_until_) {
+  // A bounded batch per call: the shell carries it out and calls again, with its inbox, its
+  // timers and the transports' results in between.
+  std::uint64_t budget = kDispatchBatch;
+  while (budget > 0 && dispatched_ + in_flight < config_.max_active_executions &&
+         !transports_.empty() && now.mono_ns >= paused_until_) {
     std::optional<std::pair<std::size_t, ExecIndex>> held_pick;  // (effective level, exec)
     for (std::size_t l = 0; l < kPriorityLevels && !held_pick; ++l) {
       for (const ExecIndex idx : lanes_[l]) {
@@ -791,6 +798,7 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
       Exec& e = execs_[held_pick->second];
       e.phase = Phase::kUnknown;  // out of its lane; publish_dispatch sets the phase
       publish_dispatch(e, now, out);
+      --budget;
       continue;
     }
     if (!queue_pick) break;
@@ -803,9 +811,10 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
     const std::uint32_t count =
         config_.aging_seconds > 0
             ? 1u
-            : static_cast<std::uint32_t>(std::min<std::uint64_t>({room, available, 1024}));
+            : static_cast<std::uint32_t>(std::min<std::uint64_t>({room, available, budget}));
     taking_[level] += count;
     in_flight += count;
+    budget -= count;
     out.push_back(action::Take{level, count});
     if (config_.aging_seconds > 0) break;  // the answer updates the heads first
   }

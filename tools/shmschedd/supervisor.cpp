@@ -161,19 +161,19 @@ core::Time Supervisor::now() const {
 // ---- The scheduler's inputs and actions --------------------------------------------------------
 
 void Supervisor::feed(const core::Input& in) {
-  std::vector<core::Action> out;
-  core_.handle(in, now(), out);
-  carry_out(out);
+  auto out = action_lists_.lease();
+  core_.handle(in, now(), *out);
+  carry_out(*out);
 }
 
 void Supervisor::advance() {
   for (int round = 0; round < 16; ++round) {
     queue_state();
-    std::vector<core::Action> out;
-    core_.advance(now(), out);
-    if (out.empty()) break;
+    auto out = action_lists_.lease();
+    core_.advance(now(), *out);
+    if (out->empty()) break;
     worked_ = true;
-    carry_out(out);
+    carry_out(*out);
   }
   publish_counters();
 }
@@ -188,8 +188,8 @@ void Supervisor::queue_state() {
       qs.head_enqueued_at[l] = consumer_->head_enqueued_at(level);
     }
   }
-  std::vector<core::Action> none;
-  core_.handle(qs, now(), none);
+  auto none = action_lists_.lease();
+  core_.handle(qs, now(), *none);
 }
 
 // Carries out actions in order; actions whose answers the scheduler needs (take, cancel,
@@ -199,7 +199,8 @@ void Supervisor::queue_state() {
 // are fed back then, and what they lead to is carried out in the same call.
 void Supervisor::carry_out(std::vector<core::Action>& actions) {
   const core::Time t = now();
-  std::vector<core::Action> more;
+  auto more_lease = action_lists_.lease();
+  std::vector<core::Action>& more = *more_lease;
   for (std::size_t i = 0;; ++i) {
     if (i == actions.size()) {
       flush_outbound();
@@ -312,7 +313,7 @@ void Supervisor::do_take(const core::action::Take& t, core::Time time,
     const auto view = consumer_->view(*ref);
     if (!view) continue;
     ++taken;
-    const core::ExecutionInfo info = info_of(*view);
+    core::ExecutionInfo info = info_of(*view);
     if (pos >= consumer_->announce_cursor(level)) {
       // Queued after this round's announcements: announced (ExecutionAccepted, ahead of its
       // command in the same batch) as it is taken. Out of the queue now, it is not announced
@@ -320,7 +321,7 @@ void Supervisor::do_take(const core::action::Take& t, core::Time time,
       core_.handle(core::input::Announced{info, 0}, time, more);
       consumer_->mark_announced(level, pos + 1);
     }
-    core_.handle(core::input::Taken{t.level, pack(*ref), info}, time, more);
+    core_.handle(core::input::Taken{t.level, pack(*ref), std::move(info)}, time, more);
   }
   core_.handle(core::input::TakeDone{t.level, t.count - taken}, time, more);
 }
@@ -499,7 +500,8 @@ void Supervisor::announce() {
     // past it (at least once, even if we die in between).
     for (;;) {
       const core::Time t = now();
-      std::vector<core::Action> actions;
+      auto lease = action_lists_.lease();
+      std::vector<core::Action>& actions = *lease;
       const std::size_t n = consumer_->announce_new(
           level, kAnnounceBatch,
           [&](const ipc::ExecutionView& v, std::uint64_t rank) {

@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "action_lists.h"
 #include "config.h"
 #include "inbox.h"
 #include "outbound.h"
@@ -120,6 +121,7 @@ class Supervisor {
   std::vector<DeliveryMessage> local_deliveries_;
   HostCallbacks callbacks_;
   core::Scheduler core_;
+  ActionLists action_lists_;
 
   std::map<core::TransportId, std::unique_ptr<Transport>> transports_;
   std::map<core::TransportId, Retiring> retiring_;

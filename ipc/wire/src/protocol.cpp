@@ -247,8 +247,11 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
 struct ByteSink {
   std::vector<std::byte>& out;
   void write(const char* p, std::size_t n) {
-    const auto* b = reinterpret_cast<const std::byte*>(p);
-    out.insert(out.end(), b, b + n);
+    // Most writes are a few bytes into a buffer with room: skip the generic range insert.
+    const std::size_t at = out.size();
+    if (out.capacity() - at < n) out.reserve(std::max(out.capacity() * 2, at + n));
+    out.resize(at + n);
+    std::memcpy(out.data() + at, p, n);
   }
 };
 

@@ -299,7 +299,8 @@ class Scheduler {
   void handle(const Input& in, Time now, std::vector<Action>& out);
   // Time-driven decisions: dispatch what capacity allows, retries whose backoff passed,
   // timeouts, stale sweeps, retries of cancels the queue could not take. Call it after the
-  // inputs of a round, and again whenever it returned actions whose answers were fed back.
+  // inputs of a round, and again whenever it returned actions whose answers were fed back. It
+  // decides at most 1,024 dispatches per call (a bounded batch; call again for more).
   void advance(Time now, std::vector<Action>& out);
   // The next monotonic time after `now` at which advance() has something to do (nullopt: only
   // inputs can give it work).
