@@ -168,3 +168,35 @@ TEST(Scheduler, AcknowledgementsFromRetiringTransportsCount) {
 
 }  // namespace
 }  // namespace shmsched::core
+
+namespace shmsched::core {
+namespace {
+
+// A deep backlog is dispatched in bounded batches: one advance() decided the whole backlog at
+// once before (a million-entry backlog became one list of millions of actions, and the shell's
+// inbox, timers and watchdog waited for all of it).
+TEST(Scheduler, OneAdvanceDecidesABoundedBatch) {
+  SchedulerConfig c;
+  c.max_active_executions = 1'000'000;
+  Harness h(c);
+  h.in(input::TransportUp{1, "zeromq"});
+  input::QueueState q;
+  q.depth[2] = 500'000;
+  h.in(q);
+  std::uint64_t asked = 0;
+  for (const auto& take : (h.advance(), h.all<action::Take>())) asked += take.count;
+  EXPECT_GT(asked, 0u);
+  EXPECT_LE(asked, 1024u);
+  // The rest follows in later calls, once the first batch was answered.
+  std::vector<Action> ignored;
+  h.s.handle(input::TakeDone{2, static_cast<std::uint32_t>(asked)}, h.t, ignored);
+  q.depth[2] = 500'000;
+  h.in(q);
+  std::uint64_t again = 0;
+  for (const auto& take : (h.advance(), h.all<action::Take>())) again += take.count;
+  EXPECT_GT(again, 0u);
+  EXPECT_LE(again, 1024u);
+}
+
+}  // namespace
+}  // namespace shmsched::core
