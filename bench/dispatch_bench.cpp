@@ -6,6 +6,8 @@
 //
 //   dispatch_bench [--bin-dir DIR] [--plugin-dir DIR] [--latency N] [--throughput N]
 //                  [--daemon-arg --idle-spin-us=200 ...]
+//                  [--baseline-bin-dir DIR [--baseline-plugin-dir DIR]] (bench/compare-baseline.sh)
+//                  [--only shm]   (the shared-memory throughput phase alone, e.g. under perf)
 //
 // Submit-to-dispatch latency is the CreatePodCommand's own timestamp (taken by shmschedd when it
 // publishes) minus the submit's start, both CLOCK_REALTIME on this host: it excludes the hop to
@@ -186,7 +188,7 @@ struct Daemon {
 std::vector<std::string> g_daemon_args;  // --daemon-arg, passed through to shmschedd
 
 void start_daemon(Daemon& d, const std::string& bin, const std::string& plugins, std::uint64_t n) {
-  d.segment = "shmsched-bench-" + std::to_string(::getpid());
+  if (d.segment.empty()) d.segment = "shmsched-bench-" + std::to_string(::getpid());
   ipc::Segment::remove(d.segment);
   const std::string cap = std::to_string(n + 1000);
   std::vector<std::string> args = {bin + "/shmschedd",
@@ -251,12 +253,15 @@ class Commands {
     for (std::uint64_t i = 0; i < n; ++i) {
       zmq::message_t topic, body;
       if (!sub_.recv(topic) || !sub_.recv(body)) return false;
+      body_size_ = body.size();
     }
     return true;
   }
+  std::size_t body_size() const { return body_size_; }
 
  private:
   zmq::socket_t sub_;
+  std::size_t body_size_ = 200;
 };
 
 std::vector<std::byte> submit_request(const std::string& id) {
@@ -307,6 +312,124 @@ double zmq_throughput(const std::string& ep, const std::string& prefix, std::uin
                 static_cast<unsigned long long>(accepted.load()));
   }
   return static_cast<double>(accepted.load()) / secs;
+}
+
+struct Latencies {
+  Percentiles reply, zmq, shm, shm_wake;
+};
+struct LatencySamples {
+  std::vector<double> reply, zmq, shm, shm_wake;
+  Latencies percentiles() const {
+    return {::percentiles(reply), ::percentiles(zmq), ::percentiles(shm), ::percentiles(shm_wake)};
+  }
+};
+
+// Submit-to-CreatePodCommand latencies of the daemon `d`: over ZeroMQ, over shared memory back to
+// back (the supervisor still spins after the previous dispatch), and over shared memory after a
+// pause (it sleeps on the futex and the submit wakes it). `round` keeps ids of repeated rounds
+// apart.
+void measure_latencies(Daemon& d, Commands& commands, int n, int round, LatencySamples& out) {
+  ipc::ClientOptions zo;
+  zo.endpoint = "ipc://" + d.dir + "/ingress.sock";
+  zo.use_shared_memory = false;
+  ipc::Client zclient(zo);
+  // Warm up (and make sure the subscription is live).
+  const std::string r = std::to_string(round) + "-";
+  for (int i = 0; i < 50; ++i) {
+    const std::string id = "warm-" + r + std::to_string(i);
+    zclient.call(submit_request(id));
+    commands.wait_for(id);
+  }
+  auto& zmq_ns = out.zmq;
+  auto& shm_ns = out.shm;
+  auto& reply_ns = out.reply;
+  auto& wake_ns = out.shm_wake;
+  for (int i = 0; i < n; ++i) {
+    const std::string id = "lz-" + r + std::to_string(i);
+    const std::int64_t t0 = wall_ns();
+    const auto s0 = Clock::now();
+    zclient.call(submit_request(id));
+    reply_ns.push_back(std::chrono::duration<double, std::nano>(Clock::now() - s0).count());
+    const std::int64_t ts = commands.wait_for(id);
+    if (ts) zmq_ns.push_back(static_cast<double>(ts - t0));
+  }
+  ipc::ClientOptions so;
+  so.segment = d.segment;
+  so.endpoint = zo.endpoint;
+  ipc::Client sclient(so);
+  if (!sclient.shared_memory()) throw std::runtime_error("cannot attach to the segment");
+  ipc::protocol::SubmitOp op;
+  op.user_id = "bench";
+  op.payload.assign(64, std::byte{'x'});
+  for (int i = 0; i < n; ++i) {
+    op.execution_id = "ls-" + r + std::to_string(i);
+    const std::int64_t t0 = wall_ns();
+    sclient.submit(op);
+    const std::int64_t ts = commands.wait_for(op.execution_id);
+    if (ts) shm_ns.push_back(static_cast<double>(ts - t0));
+  }
+  for (int i = 0; i < n / 4; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    op.execution_id = "lw-" + r + std::to_string(i);
+    const std::int64_t t0 = wall_ns();
+    sclient.submit(op);
+    const std::int64_t ts = commands.wait_for(op.execution_id);
+    if (ts) wake_ns.push_back(static_cast<double>(ts - t0));
+  }
+}
+
+void print_latencies(const Latencies& l) {
+  print_latency("submit reply over ZeroMQ (REQ round trip)", l.reply);
+  print_latency("submit-to-CreatePodCommand over ZeroMQ", l.zmq);
+  print_latency("submit-to-CreatePodCommand, shared memory, back to back", l.shm);
+  print_latency("submit-to-CreatePodCommand, shared memory, futex wake", l.shm_wake);
+}
+
+// What ZeroMQ alone moves on this machine: one PUB thread publishing, per execution, an
+// ExecutionAccepted (nobody subscribes: dropped at the PUB) and a CreatePodCommand of the size
+// shmschedd sends, to one SUB socket that receives the commands; nothing else runs.
+double pubsub_floor(std::uint64_t n, std::size_t body_size, const std::string& dir) {
+  zmq::context_t ctx;
+  const std::string ep = "ipc://" + dir + "/floor.sock";
+  zmq::socket_t pub(ctx, zmq::socket_type::pub);
+  pub.set(zmq::sockopt::sndhwm, 0);
+  pub.bind(ep);
+  zmq::context_t sub_ctx;
+  zmq::socket_t sub(sub_ctx, zmq::socket_type::sub);
+  sub.set(zmq::sockopt::subscribe, "CreatePodCommand");
+  sub.set(zmq::sockopt::rcvhwm, 0);
+  sub.connect(ep);
+  // Until the subscription is live.
+  const std::vector<char> body(body_size, 'x'), accepted(120, 'x');
+  for (;;) {
+    pub.send(zmq::buffer("CreatePodCommand", 16), zmq::send_flags::sndmore);
+    pub.send(zmq::buffer(body.data(), body.size()), zmq::send_flags::none);
+    zmq::message_t m;
+    if (sub.recv(m, zmq::recv_flags::dontwait)) {
+      (void)sub.recv(m);
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  while (true) {  // drain the warm-up
+    zmq::message_t m;
+    if (!sub.recv(m, zmq::recv_flags::dontwait)) break;
+  }
+  const auto t0 = Clock::now();
+  std::thread receiver([&] {
+    for (std::uint64_t i = 0; i < n; ++i) {
+      zmq::message_t topic, b;
+      if (!sub.recv(topic) || !sub.recv(b)) break;
+    }
+  });
+  for (std::uint64_t i = 0; i < n; ++i) {
+    pub.send(zmq::buffer("ExecutionAccepted", 17), zmq::send_flags::sndmore);
+    pub.send(zmq::buffer(accepted.data(), accepted.size()), zmq::send_flags::none);
+    pub.send(zmq::buffer("CreatePodCommand", 16), zmq::send_flags::sndmore);
+    pub.send(zmq::buffer(body.data(), body.size()), zmq::send_flags::none);
+  }
+  receiver.join();
+  return static_cast<double>(n) / std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
 // ---- The Redis peer ---------------------------------------------------------------------------
@@ -362,7 +485,11 @@ int main(int argc, char** argv) {
   std::string bin = SHMSCHED_BIN_DIR, plugins = SHMSCHED_PLUGIN_DIR;
   int n_latency = 2000;
   std::uint64_t n_throughput = 200000;
-  std::string only;  // "shm": only the shared-memory throughput (for profiling)
+  // "shm": only the shared-memory throughput (for profiling); "latency": only the floor and the
+  // latency phases (with --baseline-bin-dir, this build's against another's).
+  std::string only;
+  // Another build's shmschedd and plugins: its latencies are measured in the same run.
+  std::string baseline_bin, baseline_plugins;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];
     if (k == "--bin-dir")
@@ -377,6 +504,10 @@ int main(int argc, char** argv) {
       g_daemon_args.push_back(argv[i + 1]);
     else if (k == "--only")
       only = argv[i + 1];
+    else if (k == "--baseline-bin-dir")
+      baseline_bin = argv[i + 1];
+    else if (k == "--baseline-plugin-dir")
+      baseline_plugins = argv[i + 1];
   }
   const std::string dir = "/tmp/shmsched-dispatch-bench-" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
@@ -433,56 +564,56 @@ int main(int argc, char** argv) {
   ipc::ClientOptions zo;
   zo.endpoint = "ipc://" + dir + "/ingress.sock";
   zo.use_shared_memory = false;
-  ipc::Client zclient(zo);
-  // Warm up (and make sure the subscription is live).
-  for (int i = 0; i < 50; ++i) {
-    const std::string id = "warm-" + std::to_string(i);
-    zclient.call(submit_request(id));
-    commands.wait_for(id);
+  // With a baseline build, the two are measured in turns (this, baseline, baseline, this), so
+  // that neither gets the quieter half of the run.
+  std::unique_ptr<Daemon> b;
+  std::unique_ptr<Commands> baseline_commands;
+  LatencySamples ours, theirs;
+  if (!baseline_bin.empty()) {
+    b = std::make_unique<Daemon>();
+    b->dir = dir + "/baseline";
+    b->segment = "shmsched-bench-baseline-" + std::to_string(::getpid());
+    std::filesystem::create_directories(b->dir);
+    start_daemon(*b, baseline_bin, baseline_plugins.empty() ? baseline_bin : baseline_plugins,
+                 static_cast<std::uint64_t>(n_latency) * 2 + 1000);
+    baseline_commands = std::make_unique<Commands>(ctx, "ipc://" + b->dir + "/events.sock");
+    measure_latencies(d, commands, n_latency / 2, 0, ours);
+    measure_latencies(*b, *baseline_commands, n_latency / 2, 0, theirs);
+    measure_latencies(*b, *baseline_commands, n_latency / 2, 1, theirs);
+    measure_latencies(d, commands, n_latency / 2, 1, ours);
+  } else {
+    measure_latencies(d, commands, n_latency, 0, ours);
   }
-  std::vector<double> zmq_ns, shm_ns, zmq_reply_ns;
-  for (int i = 0; i < n_latency; ++i) {
-    const std::string id = "lz-" + std::to_string(i);
-    const std::int64_t t0 = wall_ns();
-    const auto s0 = Clock::now();
-    zclient.call(submit_request(id));
-    zmq_reply_ns.push_back(std::chrono::duration<double, std::nano>(Clock::now() - s0).count());
-    const std::int64_t ts = commands.wait_for(id);
-    if (ts) zmq_ns.push_back(static_cast<double>(ts - t0));
-  }
+  const Latencies now_lat = ours.percentiles();
+  print_latencies(now_lat);
   ipc::ClientOptions so;
   so.segment = d.segment;
   so.endpoint = zo.endpoint;
   ipc::Client sclient(so);
-  if (!sclient.shared_memory()) throw std::runtime_error("cannot attach to the segment");
   ipc::protocol::SubmitOp op;
   op.user_id = "bench";
   op.payload.assign(64, std::byte{'x'});
-  // Back to back: the supervisor is still in its short spin after the previous dispatch.
-  for (int i = 0; i < n_latency; ++i) {
-    op.execution_id = "ls-" + std::to_string(i);
-    const std::int64_t t0 = wall_ns();
-    sclient.submit(op);
-    const std::int64_t ts = commands.wait_for(op.execution_id);
-    if (ts) shm_ns.push_back(static_cast<double>(ts - t0));
-  }
-  // With a pause before each: the supervisor sleeps on the futex and the submit wakes it.
-  std::vector<double> shm_wake_ns;
-  for (int i = 0; i < n_latency / 4; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    op.execution_id = "lw-" + std::to_string(i);
-    const std::int64_t t0 = wall_ns();
-    sclient.submit(op);
-    const std::int64_t ts = commands.wait_for(op.execution_id);
-    if (ts) shm_wake_ns.push_back(static_cast<double>(ts - t0));
-  }
-  const auto zl = percentiles(zmq_ns), sl = percentiles(shm_ns), zr = percentiles(zmq_reply_ns);
-  const auto sw = percentiles(shm_wake_ns);
-  print_latency("submit reply over ZeroMQ (REQ round trip)", zr);
-  print_latency("submit-to-CreatePodCommand over ZeroMQ", zl);
-  print_latency("submit-to-CreatePodCommand, shared memory, back to back", sl);
-  print_latency("submit-to-CreatePodCommand, shared memory, futex wake", sw);
+  const auto& zl = now_lat.zmq;
+  const auto& sl = now_lat.shm;
+  const auto& sw = now_lat.shm_wake;
 
+  if (b) {
+    std::printf("\nbaseline shmschedd (%s), the same phases in turns with the above:\n",
+                baseline_bin.c_str());
+    const Latencies base = theirs.percentiles();
+    print_latencies(base);
+    std::printf(
+        "  p50 of this build / baseline: ZeroMQ %.2fx, shm back to back %.2fx, "
+        "shm futex wake %.2fx\n",
+        zl.p50 / base.zmq.p50, sl.p50 / base.shm.p50, sw.p50 / base.shm_wake.p50);
+    baseline_commands.reset();
+    b.reset();
+  }
+
+  if (only == "latency") {
+    std::filesystem::remove_all(dir);
+    return 0;
+  }
   std::printf("\nshmschedd sustained throughput, %llu submits:\n",
               static_cast<unsigned long long>(n_throughput));
   const double zmq_tp = zmq_throughput(zo.endpoint, "tz", n_throughput, 2, 512);
@@ -501,6 +632,8 @@ int main(int argc, char** argv) {
       static_cast<double>(n_throughput) / std::chrono::duration<double>(Clock::now() - t0).count();
   std::printf("  %-52s %10.0f /s\n", "shared-memory submits (1 producer)", shm_submit);
   std::printf("  %-52s %10.0f /s\n", "shared memory, submitted and dispatched", shm_e2e);
+  const double floor_tp = pubsub_floor(n_throughput, commands.body_size(), dir);
+  std::printf("  %-52s %10.0f /s\n", "floor: ZeroMQ PUB->SUB of the same messages alone", floor_tp);
 
   std::printf("\nRedis peer (sorted set per priority, Lua admission + pop under a cap):\n");
   Redis redis;
@@ -612,8 +745,12 @@ int main(int argc, char** argv) {
               zmq_tp / redis_submit);
   std::printf("  shmschedd vs Redis, submits/s over shm (ours/Redis)       %6.2fx\n",
               shm_submit / redis_submit);
-  std::printf("  shmschedd vs Redis, submit+dispatch/s, shm (ours/Redis)   %6.2fx (goal >= 10x)\n",
+  std::printf("  shmschedd vs Redis, submit+dispatch/s, shm (ours/Redis)   %6.2fx (goal >= 30x)\n",
               shm_e2e / redis_e2e);
+  std::printf(
+      "  shm submitted and dispatched / PUB->SUB floor               %6.2fx (goal: 1,000,000/s; "
+      "the floor is what ZeroMQ alone moves here)\n",
+      shm_e2e / floor_tp);
   std::filesystem::remove_all(dir);
   return 0;
 }

@@ -94,8 +94,10 @@ Phase phase_of(std::uint64_t word) {
 }
 
 Scheduler::Scheduler(SchedulerConfig config) : config_(config) {
-  // Room for what may be dispatched at once, so the dispatch path does not rehash.
-  const auto room = std::min<std::uint64_t>(config_.max_active_executions, 1 << 20);
+  // Room for what is usually dispatched at once, so that the dispatch path seldom rehashes; not
+  // more: memory reserved for a large cap is touched in random places by the map's inserts, one
+  // page fault each (a cap of 400,000 cost every dispatch a fault until the pages were in).
+  const auto room = std::min<std::uint64_t>(config_.max_active_executions, 1 << 14);
   active_.reserve(room);
   execs_.reserve(room);
   std::vector<TimeoutEntry> heap;

@@ -499,13 +499,14 @@ void Supervisor::announce() {
     // moved the tail. The ExecutionAccepted events of a batch are out before the cursor moves
     // past it (at least once, even if we die in between).
     for (;;) {
-      const core::Time t = now();
+      std::optional<core::Time> t;  // read when there is something to announce
       auto lease = action_lists_.lease();
       std::vector<core::Action>& actions = *lease;
       const std::size_t n = consumer_->announce_new(
           level, kAnnounceBatch,
           [&](const ipc::ExecutionView& v, std::uint64_t rank) {
-            core_.handle(core::input::Announced{info_of(v), rank}, t, actions);
+            if (!t) t = now();
+            core_.handle(core::input::Announced{info_of(v), rank}, *t, actions);
           },
           [&] {
             // Only events follow from announcements; they are encoded while the views hold.
