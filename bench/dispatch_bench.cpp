@@ -558,7 +558,10 @@ int main(int argc, char** argv) {
   std::printf("\nshmschedd (zeromq transport), %d sequential submits each:\n", n_latency);
   Daemon d;
   d.dir = dir;
-  start_daemon(d, bin, plugins, n_throughput * 2 + static_cast<std::uint64_t>(n_latency) * 2 + 10);
+  // Sized for the throughput phases too; a baseline gets the same sizes (a larger segment alone
+  // changes the latencies).
+  const std::uint64_t capacity = n_throughput * 2 + static_cast<std::uint64_t>(n_latency) * 2 + 10;
+  start_daemon(d, bin, plugins, capacity);
   zmq::context_t ctx;
   Commands commands(ctx, "ipc://" + dir + "/events.sock");
   ipc::ClientOptions zo;
@@ -575,7 +578,7 @@ int main(int argc, char** argv) {
     b->segment = "shmsched-bench-baseline-" + std::to_string(::getpid());
     std::filesystem::create_directories(b->dir);
     start_daemon(*b, baseline_bin, baseline_plugins.empty() ? baseline_bin : baseline_plugins,
-                 static_cast<std::uint64_t>(n_latency) * 2 + 1000);
+                 capacity);
     baseline_commands = std::make_unique<Commands>(ctx, "ipc://" + b->dir + "/events.sock");
     measure_latencies(d, commands, n_latency / 2, 0, ours);
     measure_latencies(*b, *baseline_commands, n_latency / 2, 0, theirs);
