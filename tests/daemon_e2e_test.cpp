@@ -297,10 +297,16 @@ TEST(DaemonE2E, FailingTransportBacksOffAndNothingIsLost) {
   auto cmd = f.events->next("CreatePodCommand");
   ASSERT_TRUE(cmd);
   EXPECT_EQ(cmd->str("execution_id"), "t0");
-  std::this_thread::sleep_for(std::chrono::milliseconds(600));  // several backoff rounds
-  auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
-  EXPECT_GE(ipc::get_int(*ipc::find_field(stats.get(), "counters"), "publish_failures").value_or(0),
-            3);
+  // Several backoff rounds.
+  const auto failures = [&] {
+    auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
+    return ipc::get_int(*ipc::find_field(stats.get(), "counters"), "publish_failures").value_or(0);
+  };
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (failures() < 3 && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GE(failures(), 3);
   EXPECT_EQ(count_lines(log_file, "CreatePodCommand"), 0u);
   std::filesystem::remove(fail_file);  // the broker is back
   // Every execution reaches the flaky transport exactly once, and zeromq never twice.
@@ -524,7 +530,7 @@ TEST(DaemonE2E, BadConfigurationNamesTheKey) {
   old.start(false);
   EXPECT_EQ(old.wait_exit(), 1);
   EXPECT_THAT(old.log_text(), HasSubstr("was built for plugin ABI version 1, this shmschedd "
-                                       "speaks version 2: rebuild the plugin"));
+                                        "speaks version 2: rebuild the plugin"));
   Daemon nosym(dir, seg(), {"--transports=nosymbol"});
   nosym.start(false);
   EXPECT_EQ(nosym.wait_exit(), 1);
@@ -536,6 +542,51 @@ TEST(DaemonE2E, BadConfigurationNamesTheKey) {
   EXPECT_EQ(mixed.signal(SIGTERM), 0);
   // A supervisor that failed to start leaves the segment for the next one, as in production.
   for (const auto& s : segments) ipc::Segment::remove(s);
+  std::filesystem::remove_all(dir);
+}
+
+// A transport that refuses part of a batch (publish_batch takes a prefix): the refused command
+// is a failed delivery, backed off and published again; the messages after it are offered again
+// at once; each command reaches each transport once.
+TEST(DaemonE2E, RefusedCommandsInABatchAreRetriedAndNothingIsLostOrDoubled) {
+  const std::string dir = temp_dir("refuse-files");
+  const std::string refuse_file = dir + "/refuse";
+  const std::string log_file = dir + "/delivered";
+  std::ofstream(refuse_file).put('x');
+  Fixture f("refuse", {"--transports=zeromq,flaky", "--flaky.refuse_file=" + refuse_file,
+                       "--flaky.log_file=" + log_file, "--dispatch-backoff-ms=50",
+                       "--max-active-executions=4"});
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(f.ingress->submit("r" + std::to_string(i), "u").ok());
+  // Several backoff rounds.
+  const auto failures = [&] {
+    auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
+    return ipc::get_int(*ipc::find_field(stats.get(), "counters"), "publish_failures").value_or(0);
+  };
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (failures() < 3 && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_GE(failures(), 3);
+  EXPECT_EQ(count_lines(log_file, "CreatePodCommand"), 0u);
+  // The events of the batch around the refused commands were taken (offered again after each).
+  EXPECT_EQ(count_lines(log_file, "ExecutionAccepted r"), 6u);
+  std::filesystem::remove(refuse_file);
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (count_lines(log_file, "CreatePodCommand") < 4 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(count_lines(log_file, "CreatePodCommand r" + std::to_string(i)), 1u) << i;
+  }
+  EXPECT_EQ(f.events->count_for("CreatePodCommand", std::chrono::milliseconds(500)), 4u)
+      << "zeromq had each once";
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(f.ingress->complete("r" + std::to_string(i)).ok());
+  while (count_lines(log_file, "CreatePodCommand") < 6 && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(count_lines(log_file, "CreatePodCommand r4"), 1u);
+  EXPECT_EQ(count_lines(log_file, "CreatePodCommand r5"), 1u);
+  EXPECT_THAT(f.daemon->log_text(), ::testing::HasSubstr("refused CreatePodCommand"));
   std::filesystem::remove_all(dir);
 }
 

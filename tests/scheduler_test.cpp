@@ -198,5 +198,60 @@ TEST(Scheduler, OneAdvanceDecidesABoundedBatch) {
   EXPECT_LE(again, 1024u);
 }
 
+ExecutionInfo taken_info(const std::string& id) {
+  return ExecutionInfo{id, "u", Priority::kNormal, 1'700'000'000 * kSec, 1, 0};
+}
+
+// More held executions are ready than one advance() may dispatch (1,024), and there is room for
+// them: next_deadline() says "now" (the shell sleeps on it), or the rest would wait for an
+// unrelated wake-up, up to 100 ms per 16 batches after a restart with a large backlog.
+TEST(Scheduler, ReadyHeldBeyondOneBatchHaveADeadlineNow) {
+  SchedulerConfig c;
+  c.max_active_executions = 100'000;
+  Harness h(c);
+  h.in(input::TransportUp{1, "zeromq"});
+  // A restart: executions the previous supervisor had taken, never dispatched (phase unknown):
+  // held, ready at once.
+  for (int i = 0; i < 1100; ++i) {
+    h.in(input::Recovered{static_cast<SlotRef>(i + 1), taken_info("r" + std::to_string(i)), 0});
+  }
+  ASSERT_EQ(h.s.held(), 1100u);
+  h.t.mono_ns += 1;  // the next pass
+  h.advance();
+  ASSERT_EQ(h.all<action::Publish>().size(), 1024u);
+  ASSERT_EQ(h.s.held(), 76u);
+  ASSERT_TRUE(h.s.can_take(h.t)) << "room is left, transports are up, nothing paused";
+  // advance() would dispatch the rest right now ...
+  std::vector<Action> probe;
+  Scheduler copy = h.s;
+  copy.advance(h.t, probe);
+  std::size_t more = 0;
+  for (const auto& a : probe) more += std::holds_alternative<action::Publish>(a);
+  EXPECT_EQ(more, 76u);
+  // ... but nothing tells the shell to call it: no deadline at or before now.
+  const auto d = h.s.next_deadline(h.t);
+  EXPECT_TRUE(d.has_value() && *d <= h.t.mono_ns + 1)
+      << "next_deadline = " << (d ? std::to_string(*d - h.t.mono_ns) + " ns from now" : "none");
+}
+
+// A delivery result for a token whose pool entry was retired and reused by another execution
+// does not count for the new one (the token's sequence half differs).
+TEST(Scheduler, StaleTokenAfterPoolReuseIsIgnored) {
+  Harness h;
+  h.in(input::TransportUp{1, "zeromq"});
+  const auto p1 = h.take("a", 1);
+  h.in(input::Cancel{1, "a", ""});  // finished: its pool entry is free
+  const auto p2 = h.take("b", 2);   // same pool entry
+  ASSERT_EQ(p1.token >> 40, p2.token >> 40) << "the test wants the same pool index";
+  ASSERT_NE(p1.token, p2.token);
+  h.in(input::Delivery{1, p1.token, true});
+  EXPECT_EQ(h.s.dispatched_now(), 1u);  // b is dispatching, not dispatched
+  EXPECT_TRUE(h.all<action::Annotate>().empty());
+  h.in(input::Delivery{1, 0, false});  // a token of 0 (an event's refusal) changes nothing
+  EXPECT_TRUE(h.out.empty());
+  h.in(input::Delivery{1, p2.token, true});
+  EXPECT_EQ(h.all<action::Annotate>().size(), 1u);
+}
+
 }  // namespace
 }  // namespace shmsched::core

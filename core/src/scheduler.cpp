@@ -820,10 +820,14 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
     out.push_back(action::Take{level, count});
     if (config_.aging_seconds > 0) break;  // the answer updates the heads first
   }
+  batch_full_ = budget == 0;
   forget_old(now);
 }
 
 std::optional<std::int64_t> Scheduler::next_deadline(Time now) const {
+  // The last advance() stopped at its batch bound with room left: more is due at once (held
+  // executions that are ready, which the shell's wake-up conditions do not see).
+  if (batch_full_ && can_take(now)) return now.mono_ns;
   std::optional<std::int64_t> at;
   auto consider = [&](std::int64_t t) {
     if (t > now.mono_ns && (!at || t < *at)) at = t;

@@ -26,7 +26,17 @@ void Outbound::add(const core::Event& event, const ipc::ExecutionView* view, std
 
 void Outbound::flush(Transports& transports, const Refused& refused) {
   if (items_.empty()) return;
+  // Forgotten however this ends: an exception out of a transport stops the loop, and the
+  // shutdown that follows must not hand the same messages out again.
+  struct Forget {
+    Outbound& o;
+    ~Forget() {
+      o.items_.clear();
+      o.arena_.clear();
+    }
+  } forget{*this};
   for (auto& [id, transport] : transports) {
+    if (!transport) continue;
     messages_.clear();
     tokens_.clear();
     which_.clear();
@@ -51,12 +61,10 @@ void Outbound::flush(Transports& transports, const Refused& refused) {
       refused(
           id, transport->name(), it.type,
           std::string_view(reinterpret_cast<const char*>(arena_.data() + it.key_at), it.key_len),
-          it.token, refusal);
+          tokens_[done], refusal);
       ++done;  // the rest is offered again
     }
   }
-  items_.clear();
-  arena_.clear();
 }
 
 }  // namespace shmsched::daemon

@@ -635,8 +635,9 @@ void Supervisor::apply_transports(const Config& next) {
     if (replaced) feed(core::input::TransportGone{*replaced});
   }
   // What is left is replaced or removed: it retires (flushed while the loop goes on).
-  for (auto& [id, t] : transports_) retire(std::move(t), next);
-  transports_ = std::move(kept);
+  // transports_ never holds an entry moved from: retiring feeds the scheduler, which may publish.
+  auto leaving = std::exchange(transports_, std::move(kept));
+  for (auto& [id, t] : leaving) retire(std::move(t), next);
 }
 
 // ---- Recovery, timers, sleeping ---------------------------------------------------------------
@@ -778,8 +779,8 @@ void Supervisor::shutdown() {
   }
   ops_.clear();
   stopping_ = true;
-  for (auto& [id, t] : transports_) retire(std::move(t), config_);
-  transports_.clear();
+  auto leaving = std::exchange(transports_, {});
+  for (auto& [id, t] : leaving) retire(std::move(t), config_);
   service_retiring(true);
   spdlog::info(
       "stopped; {} queued and {} taken execution(s) stay in the segment for the next supervisor",

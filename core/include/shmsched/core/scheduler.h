@@ -302,8 +302,8 @@ class Scheduler {
   // inputs of a round, and again whenever it returned actions whose answers were fed back. It
   // decides at most 1,024 dispatches per call (a bounded batch; call again for more).
   void advance(Time now, std::vector<Action>& out);
-  // The next monotonic time after `now` at which advance() has something to do (nullopt: only
-  // inputs can give it work).
+  // The next monotonic time at which advance() has something to do: `now` itself when the last
+  // call stopped at its batch bound with more to dispatch; nullopt: only inputs can give it work.
   std::optional<std::int64_t> next_deadline(Time now) const;
 
   const SchedulerCounters& counters() const { return counters_; }
@@ -424,6 +424,7 @@ class Scheduler {
   input::QueueState queue_;
   std::array<std::uint32_t, kPriorityLevels> taking_{};  // asked for, not yet answered
   std::int64_t next_sweep_ = 0;
+  bool batch_full_ = false;  // the last advance() used its whole dispatch budget
   std::priority_queue<TimeoutEntry, std::vector<TimeoutEntry>, std::greater<>> timeouts_;
   std::uint64_t timeout_seq_ = 0;
   std::unordered_map<OpId, PendingCancel> cancels_in_queue_;  // asked of the queue
