@@ -13,7 +13,9 @@ void Outbound::add(const core::Event& event, const ipc::ExecutionView* view, std
   item.type = core::event_name(event.type);
   item.command = event.type == core::EventType::kCreatePodCommand;
   item.token = token;
-  item.to.assign(to.begin(), to.end());
+  item.to_at = to_ids_.size();
+  item.to_len = to.size();
+  to_ids_.insert(to_ids_.end(), to.begin(), to.end());
   item.key_at = arena_.size();
   item.key_len = event.execution_id.size();
   const auto* key = reinterpret_cast<const std::byte*>(event.execution_id.data());
@@ -33,6 +35,7 @@ void Outbound::flush(Transports& transports, const Refused& refused) {
     ~Forget() {
       o.items_.clear();
       o.arena_.clear();
+      o.to_ids_.clear();
     }
   } forget{*this};
   for (auto& [id, transport] : transports) {
@@ -42,7 +45,9 @@ void Outbound::flush(Transports& transports, const Refused& refused) {
     which_.clear();
     for (std::size_t i = 0; i < items_.size(); ++i) {
       const Item& it = items_[i];
-      if (!it.to.empty() && std::find(it.to.begin(), it.to.end(), id) == it.to.end()) continue;
+      const auto to_begin = to_ids_.begin() + static_cast<std::ptrdiff_t>(it.to_at);
+      const auto to_end = to_begin + static_cast<std::ptrdiff_t>(it.to_len);
+      if (it.to_len > 0 && std::find(to_begin, to_end, id) == to_end) continue;
       const char* key = reinterpret_cast<const char*>(arena_.data() + it.key_at);
       messages_.push_back(
           shmsched_message{it.type.data(), key, it.type.data(),

@@ -13,8 +13,6 @@
 #include <string_view>
 #include <vector>
 
-#include <boost/container/small_vector.hpp>
-
 #include "shmsched/core/scheduler.h"
 #include "shmsched/ipc/queue.h"
 #include "transport_host.h"
@@ -48,11 +46,12 @@ class Outbound {
     std::size_t body_at = 0, body_len = 0;
     bool command = false;
     std::uint64_t token = 0;
-    boost::container::small_vector<core::TransportId, 2> to;
+    std::size_t to_at = 0, to_len = 0;  // its transports in to_ids_ (none: every one)
   };
 
   std::vector<std::byte> arena_;  // bodies and NUL-terminated keys
   std::vector<Item> items_;
+  std::vector<core::TransportId> to_ids_;
   std::vector<shmsched_message> messages_;  // one transport's batch (scratch)
   std::vector<std::uint64_t> tokens_;
   std::vector<std::size_t> which_;  // items_ index of each of messages_

@@ -248,6 +248,7 @@ struct ByteSink {
   std::vector<std::byte>& out;
   void write(const char* p, std::size_t n) {
     // Most writes are a few bytes into a buffer with room: skip the generic range insert.
+    if (n == 0) return;  // an empty payload's data() may be null: no memcpy from it
     const std::size_t at = out.size();
     if (out.capacity() - at < n) out.reserve(std::max(out.capacity() * 2, at + n));
     out.resize(at + n);
