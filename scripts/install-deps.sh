@@ -13,6 +13,7 @@ packages=(
   librdkafka-dev kcat
   libsystemd-dev
   libconcurrentqueue-dev libabsl-dev
+  dpkg-dev file systemd
   redis-server libhiredis-dev
 )
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite: installs dependencies, then builds and runs ctest four times:
-#   build/       RelWithDebInfo, every test (except the long kill storm)
+#   build/       Release (-O3, as most people build it), every test except the long label
 #   build-asan/  ASan + UBSan, every test (except the long kill storm)
 #   build-tsan/  TSan: threads racing on the queue, and the supervisor end to end
 #   build-fuzz/  clang + libFuzzer: a 30-second smoke run of the request decoder
@@ -15,10 +15,11 @@ scripts/install-deps.sh
 jobs=$(nproc)
 
 # run_suite DIR SANITIZER TARGETS CTEST-ARGS...   (TARGETS: "all" or a space-separated list)
+# BUILD_TYPE (default RelWithDebInfo) chooses the CMake build type.
 run_suite() {
   local dir=$1 sanitize=$2 targets=$3 ctest_args=("${@:4}")
-  echo "=== ${dir} (sanitizer: ${sanitize:-none}) ==="
-  cmake -S . -B "$dir" -DSHMSCHED_SANITIZE="$sanitize" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHMSCHED_WERROR=ON \
+  echo "=== ${dir} (sanitizer: ${sanitize:-none}, ${BUILD_TYPE:-RelWithDebInfo}) ==="
+  cmake -S . -B "$dir" -DSHMSCHED_SANITIZE="$sanitize" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" -DSHMSCHED_WERROR=ON \
     ${EXTRA_CMAKE_ARGS:-} >/dev/null
   if [[ $targets == all ]]; then
     cmake --build "$dir" -j "$jobs"
@@ -33,10 +34,12 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$(pwd)/tests/tsan.supp"
 
-run_suite build "" all -LE long
+# The first build is configured for /usr, so that its package test builds a standard .deb.
+BUILD_TYPE=Release EXTRA_CMAKE_ARGS=-DCMAKE_INSTALL_PREFIX=/usr run_suite build "" all -LE long
 if ((quick == 0)); then
   # The simulation runs 10,000 seeds in the first build; a thousand suffice under the sanitizers.
-  SHMSCHED_SIM_SEEDS=1000 run_suite build-asan address all -LE long
+  # The package is tested once, in the first build.
+  SHMSCHED_SIM_SEEDS=1000 run_suite build-asan address all -LE "long|package"
   run_suite build-tsan thread "queue_concurrency_test daemon_e2e_test daemon_robustness_test" -L "tsan|e2e"
   CXX=clang++ EXTRA_CMAKE_ARGS=-DSHMSCHED_FUZZ=ON run_suite build-fuzz "" request_decoder_fuzz -L fuzz
 fi

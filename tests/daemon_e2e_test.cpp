@@ -535,8 +535,9 @@ TEST(DaemonE2E, BadConfigurationNamesTheKey) {
   nosym.start(false);
   EXPECT_EQ(nosym.wait_exit(), 1);
   EXPECT_THAT(nosym.log_text(), HasSubstr("does not export shmsched_transport_entry"));
-  // One bad transport among good ones: the supervisor runs with the good ones.
-  Daemon mixed(dir, seg(), {"--transports=zeromq,nosuch"});
+  // One bad transport among good ones: with it optional, the supervisor runs with the good ones
+  // (required, it stops the start: daemon_config_test).
+  Daemon mixed(dir, seg(), {"--transports=zeromq,nosuch", "--optional-transports=nosuch"});
   mixed.start();
   EXPECT_THAT(mixed.log_text(), HasSubstr("libshmsched_transport_nosuch.so"));
   EXPECT_EQ(mixed.signal(SIGTERM), 0);

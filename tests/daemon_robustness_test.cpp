@@ -329,3 +329,76 @@ TEST(DaemonRobustness, AnExceptionWithEventsBufferedEndsInAnOrderlyExitNotACrash
 
 }  // namespace
 }  // namespace shmsched::test
+
+namespace shmsched::test {
+namespace {
+
+// systemd's side of the notify protocol, stood in for by a socket of the test: READY only when
+// the ingress answers, a STATUS that says something, RELOADING with MONOTONIC_USEC then READY
+// around a reload, STOPPING at the stop; and WATCHDOG from the loop itself, so that a wedged loop
+// (here: a transport call that hangs) stops the pings, and they come back when it goes on.
+TEST(DaemonRobustness, TheNotifyProtocolAndAWedgedLoopStopsTheWatchdog) {
+  const std::string dir = temp_dir("notify");
+  const std::string segment = segment_name("notify");
+  const std::string block_file = dir + "/block";
+  ipc::Segment::remove(segment);
+  NotifyListener notify(dir + "/notify.sock");
+  Daemon daemon(dir, segment,
+                {"--transports=zeromq,flaky", "--flaky.log_file=" + dir + "/delivered",
+                 "--flaky.block_file=" + block_file});
+  daemon.env()["NOTIFY_SOCKET"] = notify.path();
+  daemon.env()["WATCHDOG_USEC"] = "400000";  // a ping every 200 ms
+  daemon.start(false);
+  const auto ready = notify.wait_for("READY=1", 20s);
+  ASSERT_TRUE(ready) << daemon.log_text();
+  {
+    // Ready means the ingress answers: at once, no retry.
+    ipc::ClientOptions o;
+    o.endpoint = daemon.endpoint();
+    o.use_shared_memory = false;
+    o.timeout = 2s;
+    ipc::Client client(o);
+    EXPECT_NO_THROW(client.call(MapBuilder().str("op", "stats").finish()));
+  }
+  const auto status = notify.wait_for("STATUS=", 5s);
+  ASSERT_TRUE(status);
+  EXPECT_THAT(status->text, HasSubstr("0 queued, 0 of 10 dispatched, 0 held; transports "));
+  EXPECT_THAT(status->text, HasSubstr("zeromq"));
+  EXPECT_THAT(status->text, HasSubstr("flaky"));
+
+  daemon.signal(SIGHUP);
+  const auto reloading = notify.wait_for("RELOADING=1", 5s);
+  ASSERT_TRUE(reloading) << daemon.log_text();
+  EXPECT_THAT(reloading->text, testing::ContainsRegex("MONOTONIC_USEC=[0-9]+"));
+  EXPECT_TRUE(notify.wait_for("READY=1", 5s));
+
+  // Wedge the loop inside a publish: the pings stop ...
+  ASSERT_TRUE(notify.wait_for("WATCHDOG=1", 2s));
+  std::ofstream(block_file).put('x');
+  Ingress ingress(daemon.endpoint());
+  ASSERT_TRUE(ingress.submit("w-1", "u").ok());
+  const std::string delivered = dir + "/delivered";
+  // The event before the blocked command went out: the loop is in the command's publish now.
+  const auto in_publish = Clock::now() + 10s;
+  while (Clock::now() < in_publish) {
+    std::ifstream in(delivered);
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    if (text.find("ExecutionAccepted w-1") != std::string::npos) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  while (notify.next(0ms)) {  // what was sent before it wedged
+  }
+  EXPECT_FALSE(notify.wait_for("WATCHDOG=1", 1500ms)) << "a wedged loop must not ping";
+  // ... and come back when it goes on.
+  std::filesystem::remove(block_file);
+  EXPECT_TRUE(notify.wait_for("WATCHDOG=1", 2s));
+  EXPECT_EQ(daemon.signal(SIGTERM), 0);
+  bool stopping = false;
+  while (auto m = notify.next(0ms)) stopping = stopping || m->text.find("STOPPING=1") == 0;
+  EXPECT_TRUE(stopping);
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace shmsched::test

@@ -7,12 +7,14 @@
  * The supervisor checks abi_version and struct_size before it uses anything else in the table.
  *
  * Threading: the host calls create/start/publish/flush/stop/destroy from one thread. A plugin
- * may call the host callbacks from any thread, at any time between start() and the return of
- * stop(). No C++ exception may cross this boundary; errors are return codes plus text.
+ * may call host->log from create() on, and delivery and inbound from any thread between start()
+ * and the return of stop(). No C++ exception may cross this boundary; errors are return codes
+ * plus text. During a reload two instances of one plugin may live at once (the old one flushing).
  *
- * Memory: everything the host passes is valid only for the duration of the call; a plugin
- * copies what it keeps. Everything a plugin passes to a callback is valid only for the duration
- * of that callback.
+ * Memory: everything the host passes is valid only for the duration of the call (copy the
+ * shmsched_host struct in create(); host_ctx inside it stays valid until destroy() returns); a
+ * plugin copies what it keeps. Everything a plugin passes to a callback is valid only for the
+ * duration of that callback.
  *
  * See docs/plugins.md for a walk-through and a minimal example.
  */
@@ -49,7 +51,7 @@ typedef enum {
 /* One outbound message: an event or a command of docs/protocol.md. */
 typedef struct {
   const char* type;    /* event type, e.g. "CreatePodCommand"; NUL-terminated */
-  const char* key;     /* execution_id (or worker_id); NUL-terminated, may be "" */
+  const char* key;     /* the execution_id, for every event and command today; NUL-terminated */
   const char* topic;   /* suggested topic: type, or "TaskPush.<worker_id>" */
   const uint8_t* body; /* msgpack map, as in docs/protocol.md */
   size_t body_len;
@@ -105,7 +107,8 @@ typedef struct {
   int (*publish)(shmsched_transport* t, const shmsched_message* msg, uint64_t token);
   /* Waits up to timeout_ms for outstanding deliveries; returns how many are still outstanding. */
   size_t (*flush)(shmsched_transport* t, uint32_t timeout_ms);
-  /* Stops threads; after it returns no callback is made. */
+  /* Stops threads; after it returns no callback is made. Messages whose outcome was not reported
+   * by then count as not delivered (the host publishes them again where needed). */
   void (*stop)(shmsched_transport* t);
   void (*destroy)(shmsched_transport* t);
 
@@ -120,7 +123,9 @@ typedef struct {
                           const uint64_t* tokens, size_t n, int* refusal);
 } shmsched_transport_api;
 
-/* The one exported symbol. */
+/* The one exported symbol: a plugin defines it (with default visibility); the host finds it with
+ * dlsym(SHMSCHED_TRANSPORT_ENTRY_SYMBOL). */
+const shmsched_transport_api* shmsched_transport_entry(void);
 typedef const shmsched_transport_api* (*shmsched_transport_entry_fn)(void);
 
 #ifdef __cplusplus

@@ -3,6 +3,8 @@
 //   fail_file  while this file exists, every CreatePodCommand fails (asynchronously, like a
 //              broker that is down)
 //   log_file   each delivered message is appended as "<type> <key>\n"
+//   block_file while this file exists, a publish of a CreatePodCommand does not return (a plugin
+//              call that hangs: the supervisor's loop is wedged)
 //   refuse_file  while this file exists, publish_batch refuses every CreatePodCommand at once
 //              (SHMSCHED_ERR_BUSY, a full local queue), taking the messages before it
 //   delay_ms   report deliveries of commands this much later, from another thread (a slow broker)
@@ -32,6 +34,7 @@ struct Flaky {
   shmsched_host host;
   std::string fail_file;
   std::string refuse_file;
+  std::string block_file;
   std::string log_file;
   int delay_ms = 0;
   std::string inbound_dir;
@@ -99,6 +102,8 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
     const std::string k = kv[i].key;
     if (k == "fail_file") {
       f->fail_file = kv[i].value;
+    } else if (k == "block_file") {
+      f->block_file = kv[i].value;
     } else if (k == "refuse_file") {
       f->refuse_file = kv[i].value;
     } else if (k == "log_file") {
@@ -110,7 +115,8 @@ shmsched_transport* create(const shmsched_kv* kv, size_t n, const shmsched_host*
     } else if (k != "runtime_dir") {
       err_out(err, err_len,
               "unknown option flaky." + k +
-                  " (known: fail_file, refuse_file, log_file, delay_ms, inbound_dir)");
+                  " (known: fail_file, refuse_file, block_file, log_file, delay_ms, "
+                  "inbound_dir)");
       delete f;
       return nullptr;
     }
@@ -133,6 +139,9 @@ int start(shmsched_transport* t, char*, size_t) {
 int publish(shmsched_transport* t, const shmsched_message* m, uint64_t token) {
   auto* f = reinterpret_cast<Flaky*>(t);
   struct stat st {};
+  while (m->is_command && !f->block_file.empty() && ::stat(f->block_file.c_str(), &st) == 0) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
   const bool failing =
       m->is_command && !f->fail_file.empty() && ::stat(f->fail_file.c_str(), &st) == 0;
   if (failing) {

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <boost/program_options.hpp>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -40,14 +41,17 @@ std::vector<std::string> normalise_flags(int argc, const char* const* argv) {
 struct Raw {
   std::string mode = "0660";
   std::string transports = "zeromq";
+  std::string optional_transports;
 };
 
 po::options_description describe(Config& c, Raw& raw) {
   po::options_description general("General");
   general.add_options()("help", "print this help and exit")("version",
                                                             "print the version and exit")(
-      "config", po::value<std::string>(&c.config_file),
-      "configuration file (INI: key = value, [transport] sections)")(
+      "check_config",
+      "check the configuration (values, transports' plugin files) and exit: 0 if it is good, 2 "
+      "if not")("config", po::value<std::string>(&c.config_file),
+                "configuration file (INI: key = value, [transport] sections)")(
       "segment", po::value<std::string>(&c.segment)->default_value(c.segment),
       "name of the shared-memory segment (/dev/shm/<name>)")(
       "runtime_dir", po::value<std::string>(&c.runtime_dir),
@@ -56,8 +60,11 @@ po::options_description describe(Config& c, Raw& raw) {
       "directory of transport plugins (libshmsched_transport_<name>.so)")(
       "transports", po::value<std::string>(&raw.transports)->default_value(raw.transports),
       "comma-separated transports to run, e.g. zeromq,kafka")(
-      "log_level", po::value<std::string>(&c.log_level)->default_value(c.log_level),
-      "trace, debug, info, warn, error")(
+      "optional_transports",
+      po::value<std::string>(&raw.optional_transports)->default_value(raw.optional_transports),
+      "those of the transports that may fail to start: logged and skipped (any other stops the "
+      "start)")("log_level", po::value<std::string>(&c.log_level)->default_value(c.log_level),
+                "trace, debug, info, warn, error")(
       "ingress_tcp", po::value<std::string>(&c.ingress_tcp),
       "optional extra ingress endpoint, e.g. tcp://127.0.0.1:5555")(
       "standby", po::bool_switch(&c.standby),
@@ -181,6 +188,24 @@ void require(bool ok, const char* key, const T& value, const std::string& allowe
   }
 }
 
+// Installed, the plugins are in <prefix>/<libdir>/shmsched/plugins, and this executable in
+// <prefix>/<bindir>; in a build tree, in the build's plugins/.
+std::string default_plugin_dir() {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    fs::path prefix = exe.parent_path();
+    for (const auto& part : fs::path(SHMSCHED_INSTALL_BINDIR)) {
+      (void)part;
+      prefix = prefix.parent_path();
+    }
+    const fs::path installed = prefix / SHMSCHED_INSTALL_PLUGIN_DIR;
+    if (fs::is_directory(installed, ec)) return installed.string();
+  }
+  return SHMSCHED_DEFAULT_PLUGIN_DIR;
+}
+
 void validate(Config& c, const Raw& raw) {
   c.queue.validate();
   require(c.max_active_executions >= 1 && c.max_active_executions <= c.queue.max_active,
@@ -231,12 +256,14 @@ void validate(Config& c, const Raw& raw) {
     require(valid_transport_name(t), "transports", t,
             "transport names are lowercase letters and digits");
   }
-  c.runtime_dir = ipc::resolve_runtime_dir(c.runtime_dir);
-  if (c.plugin_dir.empty()) {
-#ifdef SHMSCHED_DEFAULT_PLUGIN_DIR
-    c.plugin_dir = SHMSCHED_DEFAULT_PLUGIN_DIR;
-#endif
+  c.optional_transports = split_list(raw.optional_transports);
+  for (const auto& t : c.optional_transports) {
+    require(std::find(c.transports.begin(), c.transports.end(), t) != c.transports.end(),
+            "optional_transports", t,
+            "name transports of the transports list (" + raw.transports + ")");
   }
+  c.runtime_dir = ipc::resolve_runtime_dir(c.runtime_dir);
+  if (c.plugin_dir.empty()) c.plugin_dir = default_plugin_dir();
 }
 
 std::string env_to_key(const std::string& name, const po::options_description& desc) {
@@ -255,7 +282,11 @@ LoadResult load(int argc, const char* const* argv) {
   po::options_description desc = describe(c, raw);
   po::variables_map vm;
   const std::vector<std::string> args = normalise_flags(argc, argv);
-  std::vector<std::pair<std::string, std::string>> extra;  // transport options, lowest first
+  // Transport options, lowest precedence first: (dotted key, value, where it came from).
+  struct Extra {
+    std::string key, value, source;
+  };
+  std::vector<Extra> extra;
   try {
     // Highest precedence is stored first: flags, then environment, then the file.
     auto parsed = po::command_line_parser(args).options(desc).allow_unregistered().run();
@@ -279,7 +310,7 @@ LoadResult load(int argc, const char* const* argv) {
       auto from_file = po::parse_config_file(in, desc, true);
       for (const auto& opt : from_file.options) {
         if (opt.unregistered && !opt.value.empty()) {
-          extra.emplace_back(opt.string_key, opt.value[0]);
+          extra.push_back({opt.string_key, opt.value[0], "in " + file});
         }
       }
       po::store(from_file, vm);
@@ -294,11 +325,15 @@ LoadResult load(int argc, const char* const* argv) {
       std::transform(rest.begin(), rest.end(), rest.begin(),
                      [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
       const auto us = rest.find('_');
-      if (us == std::string::npos) continue;
-      extra.emplace_back(rest.substr(0, us) + "." + rest.substr(us + 1), kv.substr(eq + 1));
+      if (us == std::string::npos) {
+        extra.push_back({rest, kv.substr(eq + 1), "environment " + name});  // warned about
+        continue;
+      }
+      extra.push_back({rest.substr(0, us) + "." + rest.substr(us + 1), kv.substr(eq + 1),
+                       "environment " + name});
     }
     for (const auto& opt : parsed.options) {
-      if (opt.unregistered) extra.emplace_back(opt.string_key, opt.value[0]);
+      if (opt.unregistered) extra.push_back({opt.string_key, opt.value[0], "--" + opt.string_key});
     }
     po::notify(vm);
   } catch (const po::error& e) {
@@ -316,8 +351,25 @@ LoadResult load(int argc, const char* const* argv) {
     out.show_version = true;
     return out;
   }
-  for (const auto& [k, v] : extra) add_transport_option(c, k, v, "transport option");
+  out.check_only = vm.count("check_config") > 0;
+  for (const auto& e : extra) {
+    if (e.source.rfind("environment ", 0) == 0 && e.key.find('.') == std::string::npos) continue;
+    add_transport_option(c, e.key, e.value, e.source);
+  }
   validate(c, raw);
+  // Given but without effect: say so (a typo in a key must not pass for a setting).
+  for (const auto& e : extra) {
+    const std::string name = e.key.substr(0, e.key.find('.'));
+    if (std::find(c.transports.begin(), c.transports.end(), name) != c.transports.end()) continue;
+    if (e.source.rfind("environment ", 0) == 0) {
+      out.warnings.push_back(e.source + " is ignored: it names no option and no option of a " +
+                             "listed transport (transports = " + raw.transports +
+                             "); see shmschedd --help");
+    } else {
+      out.warnings.push_back("option " + e.key + " (" + e.source + ") is ignored: transport '" +
+                             name + "' is not in transports (" + raw.transports + ")");
+    }
+  }
   return out;
 }
 
@@ -325,10 +377,6 @@ LoadResult load(int argc, const char* const* argv) {
 
 LoadResult load_config(int argc, const char* const* argv) {
   return load(argc, argv);
-}
-
-Config reload_config(int argc, const char* const* argv) {
-  return load(argc, argv).config;
 }
 
 }  // namespace shmsched::daemon

@@ -20,6 +20,9 @@ struct Config {
   std::string runtime_dir;  // $RUNTIME_DIRECTORY, else this
   std::string plugin_dir;
   std::vector<std::string> transports = {"zeromq"};
+  // Transports whose failure to start is logged and skipped; any other one that cannot start
+  // stops the start (a missing audit or billing sink must not go unnoticed).
+  std::vector<std::string> optional_transports;
   std::string log_level = "info";
   std::string ingress_tcp;  // optional loopback endpoint, e.g. tcp://127.0.0.1:5555
   bool standby = false;
@@ -51,14 +54,15 @@ struct LoadResult {
   Config config;
   bool show_help = false;
   bool show_version = false;
+  bool check_only = false;  // --check-config: validate, report, exit
   std::string help_text;
+  // Settings that were given but take no effect (options of a transport that is not listed, a
+  // SHMSCHED_* variable that names no option): logged at start, printed by --check-config.
+  std::vector<std::string> warnings;
 };
 
 // Parses argv, the environment and the configuration file. Throws ipc::ConfigError with a
 // message naming the key and the problem for any bad value.
 LoadResult load_config(int argc, const char* const* argv);
-
-// Re-reads the same sources (for SIGHUP).
-Config reload_config(int argc, const char* const* argv);
 
 }  // namespace shmsched::daemon

@@ -14,6 +14,7 @@
 #include "journal_sink.h"
 #include "lock_file.h"
 #include "supervisor.h"
+#include "transport_host.h"
 
 using namespace shmsched::daemon;
 
@@ -54,7 +55,25 @@ int main(int argc, char** argv) {
     return 0;
   }
   Config& config = loaded.config;
+  if (loaded.check_only) {
+    // The values are valid (load_config threw otherwise); the transports' plugin files load and
+    // speak this ABI. Options of a transport are checked when it is created, at start.
+    int code = 0;
+    for (const auto& w : loaded.warnings) std::cout << "warning: " << w << "\n";
+    for (const auto& name : config.transports) {
+      try {
+        const auto lib = PluginLibrary::load(config.plugin_dir, name);
+        std::cout << "transport " << name << ": " << lib->path() << "\n";
+      } catch (const std::exception& e) {
+        std::cout << "error: " << e.what() << "\n";
+        code = 2;
+      }
+    }
+    std::cout << (code == 0 ? "configuration OK\n" : "configuration has errors\n");
+    return code;
+  }
   setup_logging(config);
+  for (const auto& w : loaded.warnings) spdlog::warn("{}", w);
   // Signals are taken by the supervisor's signal thread only: block them in every thread.
   sigset_t set;
   sigemptyset(&set);

@@ -124,10 +124,23 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
     return true;
   };
   apply_transports(config_);
+  // A transport that cannot start stops the start, unless it is optional: dispatch would go on
+  // on the others' acknowledgements alone, a silent loss for an audit or billing sink.
+  for (const auto& name : config_.transports) {
+    const bool running = std::any_of(transports_.begin(), transports_.end(),
+                                     [&](const auto& t) { return t.second->name() == name; });
+    if (running) continue;
+    if (!is_optional(config_, name)) {
+      throw PluginError("transport '" + name +
+                        "' could not start (see above) and is required: fix it, or name it in "
+                        "optional_transports to run without it");
+    }
+    spdlog::warn("transport {} is optional and not running: dispatch goes on without it", name);
+  }
   if (transports_.empty()) {
-    throw PluginError(
-        "no transport could be started (transports = " + std::to_string(config_.transports.size()) +
-        " configured): see the errors above");
+    throw PluginError("no transport could be started (transports = " +
+                      fmt::format("{}", fmt::join(config_.transports, ",")) +
+                      "): see the errors above");
   }
   recover_active();
   start_ingress();
@@ -527,13 +540,24 @@ void Supervisor::announce() {
 
 // ---- Transports -------------------------------------------------------------------------------
 
-std::unique_ptr<Transport> Supervisor::start_transport(const Config& c, const std::string& name,
-                                                       std::string& error) {
+std::map<std::string, std::string> Supervisor::options_for(const Config& c,
+                                                           const std::string& name) {
   std::map<std::string, std::string> options;
   if (auto it = c.transport_options.find(name); it != c.transport_options.end()) {
     options = it->second;
   }
   options.emplace("runtime_dir", c.runtime_dir);
+  return options;
+}
+
+bool Supervisor::is_optional(const Config& c, const std::string& name) {
+  return std::find(c.optional_transports.begin(), c.optional_transports.end(), name) !=
+         c.optional_transports.end();
+}
+
+std::unique_ptr<Transport> Supervisor::start_transport(const Config& c, const std::string& name,
+                                                       std::string& error) {
+  const auto options = options_for(c, name);
   try {
     auto& lib = libraries_[name];
     if (!lib) lib = PluginLibrary::load(c.plugin_dir, name);
@@ -585,11 +609,7 @@ void Supervisor::service_retiring(bool final) {
 void Supervisor::apply_transports(const Config& next) {
   std::map<core::TransportId, std::unique_ptr<Transport>> kept;
   for (const auto& name : next.transports) {
-    std::map<std::string, std::string> options;
-    if (auto it = next.transport_options.find(name); it != next.transport_options.end()) {
-      options = it->second;
-    }
-    options.emplace("runtime_dir", next.runtime_dir);
+    const auto options = options_for(next, name);
     auto same = std::find_if(transports_.begin(), transports_.end(), [&](const auto& t) {
       return t.second->name() == name && t.second->options() == options;
     });
@@ -679,6 +699,10 @@ void Supervisor::timers() {
     next_watchdog_ = now + watchdog_interval_;
     sd_notify(0, "WATCHDOG=1");
   }
+  if (now >= next_status_) {
+    next_status_ = now + std::chrono::seconds(1);
+    notify_status();
+  }
 }
 
 void Supervisor::sleep() {
@@ -714,9 +738,16 @@ void Supervisor::sleep() {
 
 void Supervisor::reload() {
   reload_ = false;
-  sd_notify(0, "RELOADING=1");
+  // MONOTONIC_USEC: how systemd (Type=notify-reload) tells this reload from an older one.
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+             static_cast<unsigned long long>(ts.tv_sec) * 1'000'000ULL +
+                 static_cast<unsigned long long>(ts.tv_nsec) / 1000ULL);
   try {
-    Config next = reload_config(argc_, argv_);
+    LoadResult loaded = load_config(argc_, argv_);
+    for (const auto& w : loaded.warnings) spdlog::warn("{}", w);
+    Config next = std::move(loaded.config);
     // The segment's sizes are fixed while it exists: they keep their values (the rest of the
     // queue's settings, the per-user cap, take effect).
     const ipc::SegmentConfig fixed = segment_->config();
@@ -738,6 +769,20 @@ void Supervisor::reload() {
           ": the segment holds at most max_active = " + std::to_string(fixed.max_active) +
           " active executions");
     }
+    // New or changed transports that are required are checked (created, not started) before
+    // anything changes: a bad one fails the reload and the running configuration stays.
+    for (const auto& name : next.transports) {
+      if (is_optional(next, name)) continue;
+      const auto options = options_for(next, name);
+      const bool unchanged =
+          std::any_of(transports_.begin(), transports_.end(), [&](const auto& t) {
+            return t.second->name() == name && t.second->options() == options;
+          });
+      if (unchanged) continue;
+      auto& lib = libraries_[name];
+      if (!lib) lib = PluginLibrary::load(next.plugin_dir, name);
+      Transport::check(*lib, name, options, &callbacks_);
+    }
     segment_->set_max_executions_per_user(next.queue.max_executions_per_user);
     spdlog::set_level(spdlog::level::from_str(next.log_level));
     apply_transports(next);
@@ -753,6 +798,20 @@ void Supervisor::reload() {
     spdlog::error("reload failed, keeping the running configuration: {}", e.what());
   }
   sd_notify(0, "READY=1");
+  notify_status();
+}
+
+// What `systemctl status` shows under the unit's name.
+void Supervisor::notify_status() {
+  const auto stats = consumer_->stats();
+  std::string names;
+  for (const auto& [id, t] : transports_) names += (names.empty() ? "" : ",") + t->name();
+  sd_notifyf(0, "STATUS=%llu queued, %llu of %llu dispatched, %llu held; transports %s",
+             static_cast<unsigned long long>(stats.queued),
+             static_cast<unsigned long long>(core_.dispatched_now()),
+             static_cast<unsigned long long>(config_.max_active_executions),
+             static_cast<unsigned long long>(core_.held()),
+             names.empty() ? "none running" : names.c_str());
 }
 
 void Supervisor::shutdown() {
@@ -803,7 +862,9 @@ int Supervisor::run() {
   });
   std::uint64_t usec = 0;
   if (sd_watchdog_enabled(0, &usec) > 0) watchdog_interval_ = std::chrono::microseconds(usec / 2);
-  sd_notify(0, "READY=1\nSTATUS=scheduling");
+  // READY only now: the segment is attached, the transports started, the ingress bound.
+  sd_notify(0, "READY=1");
+  notify_status();
   spdlog::info("shmschedd ready: segment {}, ingress {}, {} transport(s), max_active_executions {}",
                config_.segment, config_.ingress_endpoint(), transports_.size(),
                config_.max_active_executions);

@@ -93,6 +93,9 @@ class Supervisor {
   void apply_transports(const Config& next);
   std::unique_ptr<Transport> start_transport(const Config& c, const std::string& name,
                                              std::string& error);
+  // A transport's options as its plugin gets them (with runtime_dir).
+  static std::map<std::string, std::string> options_for(const Config& c, const std::string& name);
+  static bool is_optional(const Config& c, const std::string& name);
   void retire(std::unique_ptr<Transport> t, const Config& c);
   void service_retiring(bool final);
 
@@ -104,6 +107,7 @@ class Supervisor {
   void retry_pending_releases();
   void note_blocked(const char* what);
   void publish_counters();
+  void notify_status();  // STATUS= for systemd
   // Everything queued is announced before an operation may act on it.
   void announce_all();
   ipc::Producer* loop_producer(std::string& error);
@@ -146,6 +150,7 @@ class Supervisor {
 
   Clock::time_point next_reap_{};
   Clock::time_point next_watchdog_{};
+  Clock::time_point next_status_{};
   Clock::time_point next_blocked_log_{};
   std::chrono::microseconds watchdog_interval_{0};
 

@@ -86,6 +86,28 @@ Transport::Transport(std::shared_ptr<PluginLibrary> library, std::string name,
   }
 }
 
+void Transport::check(const PluginLibrary& library, const std::string& name,
+                      const std::map<std::string, std::string>& options,
+                      const HostCallbacks* callbacks) {
+  Context context{callbacks, name, 0};
+  shmsched_host host{};
+  host.host_ctx = &context;
+  host.log = [](void* ctx, shmsched_log_level level, const char* message) {
+    auto* c = static_cast<Context*>(ctx);
+    c->callbacks->log(level, c->name, message ? message : "");
+  };
+  host.delivery = [](void*, std::uint64_t, int, const char*) {};  // never started: none come
+  host.inbound = [](void*, const std::uint8_t*, std::size_t, shmsched_inbound_done) -> int {
+    return SHMSCHED_ERR_BUSY;
+  };
+  std::vector<shmsched_kv> kv;
+  for (const auto& [k, v] : options) kv.push_back({k.c_str(), v.c_str()});
+  char err[512] = {0};
+  shmsched_transport* t = library.api().create(kv.data(), kv.size(), &host, err, sizeof err);
+  if (!t) throw PluginError("transport '" + name + "': " + (err[0] ? err : "create failed"));
+  library.api().destroy(t);
+}
+
 Transport::~Transport() {
   if (handle_) {
     library_->api().stop(handle_);

@@ -52,6 +52,12 @@ class PluginLibrary {
 // A running transport instance.
 class Transport {
  public:
+  // Creates an instance and destroys it again without starting it: the plugin validates its
+  // options (a reload checks a new configuration before it touches the running one). Throws
+  // PluginError with the plugin's own message.
+  static void check(const PluginLibrary& library, const std::string& name,
+                    const std::map<std::string, std::string>& options,
+                    const HostCallbacks* callbacks);
   // Creates and starts it. Throws PluginError with the plugin's own message on failure.
   Transport(std::shared_ptr<PluginLibrary> library, std::string name, std::uint64_t instance,
             std::map<std::string, std::string> options, const HostCallbacks* callbacks);
