@@ -16,6 +16,8 @@ std::string_view admission_name(Admission a) {
       return "payload_too_large";
     case Admission::kInvalid:
       return "invalid";
+    case Admission::kUnauthorized:
+      return "unauthorized";
   }
   return "invalid";
 }

@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <grp.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +21,7 @@ namespace shmsched::daemon {
 namespace {
 
 using ipc::ConfigError;
+using group_entry_t = struct ::group;
 
 // Flags are spelled with dashes (--max-queue-size), keys with underscores (max_queue_size):
 // rewrite the option name of each "--name[=value]" argument to the key.
@@ -39,6 +41,7 @@ std::vector<std::string> normalise_flags(int argc, const char* const* argv) {
 }
 
 struct Raw {
+  std::string check_identity = "true";
   std::string mode = "0660";
   std::string transports = "zeromq";
   std::string optional_transports;
@@ -68,7 +71,14 @@ po::options_description describe(Config& c, Raw& raw) {
       "ingress_tcp", po::value<std::string>(&c.ingress_tcp),
       "optional extra ingress endpoint, e.g. tcp://127.0.0.1:5555")(
       "standby", po::bool_switch(&c.standby),
-      "if another shmschedd holds the lock, wait and take over when it exits");
+      "if another shmschedd holds the lock, wait and take over when it exits")(
+      "check_identity",
+      po::value<std::string>(&raw.check_identity)->default_value(raw.check_identity),
+      "local ingress clients act only for their own user (true, false)")(
+      "trusted_group", po::value<std::string>(&c.trusted_group),
+      "members act for any user (default: shmschedd's own group)")(
+      "worker_group", po::value<std::string>(&c.worker_group),
+      "members may use worker operations (default: the trusted group)");
   po::options_description queue("Queue (fixed when the segment is created)");
   queue.add_options()(
       "max_queue_size",
@@ -263,6 +273,32 @@ void validate(Config& c, const Raw& raw) {
             "name transports of the transports list (" + raw.transports + ")");
   }
   c.runtime_dir = ipc::resolve_runtime_dir(c.runtime_dir);
+  require(raw.check_identity == "true" || raw.check_identity == "false", "check_identity",
+          raw.check_identity, "true or false");
+  c.check_identity = raw.check_identity == "true";
+  auto group = [](std::string& name, unsigned& gid, const char* key) {
+    std::vector<char> buf(16384);
+    group_entry_t g{};
+    group_entry_t* found = nullptr;
+    if (name.empty()) {
+      gid = ::getegid();
+      if (::getgrgid_r(gid, &g, buf.data(), buf.size(), &found) == 0 && found)
+        name = found->gr_name;
+      if (name.empty()) name = std::to_string(gid);
+      return;
+    }
+    if (::getgrnam_r(name.c_str(), &g, buf.data(), buf.size(), &found) != 0 || !found) {
+      throw ConfigError(std::string(key) + " = " + name + ": no such group");
+    }
+    gid = found->gr_gid;
+  };
+  group(c.trusted_group, c.trusted_gid, "trusted_group");
+  if (c.worker_group.empty()) {
+    c.worker_group = c.trusted_group;
+    c.worker_gid = c.trusted_gid;
+  } else {
+    group(c.worker_group, c.worker_gid, "worker_group");
+  }
   if (c.plugin_dir.empty()) c.plugin_dir = default_plugin_dir();
 }
 

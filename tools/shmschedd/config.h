@@ -26,6 +26,12 @@ struct Config {
   std::string log_level = "info";
   std::string ingress_tcp;  // optional loopback endpoint, e.g. tcp://127.0.0.1:5555
   bool standby = false;
+  // Identity on the local ingress (docs/operations.md, "Who may do what").
+  bool check_identity = true;
+  std::string trusted_group;  // resolved: shmschedd's own group when not given
+  unsigned trusted_gid = 0;
+  std::string worker_group;  // resolved: the trusted group when not given
+  unsigned worker_gid = 0;
 
   ipc::SegmentConfig queue;  // max_queue_size, max_payload_bytes, max_users, ...
   std::uint64_t max_active_executions = 10;

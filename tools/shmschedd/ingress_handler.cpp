@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include "access_policy.h"
 #include "shmsched/ipc/events.h"
 #include "supervisor.h"
 
@@ -73,8 +74,24 @@ void Supervisor::ingress_main() {
       return nullptr;
     }
   };
-  auto handler = [&](const protocol::Request& req, std::uint64_t token) {
+  AccessPolicy access(AccessPolicy::Settings{config_.check_identity, config_.trusted_gid,
+                                             config_.trusted_group, config_.worker_gid,
+                                             config_.worker_group});
+  auto handler = [&](const protocol::Request& req, std::uint64_t token, const ipc::Peer& peer) {
     std::string error;
+    // Who the kernel says the client is decides what it may do; a refusal changes nothing.
+    const auto owner_of = [&](const std::string& id) -> std::optional<std::string> {
+      std::string ignored;
+      ipc::Producer* p = producer_or_error(ignored);
+      if (!p) return std::nullopt;
+      const auto rec = p->status(id);
+      return rec ? std::optional<std::string>(rec->user_id) : std::nullopt;
+    };
+    if (auto why = access.refusal(peer, req, owner_of)) {
+      counters_.rejected_unauthorized.fetch_add(1, std::memory_order_relaxed);
+      return std::optional<ipc::IngressServer::Reply>(
+          protocol::error_reply(why->code, why->message));
+    }
     if (const auto* s = std::get_if<protocol::SubmitOp>(&req)) {
       const std::string id = s->execution_id.empty() ? protocol::new_uuid() : s->execution_id;
       ipc::Producer* producer = producer_or_error(error);
@@ -166,6 +183,7 @@ void Supervisor::ingress_main() {
           {"held", c(counters_.held)},
           {"rejected_no_participant_entry", c(counters_.rejected_no_participant_entry)},
           {"maintenance_deferred", c(counters_.maintenance_deferred)},
+          {"rejected_unauthorized", c(counters_.rejected_unauthorized)},
           {"queued", static_cast<std::int64_t>(st.queued)},
           {"held_in_segment", static_cast<std::int64_t>(st.active)},
           {"maintenance_runs", static_cast<std::int64_t>(st.maintenance_runs)},

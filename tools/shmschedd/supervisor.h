@@ -45,6 +45,8 @@ struct SupervisorCounters {
   // Submits refused because every participant entry of the segment was taken.
   std::atomic<std::uint64_t> rejected_no_participant_entry{0};
   std::atomic<std::uint64_t> maintenance_deferred{0};
+  // Operations the local ingress refused: the client may not act for that user.
+  std::atomic<std::uint64_t> rejected_unauthorized{0};
 };
 
 // The slot reference of a taken execution, packed for the scheduler.

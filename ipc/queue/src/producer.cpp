@@ -46,6 +46,7 @@ std::size_t counter_for(Admission a) {
     case Admission::kPayloadTooLarge:
       return kRejectedPayloadTooLarge;
     case Admission::kInvalid:
+    case Admission::kUnauthorized:  // the queue never refuses so; counted as invalid if it did
       return kRejectedInvalid;
   }
   return kRejectedInvalid;

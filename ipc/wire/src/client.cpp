@@ -81,7 +81,7 @@ ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
   const std::string code = get_string(r, "error").value_or("invalid");
   out.result.message = get_string(r, "message").value_or("");
   for (auto a : {Admission::kQueueFull, Admission::kUserLimit, Admission::kDuplicate,
-                 Admission::kPayloadTooLarge, Admission::kInvalid}) {
+                 Admission::kPayloadTooLarge, Admission::kInvalid, Admission::kUnauthorized}) {
     if (admission_name(a) == code) out.result.admission = a;
   }
   return out;

@@ -1,11 +1,40 @@
 #include "shmsched/ipc/ingress_server.h"
 
+#include <charconv>
 #include <stdexcept>
 
 namespace shmsched::ipc {
 
 namespace {
 std::atomic<std::uint64_t> g_instance{0};
+
+template <typename T>
+bool parse_number(std::string_view s, T& out) {
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc() && end == s.data() + s.size() && !s.empty();
+}
+}  // namespace
+
+Peer parse_peer_address(std::string_view address) {
+  // "<anything>:<uid>:<gid>:<pid>": the last three fields.
+  Peer p;
+  std::string_view fields[3];
+  std::string_view rest = address;
+  for (int i = 2; i >= 0; --i) {
+    const auto colon = rest.rfind(':');
+    if (colon == std::string_view::npos) return Peer{};
+    fields[i] = rest.substr(colon + 1);
+    rest = rest.substr(0, colon);
+  }
+  // What is left is the host part of a Unix socket ("localhost"); a TCP peer's IPv6 address
+  // would leave colons (and an IPv4 one has none to split): never taken for credentials.
+  if (rest.find(':') != std::string_view::npos) return Peer{};
+  if (!parse_number(fields[0], p.uid) || !parse_number(fields[1], p.gid) ||
+      !parse_number(fields[2], p.pid)) {
+    return Peer{};
+  }
+  p.local = true;
+  return p;
 }
 
 IngressServer::IngressServer(zmq::context_t& context, const std::vector<std::string>& endpoints)
@@ -117,9 +146,13 @@ void IngressServer::run(const Handler& handler, const std::atomic<bool>& stop) {
         continue;
       }
       const std::uint64_t token = next_token_++;
+      // Local sockets carry the sender's credentials; a TCP endpoint's address has too few
+      // fields and parses as not local.
+      const char* address = zmq_msg_gets(body.handle(), "Peer-Address");
+      const Peer peer = address ? parse_peer_address(address) : Peer{};
       std::optional<Reply> out;
       try {
-        out = handler(std::get<protocol::Request>(decoded), token);
+        out = handler(std::get<protocol::Request>(decoded), token, peer);
       } catch (const std::exception& e) {
         out = protocol::error_reply("internal", std::string("the server failed: ") + e.what());
       }

@@ -14,6 +14,7 @@ enum class Admission : std::uint8_t {
   kDuplicate,        // that execution id is already queued or active
   kPayloadTooLarge,  // payload (or its capabilities/metadata) exceeds the configured size
   kInvalid,          // malformed request: empty or over-long id, unknown priority, ...
+  kUnauthorized,     // the ingress: this local client may not submit for that user
 };
 
 // The protocol's reason string: "accepted", "queue_full", "user_limit", ...

@@ -22,11 +22,23 @@
 
 namespace shmsched::ipc {
 
+// Who sent a request. Over a local (ipc://) socket the kernel says (SO_PEERCRED, which libzmq
+// hands on as the message's "Peer-Address": "<host>:<uid>:<gid>:<pid>"); over TCP nobody does.
+struct Peer {
+  bool local = false;  // uid, gid and pid are the kernel's word
+  std::uint32_t uid = 0;
+  std::uint32_t gid = 0;
+  std::int32_t pid = 0;
+};
+
+// Parses libzmq's Peer-Address of an ipc:// connection; a TCP address (or none) is not local.
+Peer parse_peer_address(std::string_view address);
+
 class IngressServer {
  public:
   using Reply = std::vector<std::byte>;
-  using Handler =
-      std::function<std::optional<Reply>(const protocol::Request&, std::uint64_t token)>;
+  using Handler = std::function<std::optional<Reply>(const protocol::Request&, std::uint64_t token,
+                                                     const Peer& peer)>;
 
   // Binds every endpoint (e.g. "ipc:///run/shmsched/ingress.sock"); throws std::runtime_error
   // naming the endpoint that failed.
