@@ -36,7 +36,8 @@ set(CPACK_DEBIAN_KAFKA_PACKAGE_DEPENDS "shmsched (= ${PROJECT_VERSION})")
 # The configuration is a conffile (an edited one survives an upgrade); the user is created at
 # installation; nothing starts by itself.
 configure_file(packaging/conffiles.in ${CMAKE_BINARY_DIR}/packaging/conffiles @ONLY)
-configure_file(packaging/postinst ${CMAKE_BINARY_DIR}/packaging/postinst COPYONLY)
+set(SHMSCHED_SYSUSERS_FILE ${CMAKE_INSTALL_PREFIX}/lib/sysusers.d/shmsched.conf)
+configure_file(packaging/postinst ${CMAKE_BINARY_DIR}/packaging/postinst @ONLY)
 configure_file(packaging/prerm ${CMAKE_BINARY_DIR}/packaging/prerm COPYONLY)
 set(CPACK_DEBIAN_SERVER_PACKAGE_CONTROL_EXTRA
   "${CMAKE_BINARY_DIR}/packaging/conffiles;${CMAKE_BINARY_DIR}/packaging/postinst;${CMAKE_BINARY_DIR}/packaging/prerm")

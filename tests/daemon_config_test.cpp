@@ -245,5 +245,62 @@ TEST(DaemonConfig, TheMinimalCTransportOfThePluginPageWorks) {
   std::filesystem::remove_all(dir);
 }
 
+// A reload that adds a required transport which cannot start (zeromq binds in start(), here on
+// an endpoint whose directory does not exist) fails as a whole: the pre-flight used to create
+// the plugin only, the reload "succeeded", and dispatch went on without a required transport.
+TEST(DaemonConfig, AReloadAddingARequiredTransportThatCannotStartFails) {
+  const std::string dir = temp_dir("reload-start");
+  const std::string conf = dir + "/shmschedd.conf";
+  const std::string segment = segment_name("reload-start");
+  ipc::Segment::remove(segment);
+  std::ofstream(conf) << "transports = flaky\nflaky.log_file = " << dir << "/delivered\n";
+  Daemon d(dir, segment, {"--config=" + conf});
+  d.start();
+  Ingress ingress(d.endpoint());
+  std::ofstream(conf) << "transports = flaky,zeromq\nflaky.log_file = " << dir
+                      << "/delivered\nzeromq.endpoint = ipc://" << dir << "/missing/events.sock\n";
+  d.signal(SIGHUP);
+  ASSERT_TRUE(eventually([&] {
+    return d.log_text().find("reload failed") != std::string::npos ||
+           d.log_text().find("configuration reloaded") != std::string::npos;
+  })) << d.log_text();
+  EXPECT_THAT(d.log_text(), HasSubstr("reload failed, keeping the running configuration"))
+      << d.log_text();
+  EXPECT_THAT(d.log_text(), Not(HasSubstr("configuration reloaded: transports flaky,zeromq")));
+  // The running configuration goes on: work is dispatched through flaky as before.
+  ASSERT_TRUE(ingress.submit("r-1", "u").ok());
+  EXPECT_TRUE(eventually([&] { return counter_of(ingress, "dispatched") >= 1; }));
+  EXPECT_EQ(d.signal(SIGTERM), 0);
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
+// --check-config agrees with a start: it asks the plugins about their options (it passed one that
+// cannot start), and an optional transport's missing plugin is a warning (it failed one that
+// starts).
+TEST(DaemonConfig, CheckConfigAgreesWithWhatTheStartDoes) {
+  const Output bad_option =
+      run_shmschedd({"--plugin-dir=" SHMSCHED_PLUGIN_DIR, "--zeromq.bogus=1", "--check-config"});
+  EXPECT_EQ(bad_option.code, 2) << "start exits 1 on it: " << bad_option.text;
+  const Output optional_missing =
+      run_shmschedd({"--plugin-dir=" SHMSCHED_PLUGIN_DIR, "--transports=zeromq,nosuch",
+                     "--optional-transports=nosuch", "--check-config"});
+  EXPECT_EQ(optional_missing.code, 0) << "the daemon starts with it: " << optional_missing.text;
+}
+
+// SHMSCHED_CHECK_CONFIG (like SHMSCHED_HELP, SHMSCHED_VERSION) is not taken from the
+// environment: one such line in an EnvironmentFile turned every start into a check.
+TEST(DaemonConfig, CheckConfigIsNotTakenFromTheEnvironment) {
+  const std::string dir = temp_dir("env-check");
+  // A start (that fails at once: its transport does not exist), not a check.
+  const Output o = run_shmschedd({"--plugin-dir=" SHMSCHED_PLUGIN_DIR, "--runtime-dir=" + dir,
+                                  "--segment=" + segment_name("env-check"), "--transports=nosuch"},
+                                 {{"SHMSCHED_CHECK_CONFIG", "1"}});
+  EXPECT_THAT(o.text, Not(HasSubstr("configuration OK"))) << "exit " << o.code << ": " << o.text;
+  EXPECT_EQ(o.code, 1) << o.text;
+  EXPECT_THAT(o.text, HasSubstr("environment SHMSCHED_CHECK_CONFIG is ignored"));
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace shmsched::test

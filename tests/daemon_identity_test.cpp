@@ -8,9 +8,13 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <future>
 #include <string>
+#include <thread>
 
 #include "daemon_support.h"
+#include "shmsched/ipc/queue.h"
 
 namespace shmsched::test {
 namespace {
@@ -132,6 +136,103 @@ TEST(DaemonIdentity, LocalClientsActForThemselvesUnlessTrusted) {
   o = ctl_as(kAlice, dir, std::string("submit --via-ingress --id x1 --user ") + kBob);
   EXPECT_EQ(o.code, 0) << o.text;
   EXPECT_EQ(open.signal(SIGTERM), 0);
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
+// The owner is checked where the loop acts, not when the request arrives: a cancel of an id that
+// nobody held yet, carried out after its owner submitted it, does not cancel it (it did once,
+// when the ingress checked on arrival).
+TEST(DaemonIdentity, ACancelArrivingBeforeTheOwnersSubmitDoesNotCancelIt) {
+  using namespace std::chrono_literals;
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to create throwaway users";
+  Users users;
+  ASSERT_TRUE(users.ok()) << "useradd failed";
+  const std::string dir = temp_dir("identity-toctou");
+  std::filesystem::permissions(dir, std::filesystem::perms::all);
+  const std::string segment = segment_name("identity-toctou");
+  const std::string block_file = dir + "/block";
+  ipc::Segment::remove(segment);
+  Daemon d(dir, segment,
+           {std::string("--trusted-group=") + kGroup, "--transports=zeromq,flaky",
+            "--flaky.log_file=" + dir + "/delivered", "--flaky.block_file=" + block_file});
+  d.prefix() = {"/bin/sh", "-c", "umask 000; exec \"$0\" \"$@\""};
+  d.start();
+  Ingress root(d.endpoint());
+  // The loop is busy (here: in a slow transport call) ...
+  std::ofstream(block_file).put('x');
+  ASSERT_TRUE(root.submit("w", kBob).ok());
+  const auto until = Clock::now() + 10s;
+  while (Clock::now() < until) {
+    std::ifstream in(dir + "/delivered");
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    if (text.find("ExecutionAccepted w") != std::string::npos) break;
+    std::this_thread::sleep_for(10ms);
+  }
+  // ... Alice cancels "v1", which nobody holds yet (the loop has it in its inbox) ...
+  const auto requests = [&] {
+    const Map stats = root.call(MapBuilder().str("op", "stats").finish());
+    return ipc::get_int(*ipc::find_field(stats.get(), "counters"), "ingress_requests").value_or(0);
+  };
+  const auto before_cancel = requests();
+  auto alice = std::async(std::launch::async, [&] { return ctl_as(kAlice, dir, "cancel v1"); });
+  const auto arrived = Clock::now() + 10s;
+  while (requests() < before_cancel + 2 && Clock::now() < arrived) {  // + this stats call
+    std::this_thread::sleep_for(10ms);
+  }
+  // ... Bob submits v1 (the ingress answers submits itself) ...
+  ASSERT_TRUE(root.submit("v1", kBob).ok());
+  std::filesystem::remove(block_file);
+  const Output o = alice.get();
+  // ... and Alice's cancel, carried out by the loop now, cancels Bob's execution.
+  EXPECT_THAT(o.text, Not(HasSubstr("\"ok\":true"))) << "Alice cancelled Bob's v1: " << o.text;
+  const Map st = root.op("status", "v1");
+  EXPECT_NE(st.str("state"), "cancelled") << "v1 of " << st.str("user_id") << " is cancelled";
+  EXPECT_EQ(d.signal(SIGTERM), 0);
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
+// The check does not depend on the ingress reading the queue: with every participant entry taken
+// by other producers (the ingress cannot look anything up), a complete of another user's
+// dispatched execution is still refused (it went through once: "cannot look up" read as "not
+// queued").
+TEST(DaemonIdentity, WithoutAParticipantEntryNobodyCompletesAnotherUsersExecution) {
+  using namespace std::chrono_literals;
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to create throwaway users";
+  Users users;
+  ASSERT_TRUE(users.ok()) << "useradd failed";
+  const std::string dir = temp_dir("identity-full");
+  std::filesystem::permissions(dir, std::filesystem::perms::all);
+  const std::string segment = segment_name("identity-full");
+  ipc::Segment::remove(segment);
+  // Consumer + ingress producer + the loop's producer = 3 entries.
+  Daemon d(dir, segment, {std::string("--trusted-group=") + kGroup, "--max-participants=3"});
+  d.prefix() = {"/bin/sh", "-c", "umask 000; exec \"$0\" \"$@\""};
+  d.start();  // ready = stats answered, which registers nothing
+  // Producers of the shared-memory path (shmschedctl without --via-ingress) hold the entries.
+  auto seg = ipc::Segment::attach(segment);
+  std::vector<std::unique_ptr<ipc::Producer>> producers;
+  for (int i = 0; i < 2; ++i) producers.push_back(std::make_unique<ipc::Producer>(seg));
+  ipc::protocol::SubmitOp op;
+  op.user_id = kBob;
+  ASSERT_TRUE(producers[0]->submit(ipc::protocol::to_submit_request(op, "b1")).accepted());
+  Ingress root(d.endpoint());
+  const auto until = Clock::now() + 10s;
+  while (Clock::now() < until) {
+    const Map stats = root.call(MapBuilder().str("op", "stats").finish());
+    if (ipc::get_int(*ipc::find_field(stats.get(), "counters"), "dispatched").value_or(0) >= 1) {
+      break;
+    }
+    std::this_thread::sleep_for(20ms);
+  }
+  const Output o = ctl_as(kAlice, dir, "complete b1");
+  EXPECT_THAT(o.text, Not(HasSubstr("\"ok\":true"))) << "Alice completed Bob's b1: " << o.text;
+  producers.clear();
+  EXPECT_EQ(root.op("status", "b1").str("state"), "dispatched")
+      << root.op("status", "b1").str("state");
+  EXPECT_EQ(d.signal(SIGTERM), 0);
+  seg.reset();
   ipc::Segment::remove(segment);
   std::filesystem::remove_all(dir);
 }

@@ -549,7 +549,8 @@ void World::drain() {
       if (phase_of(slot.annotation) != Phase::kDispatched) continue;
       const OpId op = next_op_++;
       open_ops_[op] = OpKind::kComplete;
-      feed(input::Complete{op, slot.info.execution_id, std::nullopt, std::nullopt, 0});
+      feed(
+          input::Complete{op, slot.info.execution_id, std::nullopt, std::nullopt, 0, std::nullopt});
     }
     now_.mono_ns += kSec;
     now_.wall_ns += kSec;
@@ -594,7 +595,7 @@ void World::apply_step(const Step& s) {
       const OpId op = next_op_++;
       open_ops_[op] = OpKind::kCancel;
       cancel_ids_[op] = id_of(s.a);
-      feed(input::Cancel{op, id_of(s.a), s.b % 2 ? "user asked" : ""});
+      feed(input::Cancel{op, id_of(s.a), s.b % 2 ? "user asked" : "", std::nullopt});
       break;
     }
     case Step::kComplete:
@@ -612,10 +613,12 @@ void World::apply_step(const Step& s) {
       const OpId op = next_op_++;
       if (s.kind == Step::kComplete) {
         open_ops_[op] = OpKind::kComplete;
-        feed(input::Complete{op, id, std::nullopt, attempt, static_cast<std::int64_t>(s.c % 2)});
+        feed(input::Complete{op, id, std::nullopt, attempt, static_cast<std::int64_t>(s.c % 2),
+                             std::nullopt});
       } else {
         open_ops_[op] = OpKind::kFail;
-        feed(input::Fail{op, id, "worker failed", std::nullopt, attempt, s.b % 2 == 1});
+        feed(input::Fail{op, id, "worker failed", std::nullopt, attempt, s.b % 2 == 1,
+                         std::nullopt});
       }
       break;
     }

@@ -57,14 +57,14 @@ TEST(Scheduler, ACancelOfAReusedIdAsksTheQueue) {
   h.in(input::TransportUp{1, "zeromq"});
   const auto p = h.take("e1", 7);
   h.in(input::Delivery{1, p.token, true});
-  h.in(input::Complete{1, "e1", std::nullopt, std::nullopt, 0});
-  h.in(input::Cancel{2, "e1", ""});
+  h.in(input::Complete{1, "e1", std::nullopt, std::nullopt, 0, std::nullopt});
+  h.in(input::Cancel{2, "e1", "", std::nullopt});
   ASSERT_EQ(h.all<action::CancelInQueue>().size(), 1u);
   h.in(input::CancelResult{2, CancelOutcome::kCancelled, "u"});
   ASSERT_EQ(h.all<action::Answer>().size(), 1u);
   EXPECT_TRUE(h.all<action::Answer>()[0].reply.ok);
   // Not in the queue either: then "finished" (it did finish, once).
-  h.in(input::Cancel{3, "e1", ""});
+  h.in(input::Cancel{3, "e1", "", std::nullopt});
   h.in(input::CancelResult{3, CancelOutcome::kNotFound, ""});
   EXPECT_EQ(h.all<action::Answer>()[0].reply.error, "finished");
 }
@@ -116,7 +116,7 @@ TEST(Scheduler, ACrashDuringARetryNeverBringsTheFailedAttemptBack) {
   h.in(input::TransportUp{1, "zeromq"});
   const auto p = h.take("e1", 7);
   h.in(input::Delivery{1, p.token, true});
-  auto& actions = h.in(input::Fail{1, "e1", "boom", std::nullopt, 1, true});
+  auto& actions = h.in(input::Fail{1, "e1", "boom", std::nullopt, 1, true, std::nullopt});
   // The phase word comes first (held, attempt 2), then the slot's attempt, then the event.
   std::optional<std::uint64_t> word;
   std::size_t word_at = 0, set_at = 0, event_at = 0;
@@ -148,7 +148,7 @@ TEST(Scheduler, ACrashDuringARetryNeverBringsTheFailedAttemptBack) {
   ASSERT_EQ(pubs.size(), 1u);
   EXPECT_EQ(pubs[0].event.attempt, 2u);
   // A late report of attempt 1 is ignored.
-  r.in(input::Fail{2, "e1", "late", std::nullopt, 1, true});
+  r.in(input::Fail{2, "e1", "late", std::nullopt, 1, true, std::nullopt});
   EXPECT_TRUE(std::get<bool>(r.all<action::Answer>()[0].reply.fields[0].second));
   EXPECT_TRUE(r.all<action::Publish>().empty());
 }
@@ -240,8 +240,8 @@ TEST(Scheduler, StaleTokenAfterPoolReuseIsIgnored) {
   Harness h;
   h.in(input::TransportUp{1, "zeromq"});
   const auto p1 = h.take("a", 1);
-  h.in(input::Cancel{1, "a", ""});  // finished: its pool entry is free
-  const auto p2 = h.take("b", 2);   // same pool entry
+  h.in(input::Cancel{1, "a", "", std::nullopt});  // finished: its pool entry is free
+  const auto p2 = h.take("b", 2);                 // same pool entry
   ASSERT_EQ(p1.token >> 40, p2.token >> 40) << "the test wants the same pool index";
   ASSERT_NE(p1.token, p2.token);
   h.in(input::Delivery{1, p1.token, true});
@@ -251,6 +251,46 @@ TEST(Scheduler, StaleTokenAfterPoolReuseIsIgnored) {
   EXPECT_TRUE(h.out.empty());
   h.in(input::Delivery{1, p2.token, true});
   EXPECT_EQ(h.all<action::Annotate>().size(), 1u);
+}
+
+}  // namespace
+}  // namespace shmsched::core
+
+namespace shmsched::core {
+namespace {
+
+// A request that acts for one user only (a local client that is not trusted) is checked where
+// the scheduler acts: another user's dispatched execution is neither cancelled nor completed,
+// and a cancel in the queue carries the user, so the shell leaves another user's entry alone.
+TEST(Scheduler, ARequestForOneUserLeavesOtherUsersExecutionsAlone) {
+  Harness h;
+  h.in(input::TransportUp{1, "zeromq"});
+  const auto p = h.take("e1", 7);  // user "u"
+  h.in(input::Delivery{1, p.token, true});
+  const auto refused = [&](const char* code) {
+    const auto answers = h.all<action::Answer>();
+    return answers.size() == 1 && !answers[0].reply.ok && answers[0].reply.error == code;
+  };
+  h.in(input::Cancel{1, "e1", "", std::string("mallory")});
+  EXPECT_TRUE(refused("unauthorized"));
+  EXPECT_TRUE(h.all<action::Publish>().empty());
+  h.in(input::Complete{2, "e1", std::nullopt, std::nullopt, 0, std::string("mallory")});
+  EXPECT_TRUE(refused("not_owner"));
+  h.in(input::Fail{3, "e1", "no", std::nullopt, std::nullopt, true, std::string("mallory")});
+  EXPECT_TRUE(refused("not_owner"));
+  EXPECT_EQ(h.s.dispatched_now(), 1u);
+  // Its owner may.
+  h.in(input::Complete{4, "e1", std::nullopt, std::nullopt, 0, std::string("u")});
+  EXPECT_EQ(h.s.dispatched_now(), 0u);
+  // Not taken: the cancel goes to the queue with the user; kNotOwner is answered unauthorized.
+  auto& asked = h.in(input::Cancel{5, "q1", "", std::string("mallory")});
+  ASSERT_EQ(asked.size(), 1u);
+  const auto* in_queue = std::get_if<action::CancelInQueue>(&asked[0]);
+  ASSERT_TRUE(in_queue);
+  EXPECT_EQ(in_queue->as_user, std::optional<std::string>("mallory"));
+  h.in(input::CancelResult{5, CancelOutcome::kNotOwner, "bob"});
+  EXPECT_TRUE(refused("unauthorized"));
+  EXPECT_TRUE(h.all<action::Publish>().empty()) << "nothing was cancelled";
 }
 
 }  // namespace

@@ -52,6 +52,13 @@ bool erase_one(V& v, const T& x) {
   return true;
 }
 
+// A request that acts for one user only, about another user's execution.
+std::string not_theirs(const std::string& as_user, const std::string& id,
+                       const std::string& owner) {
+  return "execution " + id + " belongs to user '" + owner + "'; user '" + as_user +
+         "' acts for itself only (root, shmschedd's own user and the trusted group act for anyone)";
+}
+
 void answer(std::vector<Action>& out, OpId op, Reply reply) {
   action::Answer a;
   a.op = op;
@@ -296,6 +303,12 @@ void Scheduler::on(const input::Cancel& in, Time now, std::vector<Action>& out) 
   if (Exec* found = find(in.execution_id)) {
     // Ours (dispatched, or held for a retry): nothing to ask the queue.
     Exec& e = *found;
+    if (in.as_user && e.info.user_id != *in.as_user) {
+      answer(out, in.op,
+             Reply::failure("unauthorized",
+                            not_theirs(*in.as_user, e.info.execution_id, e.info.user_id)));
+      return;
+    }
     ++counters_.cancelled;
     Event ev;
     ev.type = EventType::kCancelled;
@@ -312,8 +325,8 @@ void Scheduler::on(const input::Cancel& in, Time now, std::vector<Action>& out) 
   }
   // Not ours: ask the queue even for an id that finished before (it may have been submitted
   // again since, and the queue holds that one).
-  cancels_in_queue_[in.op] = PendingCancel{in.execution_id, reason, 0};
-  out.push_back(action::CancelInQueue{in.op, in.execution_id});
+  cancels_in_queue_[in.op] = PendingCancel{in.execution_id, reason, 0, in.as_user};
+  out.push_back(action::CancelInQueue{in.op, in.execution_id, in.as_user});
 }
 
 void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>& out) {
@@ -338,10 +351,15 @@ void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>&
       answer(out, in.op, Reply::success());
       return;
     }
+    case CancelOutcome::kNotOwner:
+      answer(out, in.op,
+             Reply::failure("unauthorized",
+                            not_theirs(pc.as_user.value_or(""), pc.execution_id, in.user_id)));
+      return;
     case CancelOutcome::kActive:
       // Taken from the queue since: cancel it as ours.
       if (active_.count(pc.execution_id)) {
-        on(input::Cancel{in.op, pc.execution_id, pc.reason}, now, out);
+        on(input::Cancel{in.op, pc.execution_id, pc.reason, pc.as_user}, now, out);
         return;
       }
       [[fallthrough]];
@@ -365,6 +383,7 @@ void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>&
 // unknown, finished, or a report for an attempt that is not the current one.
 Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
                                      std::optional<std::uint32_t> attempt,
+                                     const std::optional<std::string>& as_user,
                                      std::vector<Action>& out) {
   Exec* found = find(id);
   if (!found) {
@@ -375,6 +394,10 @@ Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
     return nullptr;
   }
   Exec& e = *found;
+  if (as_user && e.info.user_id != *as_user) {
+    answer(out, op, Reply::failure("not_owner", not_theirs(*as_user, id, e.info.user_id)));
+    return nullptr;
+  }
   if (attempt && *attempt != e.info.attempt) {
     ++counters_.stale_reports;
     answer(out, op,
@@ -387,7 +410,7 @@ Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
 }
 
 void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out) {
-  Exec* found = reported(in.op, in.execution_id, in.attempt, out);
+  Exec* found = reported(in.op, in.execution_id, in.attempt, in.as_user, out);
   if (!found) return;
   Exec& e = *found;
   ++counters_.completed;
@@ -407,7 +430,7 @@ void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out
 }
 
 void Scheduler::on(const input::Fail& in, Time now, std::vector<Action>& out) {
-  Exec* e = reported(in.op, in.execution_id, in.attempt, out);
+  Exec* e = reported(in.op, in.execution_id, in.attempt, in.as_user, out);
   if (!e) return;
   fail(*e, in.error, std::nullopt, in.worker_id, in.retry, now, out);
   answer(out, in.op, Reply::success());
@@ -754,7 +777,7 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
         later.emplace_back(op, std::move(pc));
         continue;
       }
-      on(input::Cancel{op, pc.execution_id, pc.reason}, now, out);
+      on(input::Cancel{op, pc.execution_id, pc.reason, pc.as_user}, now, out);
     }
     deferred_cancels_ = std::move(later);
   }

@@ -28,14 +28,17 @@ const AccessPolicy::Who& AccessPolicy::who(const ipc::Peer& peer) {
   passwd* found = nullptr;
   if (::getpwuid_r(peer.uid, &pw, buf.data(), buf.size(), &found) == 0 && found) {
     w.name = found->pw_name;
-    int n = 64;
-    std::vector<gid_t> list(static_cast<std::size_t>(n));
-    if (::getgrouplist(found->pw_name, found->pw_gid, list.data(), &n) < 0 && n > 64) {
-      list.resize(static_cast<std::size_t>(n));
-      ::getgrouplist(found->pw_name, found->pw_gid, list.data(), &n);
+    // getgrouplist says how many there are when the list is too short; the count may grow in
+    // between: ask again until it fits, and keep only what it returned.
+    std::vector<gid_t> list(64);
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      int n = static_cast<int>(list.size());
+      if (::getgrouplist(found->pw_name, found->pw_gid, list.data(), &n) >= 0) {
+        groups.insert(groups.end(), list.begin(), list.begin() + n);
+        break;
+      }
+      list.resize(static_cast<std::size_t>(std::max(n, static_cast<int>(list.size()) * 2)));
     }
-    list.resize(static_cast<std::size_t>(std::max(n, 0)));
-    groups.insert(groups.end(), list.begin(), list.end());
   }
   auto member = [&](gid_t g) { return std::find(groups.begin(), groups.end(), g) != groups.end(); };
   w.trusted = peer.uid == 0 || peer.uid == ::geteuid() || member(settings_.trusted_gid);
@@ -48,34 +51,24 @@ std::string AccessPolicy::describe(const ipc::Peer& peer, const Who& w) const {
          std::to_string(peer.pid) + ")";
 }
 
-std::optional<AccessPolicy::Refusal> AccessPolicy::refusal(const ipc::Peer& peer,
-                                                           const protocol::Request& request,
-                                                           const OwnerOf& owner_of) {
+std::optional<std::string> AccessPolicy::acting_for(const ipc::Peer& peer) {
   if (!peer.local || !settings_.check_identity) return std::nullopt;
   const Who& w = who(peer);
   if (w.trusted) return std::nullopt;
-  const std::string others = "; only root, shmschedd's own user and members of group '" +
-                             settings_.trusted_group + "' act for other users";
+  return w.name;
+}
+
+std::optional<AccessPolicy::Refusal> AccessPolicy::refusal(const ipc::Peer& peer,
+                                                           const protocol::Request& request) {
+  if (!peer.local || !settings_.check_identity) return std::nullopt;
+  const Who& w = who(peer);
+  if (w.trusted) return std::nullopt;
   if (const auto* s = std::get_if<protocol::SubmitOp>(&request)) {
     if (s->user_id == w.name) return std::nullopt;
-    return Refusal{"unauthorized",
-                   describe(peer, w) + " may not submit as user '" + s->user_id + "'" + others};
-  }
-  auto own = [&](const std::string& id, const char* code,
-                 const char* what) -> std::optional<Refusal> {
-    const auto owner = owner_of(id);
-    if (!owner || *owner == w.name) return std::nullopt;  // not queued: the loop answers
-    return Refusal{code, describe(peer, w) + " may not " + what + " execution " + id +
-                             " of user '" + *owner + "'" + others};
-  };
-  if (const auto* c = std::get_if<protocol::CancelOp>(&request)) {
-    return own(c->execution_id, "unauthorized", "cancel");
-  }
-  if (const auto* c = std::get_if<protocol::CompleteOp>(&request)) {
-    return own(c->execution_id, "not_owner", "complete");
-  }
-  if (const auto* f = std::get_if<protocol::FailOp>(&request)) {
-    return own(f->execution_id, "not_owner", "fail");
+    return Refusal{"unauthorized", describe(peer, w) + " may not submit as user '" + s->user_id +
+                                       "'; only root, shmschedd's own user and members of "
+                                       "group '" +
+                                       settings_.trusted_group + "' act for other users"};
   }
   if (const auto* op = std::get_if<protocol::WorkerOp>(&request);
       op && op->op == "register_worker" && !w.worker) {
@@ -84,7 +77,7 @@ std::optional<AccessPolicy::Refusal> AccessPolicy::refusal(const ipc::Peer& peer
                                        "need group '" +
                                        settings_.worker_group + "'"};
   }
-  return std::nullopt;  // status, list, stats: reads
+  return std::nullopt;  // reads; cancel, complete and fail are the loop's to check (acting_for)
 }
 
 }  // namespace shmsched::daemon

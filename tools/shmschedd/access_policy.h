@@ -27,8 +27,6 @@ class AccessPolicy {
     gid_t worker_gid = 0;
     std::string worker_group;
   };
-  // The owner (user_id) of an execution the queue holds, if it holds it.
-  using OwnerOf = std::function<std::optional<std::string>(const std::string& execution_id)>;
 
   // A refused request's answer: the error code of docs/protocol.md (`unauthorized`, or
   // `not_owner` for complete and fail) and why.
@@ -39,9 +37,11 @@ class AccessPolicy {
 
   explicit AccessPolicy(Settings settings) : settings_(std::move(settings)) {}
 
-  // nullopt if `peer` may make `request`.
-  std::optional<Refusal> refusal(const ipc::Peer& peer, const ipc::protocol::Request& request,
-                                 const OwnerOf& owner_of);
+  // nullopt if `peer` may make `request` (submit and register_worker are decided here).
+  std::optional<Refusal> refusal(const ipc::Peer& peer, const ipc::protocol::Request& request);
+  // The user `peer` acts for when it may not act for others (cancel, complete and fail are
+  // checked by the loop against the execution's owner); nullopt: it may act for anyone.
+  std::optional<std::string> acting_for(const ipc::Peer& peer);
 
  private:
   struct Who {

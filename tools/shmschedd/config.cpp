@@ -308,6 +308,8 @@ std::string env_to_key(const std::string& name, const po::options_description& d
   std::string key = name.substr(9);
   std::transform(key.begin(), key.end(), key.begin(),
                  [](unsigned char ch) { return static_cast<char>(std::tolower(ch)); });
+  // Actions, not settings: one such line in an EnvironmentFile would turn every start into one.
+  if (key == "help" || key == "version" || key == "check_config") return "";
   return desc.find_nothrow(key, false) ? key : "";
 }
 

@@ -28,6 +28,9 @@ struct ReplyTo {
 struct OpMessage {
   ipc::protocol::Request request;
   ReplyTo reply_to;
+  // A local client that is not trusted: cancel, complete and fail act for this user only, and
+  // the loop (which alone removes executions) checks the owner where it acts. nullopt: anyone.
+  std::optional<std::string> as_user = std::nullopt;
 };
 struct DeliveryMessage {
   std::uint64_t transport;  // the instance (core::TransportId)

@@ -80,14 +80,7 @@ void Supervisor::ingress_main() {
   auto handler = [&](const protocol::Request& req, std::uint64_t token, const ipc::Peer& peer) {
     std::string error;
     // Who the kernel says the client is decides what it may do; a refusal changes nothing.
-    const auto owner_of = [&](const std::string& id) -> std::optional<std::string> {
-      std::string ignored;
-      ipc::Producer* p = producer_or_error(ignored);
-      if (!p) return std::nullopt;
-      const auto rec = p->status(id);
-      return rec ? std::optional<std::string>(rec->user_id) : std::nullopt;
-    };
-    if (auto why = access.refusal(peer, req, owner_of)) {
+    if (auto why = access.refusal(peer, req)) {
       counters_.rejected_unauthorized.fetch_add(1, std::memory_order_relaxed);
       return std::optional<ipc::IngressServer::Reply>(
           protocol::error_reply(why->code, why->message));
@@ -208,8 +201,9 @@ void Supervisor::ingress_main() {
           "invalid",
           "op '" + w->op + "' needs worker support, which this version does not have yet"));
     }
-    // cancel, complete, fail: the loop owns dispatch state; it replies through the server.
-    inbox_->post(OpMessage{req, ReplyTo{token, std::nullopt}});
+    // cancel, complete, fail: the loop owns dispatch state; it replies through the server, and
+    // checks the owner where it acts (a check here would race with the loop).
+    inbox_->post(OpMessage{req, ReplyTo{token, std::nullopt}, access.acting_for(peer)});
     return std::optional<ipc::IngressServer::Reply>();
   };
   try {

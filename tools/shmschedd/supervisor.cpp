@@ -276,12 +276,18 @@ void Supervisor::carry_out(std::vector<core::Action>& actions) {
       core_.handle(res, t, more);
     } else if (auto* c = std::get_if<core::action::CancelInQueue>(&a)) {
       announce_all();  // an entry is announced before it can be cancelled
-      // Find the user before the cancel makes the entry disappear.
+      // Find the user before the cancel makes the entry disappear; another user's entry is
+      // left alone (only this thread removes queued entries: nothing changes in between).
       const auto rec = consumer_->status(c->execution_id);
-      const auto outcome = consumer_->cancel(c->execution_id);
+      const bool theirs = c->as_user && rec && rec->user_id != *c->as_user;
+      const auto outcome =
+          theirs ? ipc::CancelOutcome::kNotFound : consumer_->cancel(c->execution_id);
       if (outcome == ipc::CancelOutcome::kUnavailable) note_blocked("a cancel");
-      core_.handle(core::input::CancelResult{c->op, to_core(outcome), rec ? rec->user_id : ""}, t,
-                   more);
+      core_.handle(
+          core::input::CancelResult{c->op,
+                                    theirs ? core::CancelOutcome::kNotOwner : to_core(outcome),
+                                    rec ? rec->user_id : ""},
+          t, more);
     } else if (auto* sw = std::get_if<core::action::SweepStale>(&a)) {
       const std::int64_t age_ns = std::max<std::int64_t>(0, t.wall_ns - sw->enqueued_before_ns);
       for (const auto& rec : consumer_->sweep_stale(
@@ -345,6 +351,9 @@ void Supervisor::do_answer(const core::action::Answer& a) {
   if (it == ops_.end()) return;
   const ReplyTo to = it->second;
   ops_.erase(it);
+  if (!a.reply.ok && (a.reply.error == "unauthorized" || a.reply.error == "not_owner")) {
+    counters_.rejected_unauthorized.fetch_add(1, std::memory_order_relaxed);
+  }
   const auto body = ipc::events::encode_reply(a.reply, a.list ? &a.items : nullptr);
   if (to.ingress_token) ingress_->reply(to.ingress_token, body);
   if (to.transport) {
@@ -437,11 +446,13 @@ void Supervisor::handle_op(OpMessage& op) {
   const core::OpId id = next_op_++;
   ops_[id] = op.reply_to;
   if (auto* c = std::get_if<protocol::CancelOp>(&op.request)) {
-    feed(core::input::Cancel{id, c->execution_id, c->reason});
+    feed(core::input::Cancel{id, c->execution_id, c->reason, op.as_user});
   } else if (auto* c = std::get_if<protocol::CompleteOp>(&op.request)) {
-    feed(core::input::Complete{id, c->execution_id, c->worker_id, c->attempt, c->exit_code});
+    feed(core::input::Complete{id, c->execution_id, c->worker_id, c->attempt, c->exit_code,
+                               op.as_user});
   } else if (auto* f = std::get_if<protocol::FailOp>(&op.request)) {
-    feed(core::input::Fail{id, f->execution_id, f->error, f->worker_id, f->attempt, f->retry});
+    feed(core::input::Fail{id, f->execution_id, f->error, f->worker_id, f->attempt, f->retry,
+                           op.as_user});
   } else if (auto* s = std::get_if<protocol::SubmitOp>(&op.request)) {
     // A submission that arrived through a transport (e.g. ExecutionRequested on Kafka).
     if (s->execution_id.empty()) s->execution_id = protocol::new_uuid();
@@ -781,7 +792,16 @@ void Supervisor::reload() {
       if (unchanged) continue;
       auto& lib = libraries_[name];
       if (!lib) lib = PluginLibrary::load(next.plugin_dir, name);
-      Transport::check(*lib, name, options, &callbacks_);
+      const bool running = std::any_of(transports_.begin(), transports_.end(),
+                                       [&](const auto& t) { return t.second->name() == name; });
+      if (running) {
+        // Changed: its options are checked here; a replacement that cannot start keeps the
+        // running instance (apply_transports).
+        Transport::check(*lib, name, options, &callbacks_);
+      } else {
+        // Added: it must start (bind, connect), so it is started and stopped once first.
+        Transport trial(lib, name, 0, options, &callbacks_);
+      }
     }
     segment_->set_max_executions_per_user(next.queue.max_executions_per_user);
     spdlog::set_level(spdlog::level::from_str(next.log_level));
@@ -865,6 +885,12 @@ int Supervisor::run() {
   // READY only now: the segment is attached, the transports started, the ingress bound.
   sd_notify(0, "READY=1");
   notify_status();
+  if (!config_.ingress_tcp.empty() && config_.check_identity) {
+    spdlog::warn(
+        "ingress_tcp = {}: clients over TCP carry no credentials and are not checked (they act "
+        "for any user); expose it to a trusted network only",
+        config_.ingress_tcp);
+  }
   spdlog::info("shmschedd ready: segment {}, ingress {}, {} transport(s), max_active_executions {}",
                config_.segment, config_.ingress_endpoint(), transports_.size(),
                config_.max_active_executions);

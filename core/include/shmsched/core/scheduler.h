@@ -72,7 +72,8 @@ struct ExecutionInfo {
 using OpId = std::uint64_t;         // the shell's handle for a request awaiting its answer
 using TransportId = std::uint64_t;  // one running instance of a transport
 
-enum class CancelOutcome : std::uint8_t { kCancelled, kNotFound, kActive, kUnavailable };
+// kNotOwner: the queue holds it for another user than the one the cancel acts for.
+enum class CancelOutcome : std::uint8_t { kCancelled, kNotFound, kActive, kUnavailable, kNotOwner };
 
 enum class FinalState : std::uint8_t { kNone = 0, kCompleted, kFailed, kCancelled, kExpired };
 std::string_view final_state_name(FinalState s);
@@ -109,10 +110,13 @@ struct Recovered {
   ExecutionInfo info;
   std::uint64_t annotation = 0;
 };
+// `as_user`, on cancel, complete and fail: the request acts for this user only (a local client
+// that is not trusted); it is refused for another user's execution. nullopt: for anyone.
 struct Cancel {
   OpId op = 0;
   std::string execution_id;
   std::string reason;
+  std::optional<std::string> as_user;
 };
 // The answer to action::CancelInQueue.
 struct CancelResult {
@@ -126,6 +130,7 @@ struct Complete {
   std::optional<std::string> worker_id;
   std::optional<std::uint32_t> attempt;  // given: a report for another attempt is ignored
   std::optional<std::int64_t> exit_code;
+  std::optional<std::string> as_user;
 };
 struct Fail {
   OpId op = 0;
@@ -134,6 +139,7 @@ struct Fail {
   std::optional<std::string> worker_id;
   std::optional<std::uint32_t> attempt;
   bool retry = false;
+  std::optional<std::string> as_user;
 };
 // A submit that arrived through a transport (the ingress submits to the queue itself).
 struct Submit {
@@ -223,10 +229,12 @@ struct Take {
 struct SubmitToQueue {
   OpId op = 0;
 };
-// Cancel a queued execution (input::CancelResult).
+// Cancel a queued execution (input::CancelResult): only if it belongs to `as_user` when given
+// (else kNotOwner, nothing done).
 struct CancelInQueue {
   OpId op = 0;
   std::string execution_id;
+  std::optional<std::string> as_user;
 };
 // Expire queued executions enqueued before this wall-clock time (input::Expired each).
 struct SweepStale {
@@ -355,6 +363,7 @@ class Scheduler {
     std::string execution_id;
     std::string reason;
     std::int64_t retry_at = 0;
+    std::optional<std::string> as_user;
   };
   struct TimeoutEntry {
     std::int64_t at;
@@ -385,7 +394,7 @@ class Scheduler {
   void on(const input::Reload& in, Time now, std::vector<Action>& out);
 
   Exec* reported(OpId op, const std::string& id, std::optional<std::uint32_t> attempt,
-                 std::vector<Action>& out);
+                 const std::optional<std::string>& as_user, std::vector<Action>& out);
   Exec* find(const std::string& id);
   ExecIndex index_of(const Exec& e) const { return static_cast<ExecIndex>(&e - execs_.data()); }
   // A fresh pool entry for `id` (an old one of the same id is reused: cannot happen, ids are
