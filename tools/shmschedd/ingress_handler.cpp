@@ -46,10 +46,14 @@ void Supervisor::start_ingress() {
   std::vector<std::string> endpoints = {config_.ingress_endpoint()};
   if (!config_.ingress_tcp.empty()) endpoints.push_back(config_.ingress_tcp);
   ingress_ = std::make_unique<ipc::IngressServer>(zmq_, endpoints);
-  ingress_thread_ = std::thread([this] { ingress_main(); });
+  // The ingress thread never reads config_ (a reload writes it on the loop's thread): what it
+  // needs is copied here. Identity settings take effect at start.
+  AccessPolicy::Settings access{config_.check_identity, config_.trusted_gid, config_.trusted_group,
+                                config_.worker_gid, config_.worker_group};
+  ingress_thread_ = std::thread([this, access] { ingress_main(access); });
 }
 
-void Supervisor::ingress_main() {
+void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
   // Signals are for the signal thread only (they are blocked in main() before threads start).
   // The ingress registers with the queue on first use, and again after a failure: with every
   // participant entry taken by other processes, a submit is refused, not the whole process.
@@ -74,9 +78,7 @@ void Supervisor::ingress_main() {
       return nullptr;
     }
   };
-  AccessPolicy access(AccessPolicy::Settings{config_.check_identity, config_.trusted_gid,
-                                             config_.trusted_group, config_.worker_gid,
-                                             config_.worker_group});
+  AccessPolicy access(access_settings);
   auto handler = [&](const protocol::Request& req, std::uint64_t token, const ipc::Peer& peer) {
     std::string error;
     // Who the kernel says the client is decides what it may do; a refusal changes nothing.

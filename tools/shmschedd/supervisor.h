@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "access_policy.h"
 #include "action_lists.h"
 #include "config.h"
 #include "inbox.h"
@@ -72,7 +73,7 @@ class Supervisor {
   };
 
   void start_ingress();
-  void ingress_main();
+  void ingress_main(const AccessPolicy::Settings& access);
   void recover_active();
   core::SchedulerConfig policy(const Config& c) const;
   core::Time now() const;
