@@ -276,6 +276,19 @@ TEST(DaemonE2E, FailWithRetryBacksOffThenGivesUp) {
   EXPECT_EQ(finished.integer("attempt"), 2);
 }
 
+// The supervisor's publish_failures counter, once it reached `n` (or after 10 s).
+std::int64_t wait_for_publish_failures(Ingress& ingress, std::int64_t n) {
+  const auto failures = [&] {
+    auto stats = ingress.call(MapBuilder().str("op", "stats").finish());
+    return ipc::get_int(*ipc::find_field(stats.get(), "counters"), "publish_failures").value_or(0);
+  };
+  const auto until = Clock::now() + std::chrono::seconds(10);
+  while (failures() < n && Clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return failures();
+}
+
 std::size_t count_lines(const std::string& path, const std::string& needle) {
   std::ifstream in(path);
   std::size_t n = 0;
@@ -297,16 +310,7 @@ TEST(DaemonE2E, FailingTransportBacksOffAndNothingIsLost) {
   auto cmd = f.events->next("CreatePodCommand");
   ASSERT_TRUE(cmd);
   EXPECT_EQ(cmd->str("execution_id"), "t0");
-  // Several backoff rounds.
-  const auto failures = [&] {
-    auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
-    return ipc::get_int(*ipc::find_field(stats.get(), "counters"), "publish_failures").value_or(0);
-  };
-  const auto until = Clock::now() + std::chrono::seconds(10);
-  while (failures() < 3 && Clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_GE(failures(), 3);
+  EXPECT_GE(wait_for_publish_failures(*f.ingress, 3), 3);  // several backoff rounds
   EXPECT_EQ(count_lines(log_file, "CreatePodCommand"), 0u);
   std::filesystem::remove(fail_file);  // the broker is back
   // Every execution reaches the flaky transport exactly once, and zeromq never twice.
@@ -558,16 +562,7 @@ TEST(DaemonE2E, RefusedCommandsInABatchAreRetriedAndNothingIsLostOrDoubled) {
                        "--flaky.log_file=" + log_file, "--dispatch-backoff-ms=50",
                        "--max-active-executions=4"});
   for (int i = 0; i < 6; ++i) ASSERT_TRUE(f.ingress->submit("r" + std::to_string(i), "u").ok());
-  // Several backoff rounds.
-  const auto failures = [&] {
-    auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
-    return ipc::get_int(*ipc::find_field(stats.get(), "counters"), "publish_failures").value_or(0);
-  };
-  const auto until = Clock::now() + std::chrono::seconds(10);
-  while (failures() < 3 && Clock::now() < until) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  EXPECT_GE(failures(), 3);
+  EXPECT_GE(wait_for_publish_failures(*f.ingress, 3), 3);  // several backoff rounds
   EXPECT_EQ(count_lines(log_file, "CreatePodCommand"), 0u);
   // The events of the batch around the refused commands were taken (offered again after each).
   EXPECT_EQ(count_lines(log_file, "ExecutionAccepted r"), 6u);
