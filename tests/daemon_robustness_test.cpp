@@ -243,17 +243,7 @@ TEST(DaemonRobustness, LogsGoToTheJournalWithPrioritiesAndExecutionIds) {
 // a producer was stopped before moving the tail (and that entry was never taken), or a repair a
 // stopped process blocks kept being requested. The loop sleeps in all three.
 double cpu_seconds(pid_t pid) {
-  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(f, line);
-  std::istringstream in(line.substr(line.rfind(')') + 2));
-  std::string field;
-  unsigned long long ut = 0, st = 0;
-  for (int i = 3; i <= 15 && in >> field; ++i) {
-    if (i == 14) ut = std::stoull(field);
-    if (i == 15) st = std::stoull(field);
-  }
-  return static_cast<double>(ut + st) / static_cast<double>(::sysconf(_SC_CLK_TCK));
+  return static_cast<double>(cpu_ticks(pid)) / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
 TEST(DaemonRobustness, TheLoopSleepsWhateverIsLeftInTheQueue) {
