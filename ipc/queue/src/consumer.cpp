@@ -10,6 +10,7 @@
 #include "queue_internals.h"
 #include "shmsched/core/stable_hash.h"
 #include "shmsched/ipc/queue.h"
+#include "slot_fields.h"
 #include "slot_text.h"
 
 namespace shmsched::ipc {
@@ -273,7 +274,7 @@ std::uint64_t Consumer::annotation(ActiveRef ref) const {
 void Consumer::set_attempt(ActiveRef ref, std::uint32_t attempt) {
   if (ref.slot >= view_->geo->slot_count) return;
   CRASH_POINT("set an active execution's attempt");
-  view_->slot(ref.slot).attempt = attempt;
+  store_field(view_->slot(ref.slot).attempt, attempt);
 }
 
 std::uint32_t Consumer::announce_sleep() {

@@ -12,6 +12,7 @@
 #include "identity.h"
 #include "queue_internals.h"
 #include "shmsched/core/stable_hash.h"
+#include "slot_fields.h"
 #include "slot_text.h"
 
 namespace shmsched::ipc::detail {
@@ -148,7 +149,7 @@ void rebuild(const SegmentView& v) {
     if (!before) ++user_entries;
     CRASH_POINT("rebuild: count a live slot for its user");
     v.users()[*entry].fetch_add(1, std::memory_order_relaxed);
-    s.user_entry = *entry;
+    store_field(s.user_entry, *entry);
     const std::string id = load_text(s.id_words, s.id_len);
     if (dedup.insert(s.id_hash.load(), id, i) != DedupIndex::Insert::kInserted) {
       hdr.inconsistencies.fetch_add(1, std::memory_order_relaxed);

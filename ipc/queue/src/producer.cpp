@@ -15,6 +15,7 @@
 #include "queue_internals.h"
 #include "shmsched/core/stable_hash.h"
 #include "shmsched/ipc/queue.h"
+#include "slot_fields.h"
 #include "slot_text.h"
 
 namespace shmsched::ipc {
@@ -164,27 +165,25 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
     const std::uint32_t gen = ctrl_gen(s.ctrl.load(std::memory_order_relaxed)) + 1;
     CRASH_POINT("submit: mark the slot pending");
     s.ctrl.store(ctrl_make(gen, self_ + 1, SlotState::kPending), std::memory_order_relaxed);
+    // Fields are release stores: a reader that sees any of them sees this generation too.
     CRASH_POINT("submit: fill the slot");
     s.id_hash.store(id_hash, std::memory_order_relaxed);
-    s.enqueued_at_ns = enqueued_at;
-    s.user_entry = *entry;
-    s.payload_len = static_cast<std::uint32_t>(req.payload.size());
-    s.extras_len = static_cast<std::uint32_t>(extras.size());
-    s.attempt = req.attempt;
-    s.timeout_seconds = req.timeout_seconds;
+    store_field(s.enqueued_at_ns, enqueued_at);
+    store_field(s.user_entry, *entry);
+    store_field(s.payload_len, static_cast<std::uint32_t>(req.payload.size()));
+    store_field(s.extras_len, static_cast<std::uint32_t>(extras.size()));
+    store_field(s.attempt, req.attempt);
+    store_field(s.timeout_seconds, req.timeout_seconds);
     // The consumer's annotation word (the supervisor's dispatch phase) starts clear for every
     // generation: a consumer that dies right after taking the slot leaves it in no phase.
-    std::atomic_ref<std::uint64_t>(s.reserved[0]).store(0, std::memory_order_relaxed);
-    s.priority = static_cast<std::uint8_t>(level);
-    std::atomic_ref<std::uint8_t>(s.id_len).store(
-        static_cast<std::uint8_t>(req.execution_id.size()), std::memory_order_relaxed);
-    s.user_len = static_cast<std::uint8_t>(req.user_id.size());
-    s.owner_len = 0;
+    store_field(s.reserved[0], std::uint64_t{0});
+    store_field(s.priority, static_cast<std::uint8_t>(level));
+    store_field(s.id_len, static_cast<std::uint8_t>(req.execution_id.size()));
+    store_field(s.user_len, static_cast<std::uint8_t>(req.user_id.size()));
+    store_field(s.owner_len, std::uint8_t{0});
     store_text(s.id_words, req.execution_id);
     store_text(s.user_words, req.user_id);
-    std::byte* data = v.slot_data(*index);
-    if (!req.payload.empty()) std::memcpy(data, req.payload.data(), req.payload.size());
-    if (!extras.empty()) std::memcpy(data + req.payload.size(), extras.data(), extras.size());
+    store_data(v.slot_data(*index), req.payload, std::as_bytes(std::span(extras)));
 
     switch (DedupIndex{&v}.insert(id_hash, req.execution_id, *index, /*looked_up=*/true)) {
       case DedupIndex::Insert::kInserted:

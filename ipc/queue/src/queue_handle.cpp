@@ -11,6 +11,7 @@
 #include "queue_internals.h"
 #include "shmsched/core/stable_hash.h"
 #include "shmsched/ipc/queue.h"
+#include "slot_fields.h"
 #include "slot_text.h"
 
 namespace shmsched::ipc {
@@ -369,6 +370,19 @@ bool QueueHandle::request_from_consumer(SteadyClock::time_point deadline) {
   }
 }
 
+namespace {
+
+// Whether a pending entry is committed: its index is in its ring at the position its producer
+// stored (the producer stores ring_pos before the cell CAS that publishes the entry, and fills
+// the slot before both).
+bool in_its_ring(const SegmentView& v, std::uint32_t index, std::size_t level, std::uint64_t pos) {
+  RingRef ring = ring_of(v, level);
+  const std::uint64_t cell = ring.cells[pos & ring.mask].load(std::memory_order_seq_cst);
+  return cell == RingRef::make(ring.lap(pos), std::uint64_t{index} + 1);
+}
+
+}  // namespace
+
 CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
   if (execution_id.empty() || execution_id.size() > kMaxIdBytes) return CancelOutcome::kNotFound;
   const SegmentView& v = *view_;
@@ -384,19 +398,14 @@ CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
     if (st == SlotState::kActive) return CancelOutcome::kActive;
     // Read what we need before the CAS: afterwards the consumer may pass and free the slot.
     const std::uint64_t pos = s.ring_pos.load(std::memory_order_seq_cst);
-    const std::size_t level = s.priority % kLevels;
-    const std::uint32_t user_entry = s.user_entry;
+    const std::size_t level = load_field(s.priority) % kLevels;
+    const std::uint32_t user_entry = load_field(s.user_entry);
     const std::uint32_t gen = ctrl_gen(c);
     if (st == SlotState::kPending) {
       // Its producer is between its dedup insert and marking it queued, and may be stopped or
-      // dead there: never wait for it. The entry is committed once its index is in its ring
-      // (the producer stores ring_pos before the cell CAS that publishes it), and is then
-      // cancelled like a queued one; before that it was never accepted.
-      RingRef ring = ring_of(v, level);
-      const std::uint64_t cell = ring.cells[pos & ring.mask].load(std::memory_order_seq_cst);
-      if (cell != RingRef::make(ring.lap(pos), std::uint64_t{*index} + 1)) {
-        return CancelOutcome::kNotFound;
-      }
+      // dead there: never wait for it. Once committed it is cancelled like a queued one; before
+      // that it was never accepted.
+      if (!in_its_ring(v, *index, level, pos)) return CancelOutcome::kNotFound;
     } else if (st != SlotState::kQueued) {
       return CancelOutcome::kNotFound;
     }
@@ -428,7 +437,8 @@ CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
 
 namespace {
 
-// Copies a live slot out; false if it changed under us (then the caller looks again).
+// Copies a live slot out; false if it changed under us (then the caller looks again). A sequence
+// lock read: every field is an acquire load (slot_fields.h), then the control word is read again.
 bool snapshot(const SegmentView& v, std::uint32_t index, ExecutionRecord& out) {
   Slot& s = v.slot(index);
   const std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
@@ -436,34 +446,39 @@ bool snapshot(const SegmentView& v, std::uint32_t index, ExecutionRecord& out) {
   if (st != SlotState::kQueued && st != SlotState::kActive && st != SlotState::kPending) {
     return false;
   }
-  out.execution_id = load_text(s.id_words, s.id_len);
-  out.user_id = load_text(s.user_words, s.user_len);
-  out.priority = static_cast<Priority>(s.priority % kLevels);
+  const std::size_t level = load_field(s.priority) % kLevels;
+  const std::uint64_t pos = s.ring_pos.load(std::memory_order_acquire);
+  // A pending slot may be half filled; it is an execution only once committed.
+  if (st == SlotState::kPending && !in_its_ring(v, index, level, pos)) return false;
+  out.execution_id = load_text(s.id_words, load_field(s.id_len));
+  out.user_id = load_text(s.user_words, load_field(s.user_len));
+  out.priority = static_cast<Priority>(level);
   out.state = st == SlotState::kActive ? ExecutionState::kActive : ExecutionState::kQueued;
-  out.enqueued_at_ns = s.enqueued_at_ns;
-  out.attempt = s.attempt;
-  out.timeout_seconds = s.timeout_seconds;
-  const std::uint32_t plen = std::min<std::uint32_t>(s.payload_len, v.geo->max_payload_bytes);
-  const std::uint32_t elen = std::min<std::uint32_t>(s.extras_len, v.geo->max_extras_bytes);
-  const std::byte* data = v.slot_data(index);
-  out.payload.assign(data, data + plen);
+  out.enqueued_at_ns = load_field(s.enqueued_at_ns);
+  out.attempt = load_field(s.attempt);
+  out.timeout_seconds = load_field(s.timeout_seconds);
+  const std::uint32_t plen =
+      std::min<std::uint32_t>(load_field(s.payload_len), v.geo->max_payload_bytes);
+  const std::uint32_t elen =
+      std::min<std::uint32_t>(load_field(s.extras_len), v.geo->max_extras_bytes);
+  std::vector<std::byte> data(plen + elen);
+  load_data(v.slot_data(index), data);
+  out.annotation = st == SlotState::kActive ? load_field(s.reserved[0]) : 0;
+  if (s.ctrl.load(std::memory_order_acquire) != c) return false;
+  // Consistent: decode only now (extras of a mixed read could be anything).
+  out.payload.assign(data.begin(), data.begin() + plen);
   out.required_capabilities.clear();
   out.metadata.clear();
   if (elen > 0) {
-    decode_extras(std::span<const std::byte>(data + plen, elen), out.required_capabilities,
+    decode_extras(std::span<const std::byte>(data).subspan(plen), out.required_capabilities,
                   out.metadata);
   }
-  out.annotation =
-      st == SlotState::kActive
-          ? std::atomic_ref<std::uint64_t>(s.reserved[0]).load(std::memory_order_acquire)
-          : 0;
   if (st != SlotState::kActive) {
-    out.queue_position =
-        rank_at(v, priority_index(out.priority), s.ring_pos.load(std::memory_order_acquire));
+    out.queue_position = rank_at(v, level, pos);
   } else {
     out.queue_position.reset();
   }
-  return s.ctrl.load(std::memory_order_acquire) == c;
+  return true;
 }
 
 }  // namespace
@@ -529,7 +544,7 @@ std::optional<std::int64_t> QueueHandle::head_enqueued_at(Priority level) {
   RingRef ring = ring_of(v, priority_index(level) % kLevels);
   const auto index = ring.peek();
   if (!index) return std::nullopt;
-  return v.slot(*index).enqueued_at_ns;
+  return load_field(v.slot(*index).enqueued_at_ns);  // may be taken and reused meanwhile
 }
 
 QueueStats queue_stats(const Segment& segment) {

@@ -1,7 +1,7 @@
-// Short strings (execution and user ids) stored in a slot as 64-bit words accessed through
-// relaxed atomics: another process may read them while the slot is being reused, and must then
-// see old or new words (which the caller detects by re-reading the slot's generation), never
-// undefined behaviour.
+// Short strings (execution and user ids) stored in a slot as 64-bit atomic words: another process
+// may read them while the slot is being reused, and must then see old or new words (which the
+// caller detects by re-reading the slot's generation), never undefined behaviour. Release stores
+// and acquire loads, for the reason given in slot_fields.h.
 #pragma once
 
 #include <atomic>
@@ -22,7 +22,7 @@ inline void store_text(std::uint64_t (&words)[kIdWords], std::string_view text) 
     const std::size_t at = w * 8;
     if (at < text.size())
       std::memcpy(&v, text.data() + at, std::min<std::size_t>(8, text.size() - at));
-    std::atomic_ref<std::uint64_t>(words[w]).store(v, std::memory_order_relaxed);
+    std::atomic_ref<std::uint64_t>(words[w]).store(v, std::memory_order_release);
   }
 }
 
@@ -31,7 +31,7 @@ inline bool text_equals(std::uint64_t (&words)[kIdWords], std::size_t len, std::
   for (std::size_t w = 0; w * 8 < len; ++w) {
     std::uint64_t expect = 0;
     std::memcpy(&expect, text.data() + w * 8, std::min<std::size_t>(8, len - w * 8));
-    if (std::atomic_ref<std::uint64_t>(words[w]).load(std::memory_order_relaxed) != expect) {
+    if (std::atomic_ref<std::uint64_t>(words[w]).load(std::memory_order_acquire) != expect) {
       return false;
     }
   }
@@ -42,7 +42,7 @@ inline std::string load_text(std::uint64_t (&words)[kIdWords], std::size_t len) 
   std::string out(std::min(len, kMaxIdBytes), '\0');
   for (std::size_t w = 0; w * 8 < out.size(); ++w) {
     const std::uint64_t v =
-        std::atomic_ref<std::uint64_t>(words[w]).load(std::memory_order_relaxed);
+        std::atomic_ref<std::uint64_t>(words[w]).load(std::memory_order_acquire);
     std::memcpy(out.data() + w * 8, &v, std::min<std::size_t>(8, out.size() - w * 8));
   }
   return out;
