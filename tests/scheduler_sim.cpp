@@ -19,6 +19,16 @@ constexpr std::uint64_t kQueueLimit = 24;
 constexpr std::uint64_t kPerUser = 7;
 
 const char* const kTransportNames[] = {"zeromq", "kafka"};
+constexpr std::uint32_t kWorkers = 4;   // "w0".."w3"
+constexpr std::uint32_t kSessions = 3;  // "s0".."s2", and "" (a TCP worker: no session)
+
+// Capabilities from two bits: none, {gpu}, {py}, {gpu, py}.
+std::vector<std::string> caps_of(std::uint32_t bits) {
+  std::vector<std::string> out;
+  if (bits & 1) out.push_back("gpu");
+  if (bits & 2) out.push_back("py");
+  return out;
+}
 
 struct Violation {
   std::string what;
@@ -39,6 +49,9 @@ class World {
     config_.timeout_grace_seconds = 5;
     config_.finished_retention_count = 20;
     config_.finished_retention_seconds = 300;
+    config_.max_taken = 8;
+    config_.worker_timeout_ms = 10000;
+    config_.claim_timeout_ms = 2000;
     cap_floor_ = config_.max_active_executions;
     start_scheduler(/*crash=*/false);
   }
@@ -71,8 +84,17 @@ class World {
     std::string id;
     std::uint64_t life;
     std::uint32_t attempt;
+    std::string to;  // a TaskPush's worker: a push to another worker is a new delivery
   };
-  enum class OpKind { kCancel, kComplete, kFail, kSubmit, kStatus };
+  // What a transport has, by name: a command, or a push to one worker.
+  static std::string carried(const std::string& transport, const std::string& to) {
+    return to.empty() ? transport : transport + "->" + to;
+  }
+  enum class OpKind { kCancel, kComplete, kFail, kSubmit, kStatus, kWorker };
+  struct ModelWorker {
+    std::vector<std::string> caps;
+    std::string session;
+  };
 
   void start_scheduler(bool crash);
   void crash_now();
@@ -126,6 +148,20 @@ class World {
   // Events since the scheduler started (its counters start at zero with it).
   SchedulerCounters seen_;
   SimResult result_;
+  // Workers as the model knows them (registered and not yet seen gone), claims and their winners
+  // per (life, attempt) since the last crash, and what each open claim or report was about.
+  std::map<std::string, ModelWorker> workers_;
+  std::map<std::pair<std::uint64_t, std::uint32_t>, std::string> winner_;
+  struct OpenClaim {
+    std::uint64_t life;
+    std::uint32_t attempt;
+    std::string worker;
+  };
+  std::map<OpId, OpenClaim> claims_;
+  std::map<OpId, OpenClaim> reports_;               // complete/fail with a worker id
+  std::map<std::uint64_t, std::string> recipient_;  // life -> worker of its latest push
+  std::map<std::string, std::uint64_t> serial_;     // registrations of each worker id seen
+  std::map<std::uint64_t, std::uint64_t> offer_;    // life -> pushes to a new recipient
 };
 
 std::optional<std::uint64_t> World::life_of_live(const std::string& id) const {
@@ -180,6 +216,10 @@ void World::start_scheduler(bool crash) {
     open_ops_.clear();
     cancel_ids_.clear();
     transport_submits_.clear();
+    workers_.clear();  // a new supervisor knows no workers until they register again
+    winner_.clear();
+    claims_.clear();
+    reports_.clear();
   } else {
     for (const char* name : kTransportNames) up_[next_transport_++] = name;
   }
@@ -232,14 +272,68 @@ void World::carry_out(std::vector<Action>& actions) {
         case EventType::kRejected:
           ++seen_.rejected;
           break;
+        case EventType::kWorkerRegistered:
+        case EventType::kWorkerUnregistered:
+          if (!ev.worker_id) violate("a worker event without a worker id");
+          if (ev.type == EventType::kWorkerRegistered) ++serial_[*ev.worker_id];
+          if (ev.type == EventType::kWorkerUnregistered) {
+            workers_.erase(*ev.worker_id);
+            // Its claims die with it: a new attempt is a new claim.
+          }
+          break;
+        case EventType::kBlockerReported:
+          for (const auto& h : ev.helpers) {
+            auto w = workers_.find(h);
+            if (w == workers_.end()) violate("blocker helper " + h + " is not a live worker");
+            if (!covers(w->second.caps, ev.capabilities))
+              violate("blocker helper " + h + " lacks a required capability");
+            if (ev.worker_id && h == *ev.worker_id) violate("the reporter helps itself");
+          }
+          break;
+        case EventType::kTaskPush:
         case EventType::kCreatePodCommand: {
           auto life = life_of_live(ev.execution_id);
           if (!life) violate("CreatePodCommand for " + ev.execution_id + ", which is not live");
+          {
+            std::vector<std::string> need;
+            for (const auto& [ref, slot] : active_) {
+              if (slot.life == *life) need = normalized(slot.info.required_capabilities);
+            }
+            if ((ev.type == EventType::kTaskPush) != !need.empty())
+              violate(
+                  std::string(event_name(ev.type)) + " for " + ev.execution_id +
+                  (need.empty() ? ", which needs no capabilities" : ", which needs capabilities"));
+            if (ev.type == EventType::kTaskPush) {
+              if (!ev.worker_id || ev.target != *ev.worker_id)
+                violate("TaskPush without its worker as target");
+              auto w = workers_.find(*ev.worker_id);
+              if (w == workers_.end())
+                violate("TaskPush of " + ev.execution_id + " to " + *ev.worker_id +
+                        ", which is not a live worker");
+              // (Its owner may have registered again with fewer capabilities since it claimed.)
+              auto owner = winner_.find({*life, ev.attempt});
+              const bool owns = owner != winner_.end() && owner->second == *ev.worker_id;
+              if (!owns && !covers(w->second.caps, need))
+                violate("TaskPush of " + ev.execution_id + " to " + *ev.worker_id +
+                        ", which lacks a capability");
+            }
+          }
           if (failed_attempt_.count(*life) && ev.attempt <= failed_attempt_[*life])
             violate("attempt " + std::to_string(ev.attempt) + " of " + ev.execution_id +
                     " published again after ExecutionFailed(will_retry) for attempt " +
                     std::to_string(failed_attempt_[*life]));
           auto& acked = acked_[{*life, ev.attempt}];
+          // A push to another worker than the last is a new offer (a claim timeout, a worker
+          // gone): it may reach every transport again. Within one offer, never twice.
+          std::string to;
+          if (ev.type == EventType::kTaskPush) {
+            const std::string worker = ev.target + "#" + std::to_string(serial_[ev.target]);
+            if (recipient_[*life] != worker) ++offer_[*life];
+            recipient_[*life] = worker;
+            to = worker + "/" + std::to_string(offer_[*life]);
+          } else {
+            recipient_[*life].clear();
+          }
           // Every publish of a dispatch starts its timeout anew (the one before was given up).
           published_at_[{*life, ev.attempt}] = now_.mono_ns;
           for (TransportId t : p->to) {
@@ -248,11 +342,11 @@ void World::carry_out(std::vector<Action>& actions) {
               violate("CreatePodCommand for " + ev.execution_id + " to transport " +
                       std::to_string(t) + ", which is not up");
             }
-            if (acked.count(up->second)) {
+            if (acked.count(carried(up->second, to))) {
               violate("attempt " + std::to_string(ev.attempt) + " of " + ev.execution_id +
                       " published twice to " + up->second + " without a crash between");
             }
-            pending_.push_back(Pending{t, p->token, ev.execution_id, *life, ev.attempt});
+            pending_.push_back(Pending{t, p->token, ev.execution_id, *life, ev.attempt, to});
           }
           ++result_.dispatches;
           break;
@@ -336,7 +430,9 @@ void World::carry_out(std::vector<Action>& actions) {
         // Dispatched means: every transport that is up has this attempt.
         const auto& acked = acked_[{it->second.life, it->second.info.attempt}];
         for (const auto& [t, name] : up_) {
-          if (!acked.count(name)) {
+          const auto& r = recipient_[it->second.life];
+          const std::string to = r.empty() ? r : r + "/" + std::to_string(offer_[it->second.life]);
+          if (!acked.count(carried(name, to))) {
             violate("attempt " + std::to_string(it->second.info.attempt) + " of " +
                     it->second.info.execution_id + " counts as dispatched, but " + name +
                     " does not have it");
@@ -357,6 +453,31 @@ void World::carry_out(std::vector<Action>& actions) {
       active_.erase(it);
     } else if (auto* ans = std::get_if<action::Answer>(&a)) {
       if (!open_ops_.erase(ans->op)) violate("an answer to an operation that is not open");
+      auto field = [&](const char* key) -> const Reply::Value* {
+        for (const auto& [k, v] : ans->reply.fields)
+          if (k == key) return &v;
+        return nullptr;
+      };
+      if (auto c = claims_.find(ans->op); c != claims_.end()) {
+        const auto* claimed = field("claimed");
+        if (ans->reply.ok && claimed && std::get<bool>(*claimed)) {
+          // Exactly one winner per attempt.
+          auto [it, fresh] =
+              winner_.emplace(std::make_pair(c->second.life, c->second.attempt), c->second.worker);
+          if (!fresh && it->second != c->second.worker)
+            violate("two claimants won attempt " + std::to_string(c->second.attempt) + ": " +
+                    it->second + " and " + c->second.worker);
+        }
+        claims_.erase(c);
+      }
+      if (auto r = reports_.find(ans->op); r != reports_.end()) {
+        auto w = winner_.find({r->second.life, r->second.attempt});
+        const bool ignored = field("ignored") != nullptr;
+        if (ans->reply.ok && !ignored && w != winner_.end() && w->second != r->second.worker)
+          violate("a report from " + r->second.worker + " was accepted for an execution " +
+                  w->second + " owns");
+        reports_.erase(r);
+      }
       if (auto c = cancel_ids_.find(ans->op); c != cancel_ids_.end()) {
         if (!ans->reply.ok) {
           for (const auto& l : levels_)
@@ -507,6 +628,17 @@ void World::check() {
   same("retried", c.retried, seen_.retried);
   same("cancelled", c.cancelled, seen_.cancelled);
   same("expired", c.expired, seen_.expired);
+  // The registry is the model's (what was published about it), and no worker holds more than
+  // the executions that count on it.
+  if (sched_->workers().size() != workers_.size()) {
+    violate("the scheduler knows " + std::to_string(sched_->workers().size()) +
+            " workers, the events say " + std::to_string(workers_.size()));
+  }
+  std::uint64_t load = 0;
+  for (const auto& [id, w] : sched_->workers().all()) load += w.load;
+  if (load > sched_->taken()) violate("worker loads add up to more than the taken executions");
+  if (sched_->taken() > config_.max_taken && sched_->waiting_for_workers() > 0)
+    violate("taken above max_taken");
 }
 
 // What a SIGKILL between two actions leaves, as the next supervisor finds it.
@@ -538,19 +670,35 @@ void World::apply(const Step& s) {
 void World::drain() {
   crash_after_ = -1;
   for (int i = 0; i < 400; ++i) {
+    // A worker that can do everything, alive throughout (it registers again after a crash).
+    if (!workers_.count("drain")) {
+      const OpId op = next_op_++;
+      open_ops_[op] = OpKind::kWorker;
+      std::vector<Action> out;
+      sched_->handle(input::RegisterWorker{op, "drain", {"gpu", "py"}, 100, {}, ""}, now_, out);
+      workers_["drain"] = ModelWorker{{"gpu", "py"}, ""};
+      carry_out(out);
+    } else {
+      const OpId op = next_op_++;
+      open_ops_[op] = OpKind::kWorker;
+      feed(input::Heartbeat{op, "drain"});
+    }
     while (!pending_.empty()) {
       const Pending p = pending_.front();
       pending_.erase(pending_.begin());
-      if (up_.count(p.transport)) acked_[{p.life, p.attempt}].insert(up_[p.transport]);
-      if (retiring_.count(p.transport)) acked_[{p.life, p.attempt}].insert(retiring_[p.transport]);
+      if (up_.count(p.transport))
+        acked_[{p.life, p.attempt}].insert(carried(up_[p.transport], p.to));
+      if (retiring_.count(p.transport))
+        acked_[{p.life, p.attempt}].insert(carried(retiring_[p.transport], p.to));
       feed(input::Delivery{p.transport, p.token, true});
     }
     for (const auto& [ref, slot] : std::map<SlotRef, Slot>(active_)) {
       if (phase_of(slot.annotation) != Phase::kDispatched) continue;
       const OpId op = next_op_++;
       open_ops_[op] = OpKind::kComplete;
-      feed(
-          input::Complete{op, slot.info.execution_id, std::nullopt, std::nullopt, 0, std::nullopt});
+      std::optional<std::string> by;
+      if (auto w = winner_.find({slot.life, slot.info.attempt}); w != winner_.end()) by = w->second;
+      feed(input::Complete{op, slot.info.execution_id, by, std::nullopt, 0, std::nullopt});
     }
     now_.mono_ns += kSec;
     now_.wall_ns += kSec;
@@ -559,8 +707,19 @@ void World::drain() {
   }
   if (!open_ops_.empty())
     violate("drain: operation " + std::to_string(open_ops_.begin()->first) + " never answered");
-  for (const auto& [life, l] : lives_)
-    if (!l.terminal) violate("drain: " + l.id + " never ended (stuck)");
+  for (const auto& [life, l] : lives_) {
+    if (l.terminal) continue;
+    std::string where = "queued";
+    for (const auto& [ref, slot] : active_) {
+      if (slot.life == life) {
+        where = "taken, phase " + std::to_string(static_cast<int>(phase_of(slot.annotation))) +
+                ", needs " + std::to_string(slot.info.required_capabilities.size()) +
+                " capabilities";
+      }
+    }
+    violate("drain: " + l.id + " never ended (stuck: " + where + "; " +
+            std::to_string(sched_->waiting_for_workers()) + " wait for workers)");
+  }
 }
 
 void World::apply_step(const Step& s) {
@@ -571,7 +730,8 @@ void World::apply_step(const Step& s) {
                          static_cast<Priority>(s.c % kPriorityLevels),
                          now_.wall_ns,
                          1,
-                         (s.c / 5) % 4 == 0 ? 0u : (s.c % 3) * 10 + 5};
+                         (s.c / 5) % 4 == 0 ? 0u : (s.c % 3) * 10 + 5,
+                         (s.c >> 8) % 3 == 0 ? caps_of(s.c >> 10) : std::vector<std::string>{}};
       std::string reason;
       std::uint64_t rank = 0;
       if (admit(info, reason, rank)) {
@@ -584,9 +744,13 @@ void World::apply_step(const Step& s) {
     case Step::kSubmitTransport: {
       const OpId op = next_op_++;
       open_ops_[op] = OpKind::kSubmit;
-      ExecutionInfo info{
-          id_of(s.a), user_of(s.b), static_cast<Priority>(s.c % kPriorityLevels), now_.wall_ns, 1,
-          0};
+      ExecutionInfo info{id_of(s.a),
+                         user_of(s.b),
+                         static_cast<Priority>(s.c % kPriorityLevels),
+                         now_.wall_ns,
+                         1,
+                         0,
+                         {}};
       transport_submits_[op] = info;
       feed(input::Submit{op, info.execution_id, info.user_id});
       break;
@@ -611,14 +775,21 @@ void World::apply_step(const Step& s) {
         if (s.c % 3 == 2) attempt = it->second.info.attempt + (s.c % 2 ? 1 : -1);
       }
       const OpId op = next_op_++;
+      std::optional<std::string> by;
+      if (s.c % 5 < 2) by = "w" + std::to_string((s.c / 5) % kWorkers);
+      if (by) {
+        for (const auto& [ref, slot] : active_) {
+          if (slot.info.execution_id == id)
+            reports_[op] = OpenClaim{slot.life, attempt.value_or(slot.info.attempt), *by};
+        }
+      }
       if (s.kind == Step::kComplete) {
         open_ops_[op] = OpKind::kComplete;
-        feed(input::Complete{op, id, std::nullopt, attempt, static_cast<std::int64_t>(s.c % 2),
-                             std::nullopt});
+        feed(
+            input::Complete{op, id, by, attempt, static_cast<std::int64_t>(s.c % 2), std::nullopt});
       } else {
         open_ops_[op] = OpKind::kFail;
-        feed(input::Fail{op, id, "worker failed", std::nullopt, attempt, s.b % 2 == 1,
-                         std::nullopt});
+        feed(input::Fail{op, id, "worker failed", by, attempt, s.b % 2 == 1, std::nullopt});
       }
       break;
     }
@@ -628,9 +799,10 @@ void World::apply_step(const Step& s) {
       const Pending p = pending_[i];
       pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
       const bool ok = s.b % 6 != 0;
-      if (ok && up_.count(p.transport)) acked_[{p.life, p.attempt}].insert(up_[p.transport]);
+      if (ok && up_.count(p.transport))
+        acked_[{p.life, p.attempt}].insert(carried(up_[p.transport], p.to));
       if (ok && retiring_.count(p.transport)) {
-        acked_[{p.life, p.attempt}].insert(retiring_[p.transport]);
+        acked_[{p.life, p.attempt}].insert(carried(retiring_[p.transport], p.to));
       }
       feed(input::Delivery{p.transport, p.token, ok});
       break;
@@ -683,7 +855,7 @@ void World::apply_step(const Step& s) {
       pending_ = std::move(left);
       for (std::size_t i = 0; i < mine.size(); ++i) {
         if ((s.b >> (i % 16)) & 1) {
-          acked_[{mine[i].life, mine[i].attempt}].insert(it->second);
+          acked_[{mine[i].life, mine[i].attempt}].insert(carried(it->second, mine[i].to));
           feed(input::Delivery{gone, mine[i].token, true});
         }
       }
@@ -711,6 +883,56 @@ void World::apply_step(const Step& s) {
       feed(input::ListFinished{lop, FinalState::kNone, std::nullopt, 1000});
       break;
     }
+    case Step::kRegister: {
+      const std::string id = "w" + std::to_string(s.a % kWorkers);
+      const std::uint32_t sn = s.b % (kSessions + 1);
+      const std::string session = sn == kSessions ? "" : "s" + std::to_string(sn);
+      const OpId op = next_op_++;
+      open_ops_[op] = OpKind::kWorker;
+      const auto caps = caps_of(s.c);
+      auto known = workers_.find(id);
+      const bool taken = known != workers_.end() && !known->second.session.empty() &&
+                         !session.empty() && known->second.session != session;
+      if (!taken) workers_[id] = ModelWorker{normalized(caps), session};
+      feed(input::RegisterWorker{op, id, caps, 1 + (s.c >> 2) % 2, {}, session});
+      break;
+    }
+    case Step::kHeartbeat: {
+      const OpId op = next_op_++;
+      open_ops_[op] = OpKind::kWorker;
+      feed(input::Heartbeat{op, "w" + std::to_string(s.a % kWorkers)});
+      break;
+    }
+    case Step::kUnregister: {
+      const OpId op = next_op_++;
+      open_ops_[op] = OpKind::kWorker;
+      feed(input::UnregisterWorker{op, "w" + std::to_string(s.a % kWorkers)});
+      break;
+    }
+    case Step::kProcessExit:
+      feed(input::SessionGone{"s" + std::to_string(s.a % kSessions)});
+      break;
+    case Step::kClaim: {
+      std::string id = id_of(s.a);
+      const std::string worker = "w" + std::to_string(s.b % kWorkers);
+      const OpId op = next_op_++;
+      open_ops_[op] = OpKind::kWorker;
+      if (!active_.empty() && s.c % 4 != 0) {
+        auto it = active_.begin();
+        std::advance(it, s.a % active_.size());
+        id = it->second.info.execution_id;
+        claims_[op] = OpenClaim{it->second.life, it->second.info.attempt, worker};
+      }
+      feed(input::Claim{op, worker, id});
+      break;
+    }
+    case Step::kBlocker: {
+      const OpId op = next_op_++;
+      open_ops_[op] = OpKind::kWorker;
+      feed(input::ReportBlocker{op, "w" + std::to_string(s.a % kWorkers), "stuck", "help", "high",
+                                caps_of(s.b), id_of(s.c)});
+      break;
+    }
     case Step::kKinds:
       break;
   }
@@ -719,9 +941,16 @@ void World::apply_step(const Step& s) {
 }  // namespace
 
 std::string describe(const Step& s) {
-  static const char* const names[] = {
-      "submit", "submit-via-transport", "cancel",      "complete", "fail",   "deliver",  "time",
-      "reload", "swap-transport",       "retire-done", "crash",    "status", "wall-jump"};
+  static const char* const names[] = {"submit",         "submit-via-transport",
+                                      "cancel",         "complete",
+                                      "fail",           "deliver",
+                                      "time",           "reload",
+                                      "swap-transport", "retire-done",
+                                      "crash",          "status",
+                                      "wall-jump",      "register",
+                                      "heartbeat",      "unregister",
+                                      "process-exit",   "claim",
+                                      "blocker"};
   std::ostringstream o;
   o << names[s.kind] << "(" << s.a << "," << s.b << "," << s.c << ")";
   return o.str();
@@ -730,7 +959,8 @@ std::string describe(const Step& s) {
 std::vector<Step> generate(std::uint64_t seed, std::size_t steps) {
   std::mt19937_64 rng(seed);
   // Weights per kind: mostly submits, deliveries, completions and time.
-  static const std::uint32_t weights[Step::kKinds] = {20, 4, 5, 10, 6, 22, 18, 1, 1, 1, 1, 2, 1};
+  static const std::uint32_t weights[Step::kKinds] = {20, 4, 5, 10, 6, 22, 18, 1, 1, 1,
+                                                      1,  2, 1, 3,  4, 1,  1,  6, 1};
   std::uint32_t total = 0;
   for (auto w : weights) total += w;
   std::vector<Step> out;

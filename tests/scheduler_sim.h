@@ -40,6 +40,12 @@ struct Step {
     kCrash,          // the supervisor dies and a new one recovers from the segment
     kStatus,
     kWallJump,  // the wall clock jumps (NTP), the monotonic one does not
+    kRegister,  // a worker registers (or registers again, or from another process)
+    kHeartbeat,
+    kUnregister,
+    kProcessExit,  // the process behind a session dies: its workers are gone
+    kClaim,        // a worker claims an execution (often one pushed to another: a steal)
+    kBlocker,
     kKinds,
   };
   Kind kind = kTime;

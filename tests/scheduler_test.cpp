@@ -46,7 +46,7 @@ struct Harness {
     return pubs.empty() ? action::Publish{} : pubs[0];
   }
   static ExecutionInfo info(const std::string& id, std::uint32_t attempt = 1) {
-    return ExecutionInfo{id, "u", Priority::kNormal, 1'700'000'000 * kSec, attempt, 0};
+    return ExecutionInfo{id, "u", Priority::kNormal, 1'700'000'000 * kSec, attempt, 0, {}};
   }
 };
 
@@ -199,7 +199,7 @@ TEST(Scheduler, OneAdvanceDecidesABoundedBatch) {
 }
 
 ExecutionInfo taken_info(const std::string& id) {
-  return ExecutionInfo{id, "u", Priority::kNormal, 1'700'000'000 * kSec, 1, 0};
+  return ExecutionInfo{id, "u", Priority::kNormal, 1'700'000'000 * kSec, 1, 0, {}};
 }
 
 // More held executions are ready than one advance() may dispatch (1,024), and there is room for

@@ -38,6 +38,14 @@ std::string_view event_name(EventType t) {
       return "ExecutionCancelled";
     case EventType::kExpired:
       return "ExecutionExpired";
+    case EventType::kTaskPush:
+      return "TaskPush";
+    case EventType::kWorkerRegistered:
+      return "WorkerRegistered";
+    case EventType::kWorkerUnregistered:
+      return "WorkerUnregistered";
+    case EventType::kBlockerReported:
+      return "BlockerReported";
   }
   return "?";
 }
@@ -122,6 +130,7 @@ Scheduler::Exec& Scheduler::admit(const std::string& id) {
   if (!fresh) {
     Exec& old = execs_[it->second];
     unhold(old);
+    settle_load(old);
     if (old.phase == Phase::kDispatching || old.phase == Phase::kDispatched) --dispatched_;
     old = Exec{};
     old.live = true;
@@ -155,6 +164,13 @@ Scheduler::Exec& Scheduler::admit(const std::string& id) {
   e.acked.clear();
   e.dispatched_at = 0;
   e.timeout_seq = 0;
+  e.worker.clear();
+  e.owner.clear();
+  e.load_on.clear();
+  e.avoid.clear();
+  e.pushed_to.clear();
+  e.waiting = false;
+  e.claim_seq = 0;
   return e;
 }
 
@@ -231,6 +247,9 @@ void Scheduler::on(const input::Taken& in, Time now, std::vector<Action>& out) {
   Exec& e = admit(in.info.execution_id);
   e.slot = in.slot;
   e.info = in.info;
+  if (!e.info.required_capabilities.empty()) {
+    e.info.required_capabilities = normalized(std::move(e.info.required_capabilities));
+  }
   e.level = effective;
   publish_dispatch(e, now, out);
 }
@@ -276,6 +295,7 @@ void Scheduler::on(const input::Recovered& in, Time now, std::vector<Action>& ou
   Exec& e = admit(in.info.execution_id);
   e.slot = in.slot;
   e.info = in.info;
+  e.info.required_capabilities = normalized(std::move(e.info.required_capabilities));
   // The word may know of a newer attempt than the slot (a crash between the two stores).
   if (attempt_of(in.annotation) > e.info.attempt) {
     e.info.attempt = attempt_of(in.annotation);
@@ -383,6 +403,7 @@ void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>&
 // unknown, finished, or a report for an attempt that is not the current one.
 Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
                                      std::optional<std::uint32_t> attempt,
+                                     const std::optional<std::string>& worker,
                                      const std::optional<std::string>& as_user,
                                      std::vector<Action>& out) {
   Exec* found = find(id);
@@ -398,6 +419,18 @@ Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
     answer(out, op, Reply::failure("not_owner", not_theirs(*as_user, id, e.info.user_id)));
     return nullptr;
   }
+  if (worker && !e.owner.empty() && *worker != e.owner) {
+    answer(out, op,
+           Reply::failure("not_owner", "execution " + id + " is claimed by worker '" + e.owner +
+                                           "', not by '" + *worker + "'"));
+    return nullptr;
+  }
+  if (worker && e.owner.empty() && !e.worker.empty() && *worker != e.worker) {
+    answer(out, op,
+           Reply::failure("not_owner", "execution " + id + " was pushed to worker '" + e.worker +
+                                           "' and nobody has claimed it: claim it first"));
+    return nullptr;
+  }
   if (attempt && *attempt != e.info.attempt) {
     ++counters_.stale_reports;
     answer(out, op,
@@ -410,7 +443,7 @@ Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
 }
 
 void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out) {
-  Exec* found = reported(in.op, in.execution_id, in.attempt, in.as_user, out);
+  Exec* found = reported(in.op, in.execution_id, in.attempt, in.worker_id, in.as_user, out);
   if (!found) return;
   Exec& e = *found;
   ++counters_.completed;
@@ -430,7 +463,7 @@ void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out
 }
 
 void Scheduler::on(const input::Fail& in, Time now, std::vector<Action>& out) {
-  Exec* e = reported(in.op, in.execution_id, in.attempt, in.as_user, out);
+  Exec* e = reported(in.op, in.execution_id, in.attempt, in.worker_id, in.as_user, out);
   if (!e) return;
   fail(*e, in.error, std::nullopt, in.worker_id, in.retry, now, out);
   answer(out, in.op, Reply::success());
@@ -440,7 +473,15 @@ void Scheduler::fail(Exec& e, std::string error, std::optional<std::string> reas
                      std::optional<std::string> worker, bool retry, Time now,
                      std::vector<Action>& out) {
   const bool again = retry && e.info.attempt < config_.max_attempts;
+  // Another attempt goes to another worker if there is one.
+  const std::string ran_on = !e.owner.empty() ? e.owner : e.worker;
+  if (!worker && !ran_on.empty()) worker = ran_on;
+  settle_load(e);
   if (again) {
+    e.avoid = ran_on;
+    e.worker.clear();
+    e.owner.clear();
+    e.pushed_to.clear();
     // The next attempt is recorded (phase word, then slot) before its predecessor's failure is
     // announced: a supervisor that dies in between publishes the new attempt, never the failed
     // one again, and an execution never stays "dispatched" with its failure already out.
@@ -622,13 +663,46 @@ void Scheduler::on(const input::Reload& in, Time now, std::vector<Action>& out) 
 // ---- Dispatch ---------------------------------------------------------------------------------
 
 void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
+  const bool push = !e.info.required_capabilities.empty();
+  const Worker* current = push && !e.worker.empty() ? workers_.find(e.worker) : nullptr;
+  if (push && e.owner.empty() &&
+      (!current || !covers(current->capabilities, e.info.required_capabilities))) {
+    // A worker for it: the least loaded live one that covers it and has room.
+    settle_load(e);
+    e.worker.clear();
+    Worker* w = workers_.pick(e.info.required_capabilities, e.avoid);
+    if (!w) {
+      park(e, out);
+      return;
+    }
+    e.worker = w->id;
+    e.load_on = w->id;
+    ++w->load;
+    ++counters_.pushed;
+    arm_claim_timeout(e, now);
+  }
+  if (push) {
+    // A new recipient (a new offer) goes to every transport again; the same one again (a
+    // failed publish) only to the transports that lack it.
+    const std::string& to = !e.owner.empty() ? e.owner : e.worker;
+    const Worker* r = workers_.find(to);
+    std::string recipient = to + "#" + std::to_string(r ? r->serial : 0);
+    if (e.pushed_to != recipient) {
+      e.acked.clear();
+      e.pushed_to = std::move(recipient);
+    }
+  }
   std::uint64_t seq = next_token_++ & kTokenSeqMask;
   if (seq == 0) seq = next_token_++ & kTokenSeqMask;
   e.token = static_cast<std::uint64_t>(index_of(e)) << kTokenIndexShift | seq;
   e.pending.clear();
   e.publish_failed = false;
   action::Publish p;
-  p.event.type = EventType::kCreatePodCommand;
+  p.event.type = push ? EventType::kTaskPush : EventType::kCreatePodCommand;
+  if (push) {
+    p.event.worker_id = !e.owner.empty() ? e.owner : e.worker;
+    p.event.target = *p.event.worker_id;
+  }
   p.event.execution_id = e.info.execution_id;
   p.event.user_id = e.info.user_id;
   p.event.priority = e.info.priority;
@@ -692,6 +766,11 @@ void Scheduler::hold(Exec& e, std::int64_t ready_at, bool front, std::vector<Act
 }
 
 void Scheduler::unhold(Exec& e) {
+  if (e.waiting) {
+    e.waiting = false;
+    waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), index_of(e)), waiting_.end());
+    return;
+  }
   if (e.phase != Phase::kHeld) return;
   auto& lane = lanes_[std::min(e.level, kPriorityLevels - 1)];
   lane.erase(std::remove(lane.begin(), lane.end(), index_of(e)), lane.end());
@@ -710,6 +789,7 @@ void Scheduler::arm_timeout(Exec& e, Time now) {
 void Scheduler::finish(Exec& e, FinalState state, const FinishedRecord& base, Time now,
                        std::vector<Action>& out) {
   unhold(e);
+  settle_load(e);
   // Marked finished first: a supervisor that dies before the release releases it on restart
   // instead of dispatching it again.
   set_phase(e, Phase::kFinished, out, state);
@@ -750,8 +830,278 @@ void Scheduler::forget_old(Time now) {
 }
 
 bool Scheduler::can_take(Time now) const {
-  return dispatched_ < config_.max_active_executions && !transports_.empty() &&
-         now.mono_ns >= paused_until_;
+  return dispatched_ < config_.max_active_executions && active_.size() < config_.max_taken &&
+         !transports_.empty() && now.mono_ns >= paused_until_;
+}
+
+// ---- Workers ----------------------------------------------------------------------------------
+
+void Scheduler::settle_load(Exec& e) {
+  if (e.load_on.empty()) return;
+  if (Worker* w = workers_.find(e.load_on)) {
+    if (w->load > 0) --w->load;
+    workers_.room_changed();
+  }
+  e.load_on.clear();
+}
+
+void Scheduler::park(Exec& e, std::vector<Action>& out) {
+  unhold(e);
+  set_phase(e, Phase::kHeld, out);
+  e.token = 0;
+  e.pending.clear();
+  e.claim_seq = 0;
+  e.waiting = true;
+  waiting_.push_back(index_of(e));
+}
+
+void Scheduler::arm_claim_timeout(Exec& e, Time now) {
+  if (config_.claim_timeout_ms == 0) return;
+  e.claim_seq = ++timeout_seq_;
+  claim_timeouts_.push(
+      TimeoutEntry{now.mono_ns + static_cast<std::int64_t>(config_.claim_timeout_ms) * kMs,
+                   index_of(e), e.claim_seq});
+}
+
+std::map<std::string, std::uint64_t> Scheduler::waiting_by_capabilities() const {
+  std::map<std::string, std::uint64_t> out;
+  for (const ExecIndex idx : waiting_) {
+    std::string key;
+    for (const auto& c : execs_[idx].info.required_capabilities) {
+      if (!key.empty()) key += ',';
+      key += c;
+    }
+    ++out[key];
+  }
+  return out;
+}
+
+namespace {
+Event worker_event(EventType type, const Worker& w) {
+  Event ev;
+  ev.type = type;
+  ev.worker_id = w.id;
+  ev.capabilities = w.capabilities;
+  return ev;
+}
+}  // namespace
+
+void Scheduler::on(const input::RegisterWorker& in, Time now, std::vector<Action>& out) {
+  if (in.worker_id.empty()) {
+    answer(out, in.op, Reply::failure("invalid", "field 'worker_id' must not be empty"));
+    return;
+  }
+  Worker w;
+  w.id = in.worker_id;
+  w.capabilities = in.capabilities;
+  w.capacity = std::max<std::uint32_t>(1, in.capacity);
+  w.metadata = in.metadata;
+  w.session = in.session;
+  w.registered_at_ns = now.wall_ns;
+  w.last_heartbeat_mono = now.mono_ns;
+  w.last_heartbeat_ns = now.wall_ns;
+  switch (workers_.add(std::move(w))) {
+    case WorkerRegistry::Registration::kTakenByAnotherSession:
+      answer(out, in.op,
+             Reply::failure("invalid", "worker id '" + in.worker_id +
+                                           "' is registered by another live process: choose "
+                                           "another id, or unregister that one first"));
+      return;
+    case WorkerRegistry::Registration::kNew:
+      ++counters_.workers_registered;
+      publish(worker_event(EventType::kWorkerRegistered, *workers_.find(in.worker_id)), out);
+      break;
+    case WorkerRegistry::Registration::kUpdated:
+      break;
+  }
+  answer(out, in.op,
+         Reply::success()
+             .with("worker_id", in.worker_id)
+             .with("worker_timeout_ms", static_cast<std::int64_t>(config_.worker_timeout_ms))
+             .with("heartbeat_interval_ms", static_cast<std::int64_t>(std::max<std::uint64_t>(
+                                                1, config_.worker_timeout_ms / 3))));
+}
+
+void Scheduler::on(const input::Heartbeat& in, Time now, std::vector<Action>& out) {
+  Worker* w = workers_.find(in.worker_id);
+  if (!w) {
+    answer(out, in.op,
+           Reply::failure("not_found", "no live worker '" + in.worker_id +
+                                           "' (gone, or never registered): register it again"));
+    return;
+  }
+  w->last_heartbeat_mono = now.mono_ns;
+  w->last_heartbeat_ns = now.wall_ns;
+  answer(out, in.op, Reply::success());
+}
+
+void Scheduler::on(const input::UnregisterWorker& in, Time now, std::vector<Action>& out) {
+  if (!workers_.find(in.worker_id)) {
+    answer(out, in.op, Reply::failure("not_found", "no live worker '" + in.worker_id + "'"));
+    return;
+  }
+  worker_gone(in.worker_id, "unregistered", now, out);
+  answer(out, in.op, Reply::success());
+}
+
+void Scheduler::on(const input::SessionGone& in, Time now, std::vector<Action>& out) {
+  for (const auto& id : workers_.of_session(in.session)) {
+    ++counters_.workers_lost;
+    worker_gone(id, "process_exited", now, out);
+  }
+}
+
+void Scheduler::worker_gone(const std::string& id, const std::string& reason, Time now,
+                            std::vector<Action>& out) {
+  auto gone = workers_.remove(id);
+  if (!gone) return;
+  workers_.room_changed();
+  out.push_back(action::Log{true, "", "worker " + id + " is gone (" + reason + ")"});
+  std::vector<ExecIndex> affected;
+  for (const auto& [eid, idx] : active_) {
+    const Exec& e = execs_[idx];
+    if (e.owner == id || (e.owner.empty() && e.worker == id)) affected.push_back(idx);
+  }
+  // In pool order, so that the outcome does not depend on the hash map's iteration order.
+  std::sort(affected.begin(), affected.end());
+  for (const ExecIndex idx : affected) {
+    Exec& e = execs_[idx];
+    if (!e.live) continue;
+    e.load_on.clear();  // the worker and its load are gone
+    if (e.owner == id) {
+      // It may have run: another attempt, or a failure when attempts are used up.
+      ++counters_.worker_lost_executions;
+      fail(e, "worker " + id + " is gone (" + reason + ")", std::string("worker_lost"), id, true,
+           now, out);
+      continue;
+    }
+    // Pushed and never claimed: it never ran. Offered to another worker, same attempt.
+    e.avoid = id;
+    e.worker.clear();
+    hold(e, now.mono_ns, true, out);
+  }
+  Event ev = worker_event(EventType::kWorkerUnregistered, *gone);
+  ev.reason = reason;
+  publish(std::move(ev), out);
+}
+
+void Scheduler::on(const input::Claim& in, Time now, std::vector<Action>& out) {
+  Worker* w = workers_.find(in.worker_id);
+  if (!w) {
+    answer(out, in.op,
+           Reply::failure("not_found", "no live worker '" + in.worker_id + "': register it first"));
+    return;
+  }
+  auto lost = [&](const std::string& owner, const char* why) {
+    ++counters_.claims_lost;
+    answer(out, in.op,
+           Reply::success()
+               .with("claimed", false)
+               .with("owner", owner)
+               .with("reason", std::string(why)));
+  };
+  Exec* found = find(in.execution_id);
+  if (!found) {
+    forget_old(now);
+    auto f = finished_.find(in.execution_id);
+    if (f == finished_.end()) {
+      answer(out, in.op, Reply::failure("not_found", "no dispatched execution " + in.execution_id));
+      return;
+    }
+    lost(f->second.worker_id.value_or(""), "finished");
+    return;
+  }
+  Exec& e = *found;
+  if (!e.owner.empty()) {
+    lost(e.owner, "claimed");
+    return;
+  }
+  if (!covers(w->capabilities, e.info.required_capabilities)) {
+    lost("", "capabilities");
+    return;
+  }
+  const bool dispatched = e.phase == Phase::kDispatching || e.phase == Phase::kDispatched;
+  if (!dispatched && !e.waiting) {
+    lost("", "not_dispatched");  // in a retry or publish backoff: it is offered again later
+    return;
+  }
+  if (e.waiting && dispatched_ >= config_.max_active_executions) {
+    lost("", "capacity");  // taking it now would pass max_active_executions
+    return;
+  }
+  // The one winner.
+  ++counters_.claims_won;
+  if (e.load_on != w->id) {
+    settle_load(e);
+    ++w->load;
+    e.load_on = w->id;
+  }
+  e.owner = w->id;
+  e.claim_seq = 0;
+  if (e.waiting) {
+    // Nobody was offered it yet: it is pushed to the claimant (who needs its payload).
+    unhold(e);
+    e.worker = w->id;
+    e.phase = Phase::kUnknown;
+    publish_dispatch(e, now, out);
+  }
+  answer(out, in.op,
+         Reply::success()
+             .with("claimed", true)
+             .with("owner", e.owner)
+             .with("attempt", static_cast<std::int64_t>(e.info.attempt)));
+}
+
+void Scheduler::on(const input::ReportBlocker& in, Time now, std::vector<Action>& out) {
+  (void)now;
+  if (!workers_.find(in.worker_id)) {
+    answer(out, in.op,
+           Reply::failure("not_found", "no live worker '" + in.worker_id + "': register it first"));
+    return;
+  }
+  ++counters_.blockers;
+  Event ev;
+  ev.type = EventType::kBlockerReported;
+  ev.worker_id = in.worker_id;
+  ev.execution_id = in.execution_id;
+  ev.blocker_type = in.type;
+  ev.description = in.description;
+  ev.severity = in.severity;
+  ev.capabilities = normalized(in.required_capabilities);
+  ev.helpers = workers_.covering(ev.capabilities, in.worker_id);
+  // Each helper on its own channel, then one copy for everyone else who watches.
+  for (const auto& helper : ev.helpers) {
+    Event copy = ev;
+    copy.target = helper;
+    publish(std::move(copy), out);
+  }
+  std::vector<std::string> helpers = ev.helpers;
+  publish(std::move(ev), out);
+  answer(out, in.op, Reply::success().with("helpers", std::move(helpers)));
+}
+
+void Scheduler::on(const input::ListWorkers& in, Time now, std::vector<Action>& out) {
+  action::Answer a;
+  a.op = in.op;
+  a.list = true;
+  a.list_key = "workers";
+  for (const auto& [id, w] : workers_.all()) {
+    Reply r;
+    r.with("worker_id", id)
+        .with("capabilities", w.capabilities)
+        .with("capacity", static_cast<std::int64_t>(w.capacity))
+        .with("load", static_cast<std::int64_t>(w.load))
+        .with("registered_at", w.registered_at_ns)
+        .with("last_heartbeat", w.last_heartbeat_ns)
+        .with("last_heartbeat_ms_ago", (now.mono_ns - w.last_heartbeat_mono) / kMs)
+        .with("local", !w.session.empty());
+    a.items.push_back(std::move(r));
+  }
+  for (const auto& [caps, n] : waiting_by_capabilities()) {
+    a.reply.with("waiting." + caps, static_cast<std::int64_t>(n));
+  }
+  a.reply.with("waiting", static_cast<std::int64_t>(waiting_.size()));
+  out.push_back(std::move(a));
 }
 
 void Scheduler::advance(Time now, std::vector<Action>& out) {
@@ -768,6 +1118,45 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
                                   e.info.execution_id + " did not finish within its timeout"});
     fail(e, "not finished within its timeout", std::string("timeout"), std::nullopt, true, now,
          out);
+  }
+  // Workers not heard from in time are gone.
+  if (config_.worker_timeout_ms > 0 && workers_.size() > 0) {
+    const std::int64_t cutoff =
+        now.mono_ns - static_cast<std::int64_t>(config_.worker_timeout_ms) * kMs;
+    for (const auto& id : workers_.silent_since(cutoff)) {
+      ++counters_.workers_lost;
+      worker_gone(id, "heartbeat_timeout", now, out);
+    }
+  }
+  // Pushes nobody claimed in time: offered to another worker, same attempt.
+  while (!claim_timeouts_.empty() && claim_timeouts_.top().at <= now.mono_ns) {
+    const TimeoutEntry t = claim_timeouts_.top();
+    claim_timeouts_.pop();
+    Exec& e = execs_[t.exec];
+    if (!e.live || e.claim_seq != t.seq || !e.owner.empty()) continue;
+    if (e.phase != Phase::kDispatching && e.phase != Phase::kDispatched) continue;
+    const Worker* other = workers_.pick(e.info.required_capabilities, e.worker);
+    if (!other || other->id == e.worker) {
+      // Nobody else can take it: it stays offered to the same worker (never pushed twice to
+      // one worker for one attempt), and is looked at again after another claim timeout.
+      arm_claim_timeout(e, now);
+      continue;
+    }
+    ++counters_.claim_timeouts;
+    out.push_back(action::Log{false, e.info.execution_id,
+                              "nobody claimed " + e.info.execution_id + " within " +
+                                  std::to_string(config_.claim_timeout_ms) + " ms of its push to " +
+                                  e.worker + ": offering it to another worker"});
+    e.avoid = e.worker;
+    settle_load(e);
+    e.worker.clear();
+    e.claim_seq = 0;
+    e.phase = Phase::kUnknown;
+    --dispatched_;  // publish_dispatch counts it again (or parks it)
+    // Nobody ran it: its timeout starts again with the new offer.
+    e.dispatched_at = 0;
+    e.timeout_seq = 0;
+    publish_dispatch(e, now, out);
   }
   // Cancels the queue could not take a moment ago.
   if (!deferred_cancels_.empty()) {
@@ -794,6 +1183,30 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
   // A bounded batch per call: the shell carries it out and calls again, with its inbox, its
   // timers and the transports' results in between.
   std::uint64_t budget = kDispatchBatch;
+  // Executions waiting for a worker, when a worker may have room it did not have.
+  if (!waiting_.empty() && waiting_seen_epoch_ != workers_.room_epoch()) {
+    waiting_seen_epoch_ = workers_.room_epoch();
+    std::vector<ExecIndex> ready;
+    for (const ExecIndex idx : waiting_) {
+      if (budget == ready.size() || dispatched_ + ready.size() >= config_.max_active_executions) {
+        break;
+      }
+      if (workers_.pick(execs_[idx].info.required_capabilities, execs_[idx].avoid)) {
+        ready.push_back(idx);
+      }
+    }
+    for (const ExecIndex idx : ready) {
+      Exec& e = execs_[idx];
+      if (!e.live || !e.waiting || dispatched_ >= config_.max_active_executions) continue;
+      unhold(e);
+      e.phase = Phase::kUnknown;
+      publish_dispatch(e, now, out);  // parks it again if the room went to an earlier one
+      --budget;
+    }
+    if (budget == 0 || dispatched_ >= config_.max_active_executions) {
+      waiting_seen_epoch_ = workers_.room_epoch() - 1;  // look again next time
+    }
+  }
   while (budget > 0 && dispatched_ + in_flight < config_.max_active_executions &&
          !transports_.empty() && now.mono_ns >= paused_until_) {
     std::optional<std::pair<std::size_t, ExecIndex>> held_pick;  // (effective level, exec)
@@ -806,7 +1219,9 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
       }
     }
     std::optional<std::pair<std::size_t, std::size_t>> queue_pick;  // (effective, level)
-    for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+    // The queue only while there is room to take (those waiting for a worker fill it too).
+    const bool room_to_take = active_.size() + in_flight < config_.max_taken;
+    for (std::size_t l = 0; l < kPriorityLevels && room_to_take; ++l) {
       if (queue_.depth[l] <= taking_[l]) continue;
       const std::size_t eff =
           queue_.head_enqueued_at[l] ? aged_level(l, *queue_.head_enqueued_at[l], now) : l;
@@ -831,7 +1246,8 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
     if (queue_pick->first < level) ++counters_.aged;
     // Without aging, a level's entries go in FIFO order ahead of every lower level: take as
     // many as capacity allows at once. With aging, one at a time (the next head may lose).
-    const std::uint64_t room = config_.max_active_executions - dispatched_ - in_flight;
+    const std::uint64_t room = std::min(config_.max_active_executions - dispatched_ - in_flight,
+                                        config_.max_taken - active_.size() - in_flight);
     const std::uint64_t available = queue_.depth[level] - taking_[level];
     const std::uint32_t count =
         config_.aging_seconds > 0
@@ -857,6 +1273,12 @@ std::optional<std::int64_t> Scheduler::next_deadline(Time now) const {
   };
   consider(next_sweep_);
   if (!timeouts_.empty()) consider(timeouts_.top().at);
+  if (!claim_timeouts_.empty()) consider(claim_timeouts_.top().at);
+  if (config_.worker_timeout_ms > 0) {
+    if (const auto oldest = workers_.oldest_heartbeat()) {
+      consider(*oldest + static_cast<std::int64_t>(config_.worker_timeout_ms) * kMs + 1);
+    }
+  }
   if (paused_until_ > 0) consider(paused_until_);
   for (const auto& [op, pc] : deferred_cancels_) consider(pc.retry_at);
   for (const auto& lane : lanes_) {

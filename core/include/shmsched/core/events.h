@@ -26,6 +26,10 @@ enum class EventType : std::uint8_t {
   kFailed,
   kCancelled,
   kExpired,
+  kTaskPush,  // a CreatePodCommand for one worker (worker_id)
+  kWorkerRegistered,
+  kWorkerUnregistered,
+  kBlockerReported,
 };
 
 std::string_view event_name(EventType t);
@@ -45,11 +49,20 @@ struct Event {
   std::optional<std::int64_t> exit_code;
   std::optional<std::string> error;
   std::optional<bool> will_retry;  // kFailed: another attempt follows
+  // kTaskPush: worker_id. kWorkerRegistered / kWorkerUnregistered: worker_id, capabilities,
+  // reason (why it is gone). kBlockerReported: worker_id (the reporter), capabilities (required),
+  // helpers and the blocker's description.
+  std::vector<std::string> capabilities;
+  std::vector<std::string> helpers;
+  std::string blocker_type, description, severity;
+  // The one worker this copy is for: its topic is "<type>.<target>" (a TaskPush's worker, a
+  // blocker's helper). Empty: the type is the topic.
+  std::string target;
 };
 
 // A reply to one operation: {ok: true, ...fields} or {ok: false, error, message}.
 struct Reply {
-  using Value = std::variant<std::int64_t, std::string, bool>;
+  using Value = std::variant<std::int64_t, std::string, bool, std::vector<std::string>>;
   bool ok = true;
   std::string error;
   std::string message;

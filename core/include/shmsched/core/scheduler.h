@@ -30,6 +30,7 @@
 
 #include "shmsched/core/events.h"
 #include "shmsched/core/priority.h"
+#include "shmsched/core/worker_registry.h"
 
 namespace shmsched::core {
 
@@ -51,6 +52,12 @@ struct SchedulerConfig {
   // Finished executions remembered for `status`, `list` and duplicate detection.
   std::uint64_t finished_retention_count = 100000;
   std::uint64_t finished_retention_seconds = 3600;
+  // Executions taken from the queue at most (dispatched, held, or waiting for a worker): the
+  // segment's room for active ones. Those waiting for a worker use what dispatch leaves.
+  std::uint64_t max_taken = 4096;
+  // A worker not heard from for this long is gone; a push not claimed in time goes to another.
+  std::uint64_t worker_timeout_ms = 30000;
+  std::uint64_t claim_timeout_ms = 5000;
 };
 
 // Now, as the shell's clocks tell it: monotonic for timers, wall clock for enqueue times.
@@ -67,6 +74,8 @@ struct ExecutionInfo {
   std::int64_t enqueued_at_ns = 0;  // wall clock
   std::uint32_t attempt = 1;
   std::uint32_t timeout_seconds = 0;
+  // Given: dispatched as a TaskPush to a worker that has them all (normalized: sorted, unique).
+  std::vector<std::string> required_capabilities;
 };
 
 using OpId = std::uint64_t;         // the shell's handle for a request awaiting its answer
@@ -196,6 +205,44 @@ struct TransportGone {
 struct Reload {
   SchedulerConfig config;
 };
+// Worker operations (docs/protocol.md). `session` names the process behind a local connection
+// ("" when unknown): a live worker's id cannot be taken from another session.
+struct RegisterWorker {
+  OpId op = 0;
+  std::string worker_id;
+  std::vector<std::string> capabilities;
+  std::uint32_t capacity = 1;
+  std::vector<std::pair<std::string, std::string>> metadata;
+  std::string session;
+};
+struct Heartbeat {
+  OpId op = 0;
+  std::string worker_id;
+};
+struct UnregisterWorker {
+  OpId op = 0;
+  std::string worker_id;
+};
+// The process behind `session` has exited: its workers are gone.
+struct SessionGone {
+  std::string session;
+};
+struct Claim {
+  OpId op = 0;
+  std::string worker_id;
+  std::string execution_id;
+};
+struct ReportBlocker {
+  OpId op = 0;
+  std::string worker_id;
+  std::string type, description, severity;
+  std::vector<std::string> required_capabilities;
+  std::string execution_id;
+};
+// `workers`: the live workers and what waits for them.
+struct ListWorkers {
+  OpId op = 0;
+};
 }  // namespace input
 
 using Input =
@@ -203,7 +250,9 @@ using Input =
                  input::Recovered, input::Cancel, input::CancelResult, input::Complete, input::Fail,
                  input::Submit, input::SubmitResult, input::Rejected, input::Status,
                  input::ListFinished, input::Delivery, input::TransportUp, input::TransportRetiring,
-                 input::TransportGone, input::Reload>;
+                 input::TransportGone, input::Reload, input::RegisterWorker, input::Heartbeat,
+                 input::UnregisterWorker, input::SessionGone, input::Claim, input::ReportBlocker,
+                 input::ListWorkers>;
 
 namespace action {
 // Publish `event` to these transports (empty: every one that is up); for a CreatePodCommand,
@@ -216,7 +265,8 @@ struct Publish {
 struct Answer {
   OpId op = 0;
   Reply reply;
-  bool list = false;  // a `list` answer: `items` are its executions
+  bool list = false;  // a list answer: `items` are its elements, under `list_key`
+  std::string list_key = "executions";
   std::vector<Reply> items;
 };
 // Take up to `count` executions from the head of `level` (input::Taken for each, then
@@ -279,6 +329,14 @@ struct SchedulerCounters {
   std::uint64_t publish_failures = 0;
   std::uint64_t aged = 0;           // taken ahead of a higher priority by aging
   std::uint64_t stale_reports = 0;  // complete/fail for an attempt that is not current: ignored
+  std::uint64_t pushed = 0;         // TaskPush decisions (re-pushes included)
+  std::uint64_t claims_won = 0;
+  std::uint64_t claims_lost = 0;
+  std::uint64_t claim_timeouts = 0;  // pushes re-pushed because nobody claimed them in time
+  std::uint64_t workers_registered = 0;
+  std::uint64_t workers_lost = 0;            // gone without unregistering (timeout, process exit)
+  std::uint64_t worker_lost_executions = 0;  // claimed by a worker that went: retried or failed
+  std::uint64_t blockers = 0;
 };
 
 // Phase of a taken execution, kept in its slot (action::Annotate) so that a restarted scheduler
@@ -322,6 +380,10 @@ class Scheduler {
   std::size_t remembered_finished() const { return finished_.size(); }
   // Would advance() take from the queue if it had entries? (The shell sleeps otherwise.)
   bool can_take(Time now) const;
+  const WorkerRegistry& workers() const { return workers_; }
+  std::size_t waiting_for_workers() const { return waiting_.size(); }
+  // Executions waiting for a worker, by the capabilities they need (joined by ",").
+  std::map<std::string, std::uint64_t> waiting_by_capabilities() const;
 
  private:
   // Executions taken from the queue live in a pool (execs_), found by id through active_ and by
@@ -343,6 +405,12 @@ class Scheduler {
         acked;  // transports (by name) that have this attempt
     std::int64_t dispatched_at = 0;
     std::uint64_t timeout_seq = 0;  // invalidates older entries of the timeout heap
+    // Workers (executions with required capabilities): pushed to `worker`, claimed by `owner`;
+    // `load_on` is the one whose load counts it; `avoid` the one it last failed on.
+    std::string worker, owner, load_on, avoid;
+    std::string pushed_to;        // "<worker>#<serial>" its transports' acknowledgements are for
+    bool waiting = false;         // in waiting_: no live worker with room covers it
+    std::uint64_t claim_seq = 0;  // invalidates older entries of the claim heap
   };
   using ExecIndex = std::uint32_t;
   struct FinishedRecord {
@@ -394,6 +462,7 @@ class Scheduler {
   void on(const input::Reload& in, Time now, std::vector<Action>& out);
 
   Exec* reported(OpId op, const std::string& id, std::optional<std::uint32_t> attempt,
+                 const std::optional<std::string>& worker,
                  const std::optional<std::string>& as_user, std::vector<Action>& out);
   Exec* find(const std::string& id);
   ExecIndex index_of(const Exec& e) const { return static_cast<ExecIndex>(&e - execs_.data()); }
@@ -418,6 +487,19 @@ class Scheduler {
   void arm_timeout(Exec& e, Time now);
   Reply finished_reply(const std::string& id, const FinishedRecord& r) const;
   void publish(Event ev, std::vector<Action>& out);
+  void on(const input::RegisterWorker& in, Time now, std::vector<Action>& out);
+  void on(const input::Heartbeat& in, Time now, std::vector<Action>& out);
+  void on(const input::UnregisterWorker& in, Time now, std::vector<Action>& out);
+  void on(const input::SessionGone& in, Time now, std::vector<Action>& out);
+  void on(const input::Claim& in, Time now, std::vector<Action>& out);
+  void on(const input::ReportBlocker& in, Time now, std::vector<Action>& out);
+  void on(const input::ListWorkers& in, Time now, std::vector<Action>& out);
+  // A worker is gone: its pushed executions go to another, its claimed ones back to the queue.
+  void worker_gone(const std::string& id, const std::string& reason, Time now,
+                   std::vector<Action>& out);
+  void settle_load(Exec& e);                     // the execution no longer counts on any worker
+  void park(Exec& e, std::vector<Action>& out);  // waits for a worker
+  void arm_claim_timeout(Exec& e, Time now);
 
   SchedulerConfig config_;
   SchedulerCounters counters_;
@@ -443,6 +525,10 @@ class Scheduler {
   // Oldest first: (id, seq); an entry whose seq no longer matches its record is stale.
   std::deque<std::pair<std::string, std::uint64_t>> finished_order_;
   std::uint64_t finished_seq_ = 0;
+  WorkerRegistry workers_;
+  std::deque<ExecIndex> waiting_;         // in arrival order
+  std::uint64_t waiting_seen_epoch_ = 0;  // workers_.room_epoch() when waiting_ was last tried
+  std::priority_queue<TimeoutEntry, std::vector<TimeoutEntry>, std::greater<>> claim_timeouts_;
 };
 
 }  // namespace shmsched::core
