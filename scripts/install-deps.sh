@@ -15,6 +15,7 @@ packages=(
   libconcurrentqueue-dev libabsl-dev
   dpkg-dev file systemd
   redis-server libhiredis-dev
+  python3 python3-zmq python3-msgpack
 )
 
 missing=()

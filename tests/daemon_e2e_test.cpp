@@ -206,8 +206,15 @@ TEST(DaemonE2E, MalformedInputGetsInvalidAndTheServerGoesOn) {
                  "priority out of range");
   expect_invalid({"", packed(MapBuilder().str("op", "status"))}, "status without id");
   expect_invalid({"", "a", "b"}, "two body frames");
-  expect_invalid({"", packed(MapBuilder().str("op", "register_worker").str("worker_id", "w"))},
-                 "worker ops are not available yet");
+  expect_invalid({"", packed(MapBuilder().str("op", "register_worker").integer("capacity", 2))},
+                 "register_worker without worker_id");
+  expect_invalid(
+      {"",
+       packed(
+           MapBuilder().str("op", "register_worker").str("worker_id", "w").integer("capacity", 0))},
+      "a worker without capacity");
+  expect_invalid({"", packed(MapBuilder().str("op", "claim").str("worker_id", "w"))},
+                 "claim without execution_id");
   // A DEALER without the empty delimiter is answered too.
   const Map plain = raw({packed(MapBuilder().str("op", "stats"))});
   ASSERT_TRUE(plain.handle);

@@ -218,7 +218,9 @@ class Events {
     for (;;) {
       for (std::size_t i = cursor_.count(type) ? cursor_[type] : synced_at_; i < history_.size();
            ++i) {
-        if (history_[i].first == type) {
+        // The topic is the type, or "<type>.<worker>" for a message meant for one worker.
+        const std::string& topic = history_[i].first;
+        if (topic == type || topic.rfind(type + ".", 0) == 0) {
           cursor_[type] = i + 1;
           return history_[i].second;
         }

@@ -70,11 +70,15 @@ std::optional<AccessPolicy::Refusal> AccessPolicy::refusal(const ipc::Peer& peer
                                        "group '" +
                                        settings_.trusted_group + "' act for other users"};
   }
-  if (const auto* op = std::get_if<protocol::WorkerOp>(&request);
-      op && op->op == "register_worker" && !w.worker) {
+  const bool worker_op = std::holds_alternative<protocol::RegisterWorkerOp>(request) ||
+                         std::holds_alternative<protocol::HeartbeatOp>(request) ||
+                         std::holds_alternative<protocol::UnregisterWorkerOp>(request) ||
+                         std::holds_alternative<protocol::ClaimOp>(request) ||
+                         std::holds_alternative<protocol::ReportBlockerOp>(request);
+  if (worker_op && !w.worker) {
     return Refusal{"unauthorized", describe(peer, w) +
-                                       " may not register a worker: workers "
-                                       "need group '" +
+                                       " may not act as a worker (register, heartbeat, claim, "
+                                       "report a blocker): workers need group '" +
                                        settings_.worker_group + "'"};
   }
   return std::nullopt;  // reads; cancel, complete and fail are the loop's to check (acting_for)

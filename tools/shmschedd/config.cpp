@@ -139,6 +139,12 @@ po::options_description describe(Config& c, Raw& raw) {
       po::value<std::uint64_t>(&c.finished_retention_seconds)
           ->default_value(c.finished_retention_seconds),
       "... and for at most this long")(
+      "worker_timeout_ms",
+      po::value<std::uint64_t>(&c.worker_timeout_ms)->default_value(c.worker_timeout_ms),
+      "a worker not heard from (heartbeat) this long is gone; its executions go back (0 = never)")(
+      "claim_timeout_ms",
+      po::value<std::uint64_t>(&c.claim_timeout_ms)->default_value(c.claim_timeout_ms),
+      "a TaskPush not claimed this long is offered to another worker, same attempt (0 = never)")(
       "reap_interval_ms",
       po::value<std::uint64_t>(&c.reap_interval_ms)->default_value(c.reap_interval_ms),
       "how often dead producers are looked for")(
@@ -243,6 +249,10 @@ void validate(Config& c, const Raw& raw) {
           "at most ten years");
   require(c.reap_interval_ms >= 1 && c.reap_interval_ms <= 60000, "reap_interval_ms",
           c.reap_interval_ms, "use 1 .. 60000");
+  require(c.worker_timeout_ms <= 86'400'000, "worker_timeout_ms", c.worker_timeout_ms,
+          "use 0 .. 86400000 (a day)");
+  require(c.claim_timeout_ms <= 86'400'000, "claim_timeout_ms", c.claim_timeout_ms,
+          "use 0 .. 86400000 (a day)");
   require(c.idle_spin_us <= 10000, "idle_spin_us", c.idle_spin_us, "use 0 .. 10000");
   require(c.finished_retention_count <= 10'000'000, "finished_retention_count",
           c.finished_retention_count, "use 0 .. 10000000 (memory: about 200 bytes each)");

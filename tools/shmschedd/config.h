@@ -45,6 +45,8 @@ struct Config {
   std::uint64_t timeout_grace_seconds = 30;
   std::uint64_t finished_retention_count = 100000;
   std::uint64_t finished_retention_seconds = 3600;
+  std::uint64_t worker_timeout_ms = 30000;  // a worker not heard from this long is gone
+  std::uint64_t claim_timeout_ms = 5000;    // a push not claimed this long goes to another worker
   std::uint64_t reap_interval_ms = 100;
   std::uint64_t idle_spin_us = 200;  // spin this long after work before sleeping
   std::uint64_t flush_timeout_ms = 5000;

@@ -31,6 +31,9 @@ struct OpMessage {
   // A local client that is not trusted: cancel, complete and fail act for this user only, and
   // the loop (which alone removes executions) checks the owner where it acts. nullopt: anyone.
   std::optional<std::string> as_user = std::nullopt;
+  // A register_worker over the local socket: the process behind it (worker_sessions.h).
+  std::string session = {};
+  std::int32_t pid = 0;
 };
 struct DeliveryMessage {
   std::uint64_t transport;  // the instance (core::TransportId)

@@ -8,6 +8,7 @@
 #include "access_policy.h"
 #include "shmsched/ipc/events.h"
 #include "supervisor.h"
+#include "worker_sessions.h"
 
 namespace shmsched::daemon {
 
@@ -179,6 +180,13 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
           {"rejected_no_participant_entry", c(counters_.rejected_no_participant_entry)},
           {"maintenance_deferred", c(counters_.maintenance_deferred)},
           {"rejected_unauthorized", c(counters_.rejected_unauthorized)},
+          {"pushed", c(counters_.pushed)},
+          {"claims_won", c(counters_.claims_won)},
+          {"claims_lost", c(counters_.claims_lost)},
+          {"claim_timeouts", c(counters_.claim_timeouts)},
+          {"workers_lost", c(counters_.workers_lost)},
+          {"worker_lost_executions", c(counters_.worker_lost_executions)},
+          {"blockers", c(counters_.blockers)},
           {"queued", static_cast<std::int64_t>(st.queued)},
           {"held_in_segment", static_cast<std::int64_t>(st.active)},
           {"maintenance_runs", static_cast<std::int64_t>(st.maintenance_runs)},
@@ -194,14 +202,21 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
               .integer("active", c(counters_.active))
               .integer("capacity", c(counters_.max_active))
               .integer("queue_capacity", static_cast<std::int64_t>(st.capacity))
-              .integer("workers", 0)
+              .integer("workers", c(counters_.workers))
+              .integer("waiting_for_workers", c(counters_.waiting_for_workers))
               .int_map("counters", counters)
               .finish());
     }
-    if (const auto* w = std::get_if<protocol::WorkerOp>(&req)) {
-      return std::optional<ipc::IngressServer::Reply>(protocol::error_reply(
-          "invalid",
-          "op '" + w->op + "' needs worker support, which this version does not have yet"));
+    if (std::holds_alternative<protocol::RegisterWorkerOp>(req)) {
+      // A worker on the local socket is tied to its process: when that exits, so does the
+      // worker (the loop polls it), and another process cannot take its id meanwhile.
+      OpMessage m{req, ReplyTo{token, std::nullopt}, access.acting_for(peer)};
+      if (peer.local) {
+        m.session = session_of(peer.pid);
+        m.pid = peer.pid;
+      }
+      inbox_->post(std::move(m));
+      return std::optional<ipc::IngressServer::Reply>();
     }
     // cancel, complete, fail: the loop owns dispatch state; it replies through the server, and
     // checks the owner where it acts (a check here would race with the loop).

@@ -11,7 +11,8 @@ void Outbound::add(const core::Event& event, const ipc::ExecutionView* view, std
                    std::span<const core::TransportId> to, std::uint64_t token) {
   Item item;
   item.type = core::event_name(event.type);
-  item.command = event.type == core::EventType::kCreatePodCommand;
+  item.command =
+      event.type == core::EventType::kCreatePodCommand || event.type == core::EventType::kTaskPush;
   item.token = token;
   item.to_at = to_ids_.size();
   item.to_len = to.size();
@@ -21,6 +22,16 @@ void Outbound::add(const core::Event& event, const ipc::ExecutionView* view, std
   const auto* key = reinterpret_cast<const std::byte*>(event.execution_id.data());
   arena_.insert(arena_.end(), key, key + event.execution_id.size());
   arena_.push_back(std::byte{0});
+  // The topic: the type, or "<type>.<worker>" for a message meant for one worker.
+  if (!event.target.empty()) {
+    item.topic_at = arena_.size();
+    const auto* t = reinterpret_cast<const std::byte*>(item.type.data());
+    arena_.insert(arena_.end(), t, t + item.type.size());
+    arena_.push_back(std::byte{'.'});
+    const auto* w = reinterpret_cast<const std::byte*>(event.target.data());
+    arena_.insert(arena_.end(), w, w + event.target.size());
+    arena_.push_back(std::byte{0});
+  }
   item.body_at = ipc::events::encode_event_into(arena_, event, view, timestamp);
   item.body_len = arena_.size() - item.body_at;
   items_.push_back(std::move(item));
@@ -49,8 +60,10 @@ void Outbound::flush(Transports& transports, const Refused& refused) {
       const auto to_end = to_begin + static_cast<std::ptrdiff_t>(it.to_len);
       if (it.to_len > 0 && std::find(to_begin, to_end, id) == to_end) continue;
       const char* key = reinterpret_cast<const char*>(arena_.data() + it.key_at);
+      const char* topic =
+          it.topic_at ? reinterpret_cast<const char*>(arena_.data() + it.topic_at) : it.type.data();
       messages_.push_back(
-          shmsched_message{it.type.data(), key, it.type.data(),
+          shmsched_message{it.type.data(), key, topic,
                            reinterpret_cast<const std::uint8_t*>(arena_.data() + it.body_at),
                            it.body_len, it.command ? 1 : 0});
       tokens_.push_back(it.token ? it.token : kEventTokenBit | next_event_token_++);

@@ -43,6 +43,7 @@ class Outbound {
   struct Item {
     std::string_view type;  // a static name, NUL-terminated
     std::size_t key_at = 0, key_len = 0;
+    std::size_t topic_at = 0;  // its own NUL-terminated topic in arena_ (0: the type)
     std::size_t body_at = 0, body_len = 0;
     bool command = false;
     std::uint64_t token = 0;

@@ -70,17 +70,24 @@ core::CancelOutcome to_core(ipc::CancelOutcome o) {
 }
 
 core::ExecutionInfo info_of(const ipc::ExecutionView& v) {
-  return core::ExecutionInfo{std::string(v.execution_id),
-                             std::string(v.user_id),
-                             v.priority,
-                             v.enqueued_at_ns,
-                             v.attempt,
-                             v.timeout_seconds};
+  core::ExecutionInfo info{std::string(v.execution_id),
+                           std::string(v.user_id),
+                           v.priority,
+                           v.enqueued_at_ns,
+                           v.attempt,
+                           v.timeout_seconds,
+                           {}};
+  if (!v.extras.empty()) {
+    ipc::Metadata unused;
+    ipc::decode_extras(v.extras, info.required_capabilities, unused);
+  }
+  return info;
 }
 
 core::ExecutionInfo info_of(const ipc::ExecutionRecord& r) {
-  return core::ExecutionInfo{r.execution_id,   r.user_id, r.priority,
-                             r.enqueued_at_ns, r.attempt, r.timeout_seconds};
+  return core::ExecutionInfo{r.execution_id,         r.user_id, r.priority,
+                             r.enqueued_at_ns,       r.attempt, r.timeout_seconds,
+                             r.required_capabilities};
 }
 
 }  // namespace
@@ -164,6 +171,9 @@ core::SchedulerConfig Supervisor::policy(const Config& c) const {
   p.timeout_grace_seconds = c.timeout_grace_seconds;
   p.finished_retention_count = c.finished_retention_count;
   p.finished_retention_seconds = c.finished_retention_seconds;
+  p.max_taken = c.queue.max_active;
+  p.worker_timeout_ms = c.worker_timeout_ms;
+  p.claim_timeout_ms = c.claim_timeout_ms;
   return p;
 }
 
@@ -316,7 +326,9 @@ void Supervisor::flush_outbound() {
 void Supervisor::do_publish(const core::action::Publish& p) {
   const core::Event& ev = p.event;
   std::optional<ipc::ExecutionView> view;
-  if (ev.type == core::EventType::kCreatePodCommand) view = consumer_->view(unpack(ev.slot));
+  if (ev.type == core::EventType::kCreatePodCommand || ev.type == core::EventType::kTaskPush) {
+    view = consumer_->view(unpack(ev.slot));
+  }
   outbound_.add(ev, view ? &*view : nullptr, ipc::events::now_ns(),
                 std::span<const core::TransportId>(p.to.data(), p.to.size()), p.token);
 }
@@ -346,6 +358,9 @@ void Supervisor::do_take(const core::action::Take& t, core::Time time,
 }
 
 void Supervisor::do_answer(const core::action::Answer& a) {
+  // What `stats` shows includes what the answered operation did (a client that registered a
+  // worker counts it at once).
+  publish_counters();
   submits_.erase(a.op);  // answered without asking the queue (a finished id, say)
   auto it = ops_.find(a.op);
   if (it == ops_.end()) return;
@@ -354,7 +369,7 @@ void Supervisor::do_answer(const core::action::Answer& a) {
   if (!a.reply.ok && (a.reply.error == "unauthorized" || a.reply.error == "not_owner")) {
     counters_.rejected_unauthorized.fetch_add(1, std::memory_order_relaxed);
   }
-  const auto body = ipc::events::encode_reply(a.reply, a.list ? &a.items : nullptr);
+  const auto body = ipc::events::encode_reply(a.reply, a.list ? &a.items : nullptr, a.list_key);
   if (to.ingress_token) ingress_->reply(to.ingress_token, body);
   if (to.transport) {
     if (to.transport->reply) {
@@ -425,6 +440,15 @@ void Supervisor::publish_counters() {
   counters_.stale_reports.store(c.stale_reports, std::memory_order_relaxed);
   counters_.active.store(core_.dispatched_now(), std::memory_order_relaxed);
   counters_.held.store(core_.held(), std::memory_order_relaxed);
+  counters_.workers.store(core_.workers().size(), std::memory_order_relaxed);
+  counters_.waiting_for_workers.store(core_.waiting_for_workers(), std::memory_order_relaxed);
+  counters_.pushed.store(c.pushed, std::memory_order_relaxed);
+  counters_.claims_won.store(c.claims_won, std::memory_order_relaxed);
+  counters_.claims_lost.store(c.claims_lost, std::memory_order_relaxed);
+  counters_.claim_timeouts.store(c.claim_timeouts, std::memory_order_relaxed);
+  counters_.workers_lost.store(c.workers_lost, std::memory_order_relaxed);
+  counters_.worker_lost_executions.store(c.worker_lost_executions, std::memory_order_relaxed);
+  counters_.blockers.store(c.blockers, std::memory_order_relaxed);
 }
 
 // ---- Inbox ------------------------------------------------------------------------------------
@@ -445,6 +469,7 @@ void Supervisor::handle_op(OpMessage& op) {
   }
   const core::OpId id = next_op_++;
   ops_[id] = op.reply_to;
+
   if (auto* c = std::get_if<protocol::CancelOp>(&op.request)) {
     feed(core::input::Cancel{id, c->execution_id, c->reason, op.as_user});
   } else if (auto* c = std::get_if<protocol::CompleteOp>(&op.request)) {
@@ -461,6 +486,21 @@ void Supervisor::handle_op(OpMessage& op) {
   } else if (auto* st = std::get_if<protocol::StatusOp>(&op.request)) {
     // The ingress asks only for ids the queue does not hold: finished ones, or unknown.
     feed(core::input::Status{id, st->execution_id});
+  } else if (auto* w = std::get_if<protocol::RegisterWorkerOp>(&op.request)) {
+    sessions_.track(op.session, op.pid);
+    feed(core::input::RegisterWorker{id, w->worker_id, w->capabilities, w->capacity, w->metadata,
+                                     op.session});
+  } else if (auto* h = std::get_if<protocol::HeartbeatOp>(&op.request)) {
+    feed(core::input::Heartbeat{id, h->worker_id});
+  } else if (auto* u = std::get_if<protocol::UnregisterWorkerOp>(&op.request)) {
+    feed(core::input::UnregisterWorker{id, u->worker_id});
+  } else if (auto* c = std::get_if<protocol::ClaimOp>(&op.request)) {
+    feed(core::input::Claim{id, c->worker_id, c->execution_id});
+  } else if (auto* b = std::get_if<protocol::ReportBlockerOp>(&op.request)) {
+    feed(core::input::ReportBlocker{id, b->worker_id, b->type, b->description, b->severity,
+                                    b->required_capabilities, b->execution_id});
+  } else if (std::holds_alternative<protocol::WorkersOp>(op.request)) {
+    feed(core::input::ListWorkers{id});
   } else if (auto* l = std::get_if<protocol::ListOp>(&op.request)) {
     core::input::ListFinished in;
     in.op = id;
@@ -706,6 +746,11 @@ void Supervisor::timers() {
     if (!pending_releases_.empty()) retry_pending_releases();
   }
   if (!retiring_.empty()) service_retiring(false);
+  if (!sessions_.empty() && now >= next_session_check_) {
+    // A local worker's process that exited ends its workers now, not at its heartbeat timeout.
+    next_session_check_ = now + kSessionCheck;
+    for (const auto& session : sessions_.gone()) feed(core::input::SessionGone{session});
+  }
   if (watchdog_interval_.count() > 0 && now >= next_watchdog_) {
     next_watchdog_ = now + watchdog_interval_;
     sd_notify(0, "WATCHDOG=1");
@@ -744,6 +789,7 @@ void Supervisor::sleep() {
   }
   if (watchdog_interval_.count() > 0) deadline = std::min(deadline, next_watchdog_);
   if (!retiring_.empty()) deadline = std::min(deadline, now + std::chrono::milliseconds(5));
+  if (!sessions_.empty()) deadline = std::min(deadline, next_session_check_);
   if (deadline > now) consumer_->sleep_unless(ready, deadline - now);
 }
 

@@ -23,6 +23,7 @@
 #include "shmsched/ipc/ingress_server.h"
 #include "shmsched/ipc/queue.h"
 #include "transport_host.h"
+#include "worker_sessions.h"
 
 namespace shmsched::daemon {
 
@@ -48,6 +49,15 @@ struct SupervisorCounters {
   std::atomic<std::uint64_t> maintenance_deferred{0};
   // Operations the local ingress refused: the client may not act for that user.
   std::atomic<std::uint64_t> rejected_unauthorized{0};
+  std::atomic<std::uint64_t> workers{0};
+  std::atomic<std::uint64_t> waiting_for_workers{0};
+  std::atomic<std::uint64_t> pushed{0};
+  std::atomic<std::uint64_t> claims_won{0};
+  std::atomic<std::uint64_t> claims_lost{0};
+  std::atomic<std::uint64_t> claim_timeouts{0};
+  std::atomic<std::uint64_t> workers_lost{0};
+  std::atomic<std::uint64_t> worker_lost_executions{0};
+  std::atomic<std::uint64_t> blockers{0};
 };
 
 // The slot reference of a taken execution, packed for the scheduler.
@@ -152,6 +162,10 @@ class Supervisor {
   bool repair_blocked_ = false;  // the last repair was deferred: requests wait for the next reap
 
   Clock::time_point next_reap_{};
+  // Local workers' processes, polled this often: a dead one is noticed within 100 ms.
+  static constexpr auto kSessionCheck = std::chrono::milliseconds(50);
+  WorkerSessions sessions_;
+  Clock::time_point next_session_check_{};
   Clock::time_point next_watchdog_{};
   Clock::time_point next_status_{};
   Clock::time_point next_blocked_log_{};

@@ -24,6 +24,8 @@ void add_fields(MapBuilder& m, const core::Reply& r) {
       m.str(key, *s);
     } else if (const auto* b = std::get_if<bool>(&value)) {
       m.boolean(key, *b);
+    } else if (const auto* v = std::get_if<std::vector<std::string>>(&value)) {
+      m.strings(key, *v);
     }
   }
 }
@@ -41,6 +43,26 @@ std::size_t encode_event_into(std::vector<std::byte>& out, const core::Event& e,
                               const ExecutionView* view, std::int64_t timestamp) {
   MapBuilder m(out);
   m.str("type", core::event_name(e.type)).integer("timestamp", timestamp);
+  switch (e.type) {
+    case core::EventType::kWorkerRegistered:
+    case core::EventType::kWorkerUnregistered:
+      m.str("worker_id", e.worker_id.value_or("")).strings("capabilities", e.capabilities);
+      if (!e.reason.empty()) m.str("reason", e.reason);
+      return m.complete();
+    case core::EventType::kBlockerReported:
+      m.str("worker_id", e.worker_id.value_or(""))
+          .str("execution_id", e.execution_id)
+          // `type` names the event, as in every event: the blocker's own type is blocker_type.
+          .str("blocker_type", e.blocker_type)
+          .str("description", e.description)
+          .str("severity", e.severity)
+          .strings("required_capabilities", e.capabilities)
+          .strings("helpers", e.helpers);
+      if (!e.target.empty()) m.str("helper", e.target);
+      return m.complete();
+    default:
+      break;
+  }
   m.str("execution_id", e.execution_id).str("user_id", e.user_id);
   switch (e.type) {
     case core::EventType::kAccepted:
@@ -50,6 +72,9 @@ std::size_t encode_event_into(std::vector<std::byte>& out, const core::Event& e,
     case core::EventType::kRejected:
       m.str("reason", e.reason).str("message", e.message);
       break;
+    case core::EventType::kTaskPush:
+      m.str("worker_id", e.worker_id.value_or(""));
+      [[fallthrough]];
     case core::EventType::kCreatePodCommand: {
       std::vector<std::string> capabilities;
       Metadata metadata;
@@ -74,11 +99,16 @@ std::size_t encode_event_into(std::vector<std::byte>& out, const core::Event& e,
       if (e.will_retry) m.boolean("will_retry", *e.will_retry);
       if (e.type == core::EventType::kFailed) m.integer("attempt", e.attempt);
       break;
+    case core::EventType::kWorkerRegistered:
+    case core::EventType::kWorkerUnregistered:
+    case core::EventType::kBlockerReported:
+      break;  // encoded above
   }
   return m.complete();
 }
 
-std::vector<std::byte> encode_reply(const core::Reply& r, const std::vector<core::Reply>* items) {
+std::vector<std::byte> encode_reply(const core::Reply& r, const std::vector<core::Reply>* items,
+                                    std::string_view items_key) {
   if (!r.ok) return protocol::error_reply(r.error, r.message);
   MapBuilder m;
   m.boolean("ok", true);
@@ -91,7 +121,7 @@ std::vector<std::byte> encode_reply(const core::Reply& r, const std::vector<core
       add_fields(one, item);
       encoded.push_back(one.finish());
     }
-    m.raw_array("executions", encoded);
+    m.raw_array(items_key, encoded);
   }
   return m.finish();
 }

@@ -236,10 +236,52 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
     if (!r.error.empty()) return DecodeError{r.error};
     return Request{std::move(f)};
   }
-  if (op == "register_worker" || op == "heartbeat" || op == "unregister_worker" || op == "claim" ||
-      op == "report_blocker") {
-    return Request{WorkerOp{op}};
+  if (op == "register_worker") {
+    RegisterWorkerOp w;
+    r.string("worker_id", w.worker_id, true, 256);
+    r.strings("capabilities", w.capabilities);
+    r.string_map("metadata", w.metadata);
+    std::optional<std::int64_t> capacity;
+    r.integer("capacity", capacity);
+    if (capacity) {
+      if (*capacity < 1 || *capacity > 1'000'000)
+        r.fail("field 'capacity' must be 1 .. 1000000");
+      else
+        w.capacity = static_cast<std::uint32_t>(*capacity);
+    }
+    if (r.error.empty() && w.worker_id.empty()) r.fail("field 'worker_id' must not be empty");
+    if (!r.error.empty()) return DecodeError{r.error};
+    return Request{std::move(w)};
   }
+  if (op == "heartbeat") {
+    HeartbeatOp h;
+    if (!r.string("worker_id", h.worker_id, true, 256)) return DecodeError{r.error};
+    return Request{std::move(h)};
+  }
+  if (op == "unregister_worker") {
+    UnregisterWorkerOp u;
+    if (!r.string("worker_id", u.worker_id, true, 256)) return DecodeError{r.error};
+    return Request{std::move(u)};
+  }
+  if (op == "claim") {
+    ClaimOp c;
+    r.string("worker_id", c.worker_id, true, 256);
+    r.string("execution_id", c.execution_id, true, 256);
+    if (!r.error.empty()) return DecodeError{r.error};
+    return Request{std::move(c)};
+  }
+  if (op == "report_blocker") {
+    ReportBlockerOp b;
+    r.string("worker_id", b.worker_id, true, 256);
+    r.string("type", b.type, true, 256);
+    r.string("description", b.description, true);
+    r.string("severity", b.severity, true, 64);
+    r.strings("required_capabilities", b.required_capabilities);
+    r.string("execution_id", b.execution_id, false, 256);
+    if (!r.error.empty()) return DecodeError{r.error};
+    return Request{std::move(b)};
+  }
+  if (op == "workers") return Request{WorkersOp{}};
   return DecodeError{"unknown op '" + op + "'"};
 }
 

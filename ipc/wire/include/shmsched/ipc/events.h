@@ -21,8 +21,8 @@ std::vector<std::byte> encode_event(const core::Event& event, const ExecutionVie
 std::size_t encode_event_into(std::vector<std::byte>& out, const core::Event& event,
                               const ExecutionView* view, std::int64_t timestamp);
 
-// {ok: true, fields...} or {ok: false, error, message}; with `items`, also executions: [...].
-std::vector<std::byte> encode_reply(const core::Reply& reply,
-                                    const std::vector<core::Reply>* items);
+// {ok: true, fields...} or {ok: false, error, message}; with `items`, also <items_key>: [...].
+std::vector<std::byte> encode_reply(const core::Reply& reply, const std::vector<core::Reply>* items,
+                                    std::string_view items_key = "executions");
 
 }  // namespace shmsched::ipc::events

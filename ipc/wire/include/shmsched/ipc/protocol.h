@@ -52,14 +52,35 @@ struct FailOp {
   bool retry = false;
   std::optional<std::uint32_t> attempt;
 };
-// Worker operations (register_worker, heartbeat, unregister_worker, claim, report_blocker):
-// recognised, answered `invalid` until workers are implemented.
-struct WorkerOp {
-  std::string op;
+// Worker operations.
+struct RegisterWorkerOp {
+  std::string worker_id;
+  std::vector<std::string> capabilities;
+  std::uint32_t capacity = 1;
+  Metadata metadata;
 };
+struct HeartbeatOp {
+  std::string worker_id;
+};
+struct UnregisterWorkerOp {
+  std::string worker_id;
+};
+struct ClaimOp {
+  std::string worker_id;
+  std::string execution_id;
+};
+struct ReportBlockerOp {
+  std::string worker_id;
+  std::string type, description, severity;
+  std::vector<std::string> required_capabilities;
+  std::string execution_id;  // optional: the execution it blocks
+};
+// `workers`: the live workers (an addition to the contract, see docs/protocol.md).
+struct WorkersOp {};
 
-using Request =
-    std::variant<SubmitOp, CancelOp, StatusOp, ListOp, StatsOp, CompleteOp, FailOp, WorkerOp>;
+using Request = std::variant<SubmitOp, CancelOp, StatusOp, ListOp, StatsOp, CompleteOp, FailOp,
+                             RegisterWorkerOp, HeartbeatOp, UnregisterWorkerOp, ClaimOp,
+                             ReportBlockerOp, WorkersOp>;
 
 struct DecodeError {
   std::string message;

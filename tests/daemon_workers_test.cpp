@@ -1,0 +1,278 @@
+// Workers end to end: the real shmschedd, workers registering over the ingress (from this process
+// and as the example Python worker's processes), TaskPush on the zeromq transport by capability,
+// claims with one winner, claim timeouts, blockers, and a SIGKILLed worker whose executions run
+// elsewhere.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "daemon_support.h"
+#include "shmsched/ipc/queue.h"
+
+namespace shmsched::test {
+namespace {
+
+struct Fixture {
+  std::string dir;
+  std::string segment;
+  std::unique_ptr<Daemon> daemon;
+  std::unique_ptr<Ingress> ingress;
+  std::unique_ptr<Events> events;
+
+  Fixture(const std::string& tag, std::vector<std::string> args)
+      : dir(temp_dir(tag)), segment(segment_name(tag)) {
+    ipc::Segment::remove(segment);
+    daemon = std::make_unique<Daemon>(dir, segment, std::move(args));
+    daemon->start();
+    ingress = std::make_unique<Ingress>(daemon->endpoint());
+    events = std::make_unique<Events>(daemon->events_endpoint());
+    events->sync(*ingress);
+  }
+  ~Fixture() {
+    daemon.reset();
+    ipc::Segment::remove(segment);
+    std::filesystem::remove_all(dir);
+  }
+
+  Map register_worker(Ingress& in, const std::string& id, std::vector<std::string> caps,
+                      int capacity = 1) {
+    return in.call(MapBuilder()
+                       .str("op", "register_worker")
+                       .str("worker_id", id)
+                       .strings("capabilities", caps)
+                       .integer("capacity", capacity)
+                       .finish());
+  }
+  Map submit(const std::string& id, std::vector<std::string> caps,
+             const std::string& payload = "x") {
+    const auto* b = reinterpret_cast<const std::byte*>(payload.data());
+    return ingress->call(MapBuilder()
+                             .str("op", "submit")
+                             .str("execution_id", id)
+                             .str("user_id", "u")
+                             .bin("payload", std::vector<std::byte>(b, b + payload.size()))
+                             .strings("required_capabilities", caps)
+                             .finish());
+  }
+  Map claim(Ingress& in, const std::string& worker, const std::string& id) {
+    return in.call(
+        MapBuilder().str("op", "claim").str("worker_id", worker).str("execution_id", id).finish());
+  }
+  Map complete_as(const std::string& worker, const std::string& id) {
+    return ingress->call(MapBuilder()
+                             .str("op", "complete")
+                             .str("execution_id", id)
+                             .str("worker_id", worker)
+                             .integer("exit_code", 0)
+                             .finish());
+  }
+  // The topic the event `m` (found by next()) arrived under.
+  std::string topic_of(const Map& m) const {
+    for (const auto& [topic, e] : events->history())
+      if (e.handle == m.handle) return topic;
+    return "";
+  }
+};
+
+std::vector<std::string> strings_of(const Map& m, std::string_view key) {
+  std::vector<std::string> out;
+  const auto* o = ipc::find_field(m.get(), key);
+  if (!o || o->type != msgpack::type::ARRAY) return out;
+  for (const auto& item : o->via.array) out.emplace_back(item.via.str.ptr, item.via.str.size);
+  return out;
+}
+
+std::int64_t counter(const Map& stats, const std::string& name) {
+  const auto* c = ipc::find_field(stats.get(), "counters");
+  if (!c) return -1;
+  return ipc::get_int(*c, name).value_or(-1);
+}
+
+TEST(DaemonWorkers, CapabilitiesClaimsTimeoutsAndBlockersOverTheIngress) {
+  Fixture f("workers", {"--claim-timeout-ms=400", "--worker-timeout-ms=20000"});
+  for (const auto& [id, caps] : std::vector<std::pair<std::string, std::vector<std::string>>>{
+           {"w1", {"gpu"}}, {"w2", {"gpu", "cuda"}}, {"w3", {"cpu"}}}) {
+    auto r = f.register_worker(*f.ingress, id, caps);
+    ASSERT_TRUE(r.ok()) << r.str("message");
+    auto ev = f.events->next("WorkerRegistered");
+    ASSERT_TRUE(ev);
+    EXPECT_EQ(ev->str("worker_id"), id);
+  }
+  EXPECT_EQ(f.ingress->call(MapBuilder().str("op", "stats").finish()).integer("workers"), 3);
+
+  // A TaskPush to a worker that has the capability, on that worker's topic.
+  ASSERT_TRUE(f.submit("g1", {"gpu"}).ok());
+  auto push = f.events->next("TaskPush");
+  ASSERT_TRUE(push);
+  const std::string pushed_to = push->str("worker_id");
+  EXPECT_TRUE(pushed_to == "w1" || pushed_to == "w2") << pushed_to;
+  EXPECT_EQ(f.topic_of(*push), "TaskPush." + pushed_to);
+  EXPECT_EQ(push->str("execution_id"), "g1");
+  EXPECT_TRUE(push->has("payload"));
+
+  // Two claimants at once: exactly one wins, the other learns who.
+  Ingress a(f.daemon->endpoint()), b(f.daemon->endpoint());
+  Map ra, rb;
+  std::thread ta([&] { ra = f.claim(a, "w1", "g1"); });
+  std::thread tb([&] { rb = f.claim(b, "w2", "g1"); });
+  ta.join();
+  tb.join();
+  ASSERT_TRUE(ra.ok() && rb.ok());
+  const bool a_won = ipc::get_bool(ra.get(), "claimed").value_or(false);
+  const bool b_won = ipc::get_bool(rb.get(), "claimed").value_or(false);
+  ASSERT_NE(a_won, b_won) << "exactly one claimant wins";
+  const std::string winner = a_won ? "w1" : "w2";
+  const std::string loser = a_won ? "w2" : "w1";
+  EXPECT_EQ((a_won ? rb : ra).str("owner"), winner);
+  // Only the owner reports.
+  EXPECT_EQ(f.complete_as(loser, "g1").str("error"), "not_owner");
+  EXPECT_TRUE(f.complete_as(winner, "g1").ok());
+  auto done = f.events->next("ExecutionCompleted");
+  ASSERT_TRUE(done);
+  EXPECT_EQ(done->str("worker_id"), winner);
+
+  // Nobody can run "tpu": it waits, without holding up what can run.
+  ASSERT_TRUE(f.submit("t1", {"tpu"}).ok());
+  ASSERT_TRUE(f.submit("plain", {}).ok());
+  auto cmd = f.events->next("CreatePodCommand");
+  ASSERT_TRUE(cmd);
+  EXPECT_EQ(cmd->str("execution_id"), "plain");
+  auto stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
+  EXPECT_EQ(stats.integer("waiting_for_workers"), 1);
+  auto workers = f.ingress->call(MapBuilder().str("op", "workers").finish());
+  ASSERT_TRUE(workers.ok());
+  EXPECT_EQ(workers.integer("waiting.tpu"), 1);
+  // A worker that can arrives: it gets it.
+  ASSERT_TRUE(f.register_worker(*f.ingress, "w4", {"tpu"}).ok());
+  push = f.events->next("TaskPush");
+  ASSERT_TRUE(push);
+  EXPECT_EQ(push->str("execution_id"), "t1");
+  EXPECT_EQ(push->str("worker_id"), "w4");
+
+  // A push nobody claims goes to another worker that can run it, same attempt.
+  ASSERT_TRUE(f.submit("g2", {"gpu"}).ok());
+  push = f.events->next("TaskPush");
+  ASSERT_TRUE(push);
+  const std::string first = push->str("worker_id");
+  auto again = f.events->next("TaskPush", std::chrono::seconds(5));
+  ASSERT_TRUE(again) << "no second offer after the claim timeout";
+  EXPECT_EQ(again->str("execution_id"), "g2");
+  EXPECT_NE(again->str("worker_id"), first);
+  EXPECT_EQ(again->integer("attempt"), push->integer("attempt"));
+
+  // A blocker reaches exactly the live workers that can help, each on its own topic.
+  auto br = f.ingress->call(MapBuilder()
+                                .str("op", "report_blocker")
+                                .str("worker_id", "w1")
+                                .str("type", "dependency")
+                                .str("description", "needs a CUDA expert")
+                                .str("severity", "high")
+                                .strings("required_capabilities", {"cuda"})
+                                .str("execution_id", "g2")
+                                .finish());
+  ASSERT_TRUE(br.ok()) << br.str("message");
+  EXPECT_EQ(strings_of(br, "helpers"), std::vector<std::string>{"w2"});
+  auto blocker = f.events->next("BlockerReported");
+  ASSERT_TRUE(blocker);
+  EXPECT_EQ(f.topic_of(*blocker), "BlockerReported.w2");
+  EXPECT_EQ(blocker->str("blocker_type"), "dependency");
+  EXPECT_EQ(strings_of(*blocker, "helpers"), std::vector<std::string>{"w2"});
+
+  // Unregistering sends its pushed, unclaimed work elsewhere and says so.
+  ASSERT_TRUE(
+      f.ingress->call(MapBuilder().str("op", "unregister_worker").str("worker_id", "w4").finish())
+          .ok());
+  auto gone = f.events->next("WorkerUnregistered");
+  ASSERT_TRUE(gone);
+  EXPECT_EQ(gone->str("worker_id"), "w4");
+  EXPECT_EQ(gone->str("reason"), "unregistered");
+  EXPECT_EQ(f.ingress->call(MapBuilder().str("op", "heartbeat").str("worker_id", "w4").finish())
+                .str("error"),
+            "not_found");
+  stats = f.ingress->call(MapBuilder().str("op", "stats").finish());
+  EXPECT_EQ(stats.integer("workers"), 3);
+  EXPECT_GE(counter(stats, "claim_timeouts"), 1);
+  EXPECT_EQ(counter(stats, "claims_won"), 1);
+  EXPECT_EQ(counter(stats, "claims_lost"), 1);
+}
+
+// Runs the example Python worker; returns its pid.
+pid_t python_worker(const Fixture& f, const std::string& id, const std::string& caps, int capacity,
+                    const std::string& log) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    const std::string cap = std::to_string(capacity);
+    // Debian's interpreter, which has python3-zmq and python3-msgpack (not whatever is first on
+    // PATH).
+    ::execl("/usr/bin/python3", "python3",
+            SHMSCHED_SOURCE_DIR "/examples/workers/python/shmsched_worker.py", "--worker-id",
+            id.c_str(), "--capabilities", caps.c_str(), "--capacity", cap.c_str(), "--ingress",
+            f.daemon->endpoint().c_str(), "--events", f.daemon->events_endpoint().c_str(), nullptr);
+    ::_exit(127);
+  }
+  return pid;
+}
+
+TEST(DaemonWorkers, PythonWorkersRunEverythingAndAKilledWorkerLosesNothing) {
+  Fixture f("pyworkers", {"--max-attempts=5", "--max-active-executions=64",
+                          "--claim-timeout-ms=2000", "--retry-backoff-ms=10"});
+  const pid_t one = python_worker(f, "py-1", "py", 2, f.dir + "/py-1.log");
+  const pid_t two = python_worker(f, "py-2", "py,extra", 2, f.dir + "/py-2.log");
+  std::set<std::string> registered;
+  for (int i = 0; i < 2; ++i) {
+    auto ev = f.events->next("WorkerRegistered", std::chrono::seconds(20));
+    ASSERT_TRUE(ev) << "a Python worker did not register";
+    registered.insert(ev->str("worker_id"));
+  }
+  EXPECT_EQ(registered, (std::set<std::string>{"py-1", "py-2"}));
+
+  // A second registration of a live worker's id from another process is refused.
+  const pid_t impostor = python_worker(f, "py-2", "py", 1, f.dir + "/impostor.log");
+  int status = 0;
+  ::waitpid(impostor, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << status;
+
+  constexpr int kTasks = 40;
+  for (int i = 0; i < kTasks; ++i) {
+    ASSERT_TRUE(f.submit("job-" + std::to_string(i), {"py"}, "sleep:40").ok());
+  }
+  // Some work is done; then py-1 dies with work claimed.
+  std::map<std::string, int> completed;
+  while (completed.size() < 6) {
+    auto c = f.events->next("ExecutionCompleted", std::chrono::seconds(20));
+    ASSERT_TRUE(c) << "the workers completed nothing";
+    ++completed[c->str("execution_id")];
+  }
+  const auto killed_at = Clock::now();
+  ::kill(one, SIGKILL);
+  ::waitpid(one, nullptr, 0);
+  std::optional<Map> gone;
+  while ((gone = f.events->next("WorkerUnregistered", std::chrono::seconds(10)))) {
+    if (gone->str("worker_id") == "py-1") break;
+  }
+  ASSERT_TRUE(gone) << "the dead worker was not noticed";
+  const auto noticed_ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - killed_at).count();
+  EXPECT_EQ(gone->str("reason"), "process_exited");
+  // The goal is 100 ms (50 ms polls); the bound leaves room for a loaded machine.
+  EXPECT_LT(noticed_ms, 1000) << "noticed after " << noticed_ms << " ms";
+  std::printf("[ workers  ] a SIGKILLed worker was noticed after %lld ms\n",
+              static_cast<long long>(noticed_ms));
+
+  // Everything completes, exactly once from the submitter's point of view.
+  while (completed.size() < kTasks) {
+    auto c = f.events->next("ExecutionCompleted", std::chrono::seconds(30));
+    ASSERT_TRUE(c) << completed.size() << " of " << kTasks << " completed";
+    ++completed[c->str("execution_id")];
+  }
+  EXPECT_EQ(f.events->count_for("ExecutionCompleted", std::chrono::milliseconds(300)), 0u);
+  for (const auto& [id, n] : completed) EXPECT_EQ(n, 1) << id;
+  ::kill(two, SIGKILL);
+  ::waitpid(two, nullptr, 0);
+}
+
+}  // namespace
+}  // namespace shmsched::test
