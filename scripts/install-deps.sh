@@ -12,6 +12,7 @@ packages=(
   libspdlog-dev libfmt-dev
   librdkafka-dev kcat
   libsystemd-dev
+  libssl-dev
   libconcurrentqueue-dev libabsl-dev
   dpkg-dev file systemd
   redis-server libhiredis-dev
