@@ -3,9 +3,12 @@
 //   shmschedctl submit --user alice [--priority high] [--payload 'print(1)'] [--id ID] ...
 //   shmschedctl cancel ID | status ID | list [--state queued] | stats | top | watch
 //   shmschedctl complete ID [--exit-code 0] | fail ID --error text [--retry]
+//   shmschedctl audit [--dir DIR] [--execution ID] [--worker W] [--type T] [--follow]
+//   shmschedctl audit verify [--dir DIR]
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
@@ -13,6 +16,9 @@
 #include <thread>
 #include <zmq.hpp>
 
+#include "shmsched/audit/format.h"
+#include "shmsched/audit/reader.h"
+#include "shmsched/audit/verifier.h"
 #include "shmsched/ipc/client.h"
 
 namespace po = boost::program_options;
@@ -337,6 +343,108 @@ int cmd_watch(const Globals& g, const po::variables_map& vm) {
   return 0;
 }
 
+// ---- The audit log (read from its directory; shmschedd need not run) -------------------------
+
+std::string utc_time(std::int64_t ns) {
+  const std::time_t secs = static_cast<std::time_t>(ns / 1'000'000'000);
+  std::tm tm{};
+  ::gmtime_r(&secs, &tm);
+  char buf[64];
+  const std::size_t n = std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%S", &tm);
+  std::snprintf(buf + n, sizeof buf - n, ".%09lldZ", static_cast<long long>(ns % 1'000'000'000));
+  return buf;
+}
+
+// A value as it is, unless a reader could not tell where it ends: then as a JSON string.
+void field(std::ostream& os, std::string_view key, std::string_view value) {
+  os << ' ' << key << '=';
+  const bool plain = !value.empty() && value.find_first_of(" \t\n\r\"=") == std::string::npos;
+  if (plain) {
+    os << value;
+  } else {
+    json_string(os, value);
+  }
+}
+
+void print_audit_record(const Globals& g, const audit::AuditRecord& r) {
+  if (g.json) {
+    std::cout << "{\"seq\":" << r.seq << ",\"time_ns\":" << r.time_ns << ",\"time\":\""
+              << utc_time(r.time_ns) << "\",\"type\":";
+    json_string(std::cout, r.type);
+    std::cout << ",\"execution_id\":";
+    json_string(std::cout, r.execution_id);
+    std::cout << ",\"worker_id\":";
+    json_string(std::cout, r.worker_id);
+    std::cout << ",\"user_id\":";
+    json_string(std::cout, r.user_id);
+    std::cout << ",\"detail\":{";
+    bool first = true;
+    for (const auto& [k, v] : r.detail) {
+      if (!first) std::cout << ',';
+      first = false;
+      json_string(std::cout, k);
+      std::cout << ':';
+      json_string(std::cout, v);
+    }
+    std::cout << "}}\n";
+    return;
+  }
+  std::cout << std::left << std::setw(8) << r.seq << ' ' << utc_time(r.time_ns) << ' '
+            << std::setw(18) << r.type << std::right;
+  if (!r.execution_id.empty()) field(std::cout, "execution", r.execution_id);
+  if (!r.worker_id.empty()) field(std::cout, "worker", r.worker_id);
+  if (!r.user_id.empty()) field(std::cout, "user", r.user_id);
+  for (const auto& [k, v] : r.detail) field(std::cout, k, v);
+  std::cout << '\n';
+}
+
+int cmd_audit_verify(const Globals& g, const std::string& dir) {
+  const auto r = audit::verify_audit_dir(dir);
+  if (g.json) {
+    std::cout << "{\"ok\":" << (r.ok() ? "true" : "false") << ",\"records\":" << r.records
+              << ",\"files\":" << r.files << ",\"first_seq\":" << r.first_seq
+              << ",\"last_seq\":" << r.last_seq;
+    if (r.ok()) {
+      std::cout << ",\"last_hash\":\"" << audit::to_hex(r.last_hash) << "\"";
+    } else {
+      std::cout << ",\"error\":\"" << audit::verify_problem_name(r.problem)
+                << "\",\"seq\":" << r.seq << ",\"file\":";
+      json_string(std::cout, r.file);
+      std::cout << ",\"offset\":" << r.offset;
+    }
+    std::cout << ",\"message\":";
+    json_string(std::cout, r.message);
+    std::cout << "}\n";
+  } else if (r.ok()) {
+    std::cout << "ok: " << r.message << "\n";
+  } else {
+    std::cerr << "audit verify: " << dir << ": " << r.message << "\n";
+  }
+  return r.ok() ? 0 : 1;
+}
+
+int cmd_audit(const Globals& g, const po::variables_map& vm, const std::vector<std::string>& args) {
+  const std::string dir =
+      vm.count("dir") ? vm["dir"].as<std::string>() : std::string(audit::kDefaultDir);
+  if (args.size() == 1 && args[0] == "verify") return cmd_audit_verify(g, dir);
+  if (!args.empty()) throw std::invalid_argument("audit takes no argument but 'verify'");
+  audit::AuditFilter filter;
+  if (vm.count("execution")) filter.execution_id = vm["execution"].as<std::string>();
+  if (vm.count("worker")) filter.worker_id = vm["worker"].as<std::string>();
+  if (vm.count("type")) filter.type = vm["type"].as<std::string>();
+  audit::AuditReader reader(dir, filter);
+  const bool follow = vm.count("follow") > 0;
+  for (;;) {
+    const auto r = follow ? reader.wait_next(std::chrono::seconds(1)) : reader.next();
+    if (r) {
+      print_audit_record(g, *r);
+      if (follow) std::cout << std::flush;
+    } else if (!follow) {
+      return 0;
+    }
+  }
+}
+
 void usage(const po::options_description& globals) {
   std::cout
       << "shmschedctl: talk to a running shmschedd\n\n"
@@ -351,7 +459,12 @@ void usage(const po::options_description& globals) {
          "  top       [--interval MS] [--iterations N]   live view of depths, rates, totals\n"
          "  watch     [--topic T] [--count N]             print events as they are published\n"
          "  complete  ID [--exit-code N] [--worker W]\n"
-         "  fail      ID --error TEXT [--retry] [--worker W]\n\n"
+         "  fail      ID --error TEXT [--retry] [--worker W]\n"
+         "  audit     [--dir D] [--execution ID] [--worker W] [--type T] [--follow]\n"
+         "            print the audit log (default D: "
+      << audit::kDefaultDir
+      << ")\n"
+         "  audit verify [--dir D]                     check the audit log's hash chain\n\n"
       << globals << "\n";
 }
 
@@ -383,7 +496,9 @@ int main(int argc, char** argv) {
       "iterations", po::value<int>()->default_value(0), "")("topic", po::value<std::string>(), "")(
       "count", po::value<int>()->default_value(0), "")("endpoint", po::value<std::string>(), "")(
       "exit-code", po::value<std::int64_t>(), "")("worker", po::value<std::string>(), "")(
-      "error", po::value<std::string>(), "")("retry", "");
+      "error", po::value<std::string>(), "")("retry", "")("dir", po::value<std::string>(), "")(
+      "execution", po::value<std::string>(), "")("type", po::value<std::string>(), "")("follow",
+                                                                                       "");
   po::options_description all;
   all.add(globals).add(cmd);
   po::positional_options_description pos;
@@ -425,6 +540,7 @@ int main(int argc, char** argv) {
     if (command == "list") return cmd_list(g, vm);
     if (command == "top") return cmd_top(g, vm);
     if (command == "watch") return cmd_watch(g, vm);
+    if (command == "audit") return cmd_audit(g, vm, args);
     if (command == "complete") {
       MapBuilder m;
       m.str("op", "complete").str("execution_id", need_id());
