@@ -4,7 +4,9 @@
 // elsewhere.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <set>
+#include <sstream>
 
 #include "daemon_support.h"
 #include "shmsched/ipc/queue.h"
@@ -272,6 +274,134 @@ TEST(DaemonWorkers, PythonWorkersRunEverythingAndAKilledWorkerLosesNothing) {
   for (const auto& [id, n] : completed) EXPECT_EQ(n, 1) << id;
   ::kill(two, SIGKILL);
   ::waitpid(two, nullptr, 0);
+}
+
+// A child process with its stdin and stdout on pipes, read and written a line at a time.
+class Piped {
+ public:
+  explicit Piped(std::vector<std::string> argv) {
+    int in[2], out[2];
+    if (::pipe(in) != 0 || ::pipe(out) != 0) throw std::runtime_error("pipe");
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      ::dup2(in[0], 0);
+      ::dup2(out[1], 1);
+      ::close(in[1]);
+      ::close(out[0]);
+      std::vector<char*> c;
+      for (auto& a : argv) c.push_back(a.data());
+      c.push_back(nullptr);
+      ::execv(c[0], c.data());
+      ::_exit(127);
+    }
+    ::close(in[0]);
+    ::close(out[1]);
+    to_ = ::fdopen(in[1], "w");
+    from_ = ::fdopen(out[0], "r");
+  }
+  ~Piped() {
+    std::fclose(to_);
+    std::fclose(from_);
+    ::kill(pid_, SIGKILL);
+    ::waitpid(pid_, nullptr, 0);
+  }
+  void send(const std::string& line) {
+    std::fputs((line + "\n").c_str(), to_);
+    std::fflush(to_);
+  }
+  std::string receive() {
+    char buf[512];
+    if (!std::fgets(buf, sizeof buf, from_)) return "";
+    std::string s(buf);
+    if (!s.empty() && s.back() == '\n') s.pop_back();
+    return s;
+  }
+
+ private:
+  pid_t pid_ = -1;
+  FILE* to_ = nullptr;
+  FILE* from_ = nullptr;
+};
+
+// Worker processes claim the same execution at the same moment, half through shared memory and
+// half over the ingress, round after round: exactly one wins every time, every loser names the
+// winner, and only the winner may complete it.
+TEST(DaemonWorkers, ClaimRacesOverSharedMemoryAndTheIngressHaveExactlyOneWinner) {
+  const char* env = std::getenv("SHMSCHED_CLAIM_ROUNDS");
+  const int rounds = env ? std::atoi(env) : 10000;
+  Fixture f("claims", {"--max-active-executions=16", "--claim-timeout-ms=60000"});
+  struct Racer {
+    std::string id;
+    bool shm;
+    std::unique_ptr<Piped> process;
+    std::uint32_t number = 0;
+  };
+  std::vector<Racer> racers;
+  for (int i = 0; i < 4; ++i) {
+    Racer r;
+    r.shm = i % 2 == 0;
+    r.id = std::string(r.shm ? "shm-" : "ingress-") + std::to_string(i);
+    r.process = std::make_unique<Piped>(
+        std::vector<std::string>{SHMSCHED_BIN_DIR "/claim_racer", f.daemon->endpoint(), f.segment,
+                                 r.id, r.shm ? "shm" : "ingress", r.shm ? "400" : "0"});
+    const std::string ready = r.process->receive();
+    ASSERT_EQ(ready.rfind("ready ", 0), 0u) << r.id << ": " << ready;
+    r.number = static_cast<std::uint32_t>(std::stoul(ready.substr(6)));
+    racers.push_back(std::move(r));
+  }
+  int shm_wins = 0;
+  for (int round = 0; round < rounds; ++round) {
+    const std::string id = "race-" + std::to_string(round);
+    ASSERT_TRUE(f.submit(id, {"race"}).ok());
+    // Offered (claims are open) ...
+    for (;;) {
+      auto push = f.events->next("TaskPush", std::chrono::seconds(20));
+      ASSERT_TRUE(push) << "no TaskPush for " << id;
+      if (push->str("execution_id") == id) break;
+    }
+    // ... and claimed by everyone at once.
+    for (auto& r : racers) r.process->send(id + " 1");
+    std::vector<std::string> answers;
+    for (auto& r : racers) answers.push_back(r.process->receive());
+    int winners = 0;
+    const Racer* winner = nullptr;
+    for (std::size_t i = 0; i < racers.size(); ++i) {
+      std::istringstream in(answers[i]);
+      std::string outcome, owner, reason;
+      std::uint32_t number = 0;
+      in >> outcome >> number >> owner >> reason;
+      if (outcome == "won") {
+        ++winners;
+        winner = &racers[i];
+      }
+    }
+    ASSERT_EQ(winners, 1) << "round " << round << ": " << answers[0] << " | " << answers[1] << " | "
+                          << answers[2] << " | " << answers[3];
+    if (winner->shm) ++shm_wins;
+    for (std::size_t i = 0; i < racers.size(); ++i) {
+      if (&racers[i] == winner) continue;
+      std::istringstream in(answers[i]);
+      std::string outcome, owner, reason;
+      std::uint32_t number = 0;
+      in >> outcome >> number >> owner >> reason;
+      if (racers[i].shm) {
+        ASSERT_EQ(number, winner->number) << "round " << round << ": " << answers[i];
+      } else {
+        ASSERT_EQ(owner, winner->id) << "round " << round << ": " << answers[i];
+      }
+    }
+    if (round % 100 == 0) {
+      const Racer& loser = &racers[0] == winner ? racers[1] : racers[0];
+      ASSERT_EQ(f.complete_as(loser.id, id).str("error"), "not_owner") << "round " << round;
+    }
+    auto done = f.complete_as(winner->id, id);
+    ASSERT_TRUE(done.ok()) << "round " << round << ": " << done.str("message");
+  }
+  std::printf("[ claims   ] %d rounds, one winner each; %d won through shared memory\n", rounds,
+              shm_wins);
+  // Both ways win sometimes (else the race was not one).
+  EXPECT_GT(shm_wins, 0);
+  EXPECT_LT(shm_wins, rounds);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // in a form ThreadSanitizer can check (this file is also built with -fsanitize=thread).
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <mutex>
 #include <set>
@@ -145,6 +146,84 @@ TEST(QueueConcurrency, ReadersOfSlotsBeingReusedSeeWholeRecordsOrNone) {
     EXPECT_EQ(c.stats().queued, 0u);
   }
   EXPECT_GT(records_read.load(), 0);
+}
+
+// Claimants on threads race for each taken execution's claim word while the consumer opens
+// claims, moves to a new attempt and releases: exactly one winner per attempt, and every loser
+// names it.
+TEST(QueueConcurrency, ClaimsOfOneAttemptHaveExactlyOneWinner) {
+  TempSegment seg(concurrency_config());
+  constexpr int kClaimants = 3;
+  constexpr int kRounds = 1000;
+  ipc::Consumer c(seg.segment());
+  CancellingProducer submitter(seg.segment());
+  std::atomic<int> round_ready{-1};
+  std::atomic<int> answered{0};
+  std::array<ipc::ClaimResult, kClaimants> results{};
+  std::string current;
+  std::mutex mu;
+  std::vector<std::thread> threads;
+  std::atomic<bool> stop{false};
+  for (int t = 0; t < kClaimants; ++t) {
+    threads.emplace_back([&, t] {
+      ipc::Producer p(seg.segment());
+      int seen = -1;
+      while (!stop.load()) {
+        const int r = round_ready.load();
+        if (r == seen) {
+          std::this_thread::yield();
+          continue;
+        }
+        seen = r;
+        std::string id;
+        {
+          std::lock_guard lock(mu);
+          id = current;
+        }
+        results[t] = p.claim(id, 1 + r % 3, static_cast<std::uint32_t>(100 + t));
+        ++answered;
+      }
+    });
+  }
+  for (int r = 0; r < kRounds; ++r) {
+    const std::string id = "claim-" + std::to_string(r);
+    ASSERT_TRUE(submit(submitter, id, "u").accepted());
+    ipc::ActiveRef ref;
+    ASSERT_EQ(take(c, &ref), id);
+    c.open_claims(ref, 1 + r % 3);
+    {
+      std::lock_guard lock(mu);
+      current = id;
+    }
+    answered = 0;
+    round_ready = r;
+    // The supervisor claims for a worker on the ingress at the same moment.
+    const auto mine = c.claim(ref, 1 + r % 3, 7);
+    while (answered.load() < kClaimants) std::this_thread::yield();
+    int winners = mine.outcome == ipc::ClaimOutcome::kWon ? 1 : 0;
+    std::uint32_t owner = mine.outcome == ipc::ClaimOutcome::kWon ? 7 : 0;
+    for (const auto& res : results) {
+      if (res.outcome == ipc::ClaimOutcome::kWon) {
+        ++winners;
+        owner = res.owner;
+      }
+    }
+    ASSERT_EQ(winners, 1) << "round " << r;
+    for (const auto& res : results) {
+      ASSERT_TRUE(res.outcome == ipc::ClaimOutcome::kWon || res.outcome == ipc::ClaimOutcome::kLost)
+          << "round " << r << ": " << ipc::claim_outcome_name(res.outcome);
+      ASSERT_EQ(res.owner, owner) << "round " << r;
+    }
+    // A new attempt has no owner; the old attempt's claims are refused.
+    c.open_claims(ref, 2 + r % 3);
+    ASSERT_EQ(c.claim(ref, 2 + r % 3, 0).owner, 0u);
+    ASSERT_EQ(submitter.claim(id, 1 + r % 3, 9).outcome, ipc::ClaimOutcome::kNotCurrent);
+    ASSERT_TRUE(c.release(ref));
+    // Released: nothing to claim.
+    ASSERT_EQ(submitter.claim(id, 2 + r % 3, 9).outcome, ipc::ClaimOutcome::kNotFound);
+  }
+  stop = true;
+  for (auto& th : threads) th.join();
 }
 
 TEST(QueueConcurrency, ConcurrentSubmitsOfOneIdAcceptAtMostOne) {

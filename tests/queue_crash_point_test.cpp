@@ -288,6 +288,26 @@ std::vector<Scenario> scenarios() {
                  {},
                  {"q0", "q1"},
                  false});
+  out.push_back({"open claims of an active execution",
+                 false,
+                 [](World& w) { common_setup(w, false); },
+                 consumer_op([](ipc::Consumer& c) {
+                   const auto active = c.active();
+                   if (!active.empty()) c.open_claims(active.front(), 1);
+                 }),
+                 {},
+                 {},
+                 false});
+  out.push_back({"claim an active execution through shared memory",
+                 true,
+                 [](World& w) {
+                   common_setup(w, true);
+                   for (const auto& ref : w.active) w.consumer->open_claims(ref, 1);
+                 },
+                 producer_op([](CancellingProducer& p) { p.claim("q0", 1, 5); }),
+                 {},
+                 {},
+                 false});
   out.push_back({"the consumer counts a level behind a stopped producer's tail",
                  false,
                  [](World& w) {

@@ -73,6 +73,9 @@ class World {
     ExecutionInfo info;
     std::uint64_t life = 0;
     std::uint64_t annotation = 0;
+    // The claim word: the attempt it is open at (0: not open) and the owner's number.
+    std::uint32_t claim_attempt = 0;
+    std::uint32_t claim_owner = 0;
   };
   struct Life {
     std::string id;
@@ -113,6 +116,16 @@ class World {
     return n;
   }
   std::optional<std::uint64_t> life_of_live(const std::string& id) const;
+  // The claim word's compare-and-swap, as the segment does it; records the winner.
+  ClaimOutcome claim_word(Slot& slot, std::uint32_t attempt, std::uint32_t worker,
+                          std::uint32_t& owner);
+  std::string worker_of_number(std::uint32_t n) const {
+    for (std::uint32_t i = 0; i < kWorkers; ++i) {
+      const std::string id = "w" + std::to_string(i);
+      if (worker_number(id) == n) return id;
+    }
+    return worker_number("drain") == n ? "drain" : "#" + std::to_string(n);
+  }
   bool admit(const ExecutionInfo& info, std::string& reason, std::uint64_t& rank);
 
   SchedulerConfig config_;
@@ -176,6 +189,21 @@ std::optional<std::uint64_t> World::life_of_live(const std::string& id) const {
   return std::nullopt;
 }
 
+ClaimOutcome World::claim_word(Slot& slot, std::uint32_t attempt, std::uint32_t worker,
+                               std::uint32_t& owner) {
+  owner = 0;
+  if (slot.claim_attempt == 0 || slot.claim_attempt != attempt) return ClaimOutcome::kNotCurrent;
+  if (slot.claim_owner == 0 && worker != 0) {
+    slot.claim_owner = worker;
+    auto [it, fresh] =
+        winner_.emplace(std::make_pair(slot.life, attempt), worker_of_number(worker));
+    if (!fresh && it->second != worker_of_number(worker))
+      violate("the claim word has two winners for one attempt");
+  }
+  owner = slot.claim_owner;
+  return owner != 0 && owner == worker ? ClaimOutcome::kWon : ClaimOutcome::kLost;
+}
+
 // The queue's admission: capacity, per-user cap, duplicate id (queued or active).
 bool World::admit(const ExecutionInfo& info, std::string& reason, std::uint64_t& rank) {
   if (life_of_live(info.execution_id)) {
@@ -217,7 +245,14 @@ void World::start_scheduler(bool crash) {
     cancel_ids_.clear();
     transport_submits_.clear();
     workers_.clear();  // a new supervisor knows no workers until they register again
-    winner_.clear();
+    // Claims in claim words survive the supervisor; claims only it knew (commands) do not.
+    std::map<std::pair<std::uint64_t, std::uint32_t>, std::string> kept;
+    for (const auto& [ref, slot] : active_) {
+      if (slot.claim_owner != 0) {
+        kept[{slot.life, slot.claim_attempt}] = worker_of_number(slot.claim_owner);
+      }
+    }
+    winner_ = std::move(kept);
     claims_.clear();
     reports_.clear();
   } else {
@@ -225,7 +260,9 @@ void World::start_scheduler(bool crash) {
   }
   for (const auto& [id, name] : up_) feed(input::TransportUp{id, name});
   std::vector<input::Recovered> recovered;
-  for (const auto& [ref, s] : active_) recovered.push_back({ref, s.info, s.annotation});
+  for (const auto& [ref, s] : active_) {
+    recovered.push_back({ref, s.info, s.annotation, s.claim_attempt, s.claim_owner});
+  }
   recovering_ = true;  // what the previous supervisor dispatched stays dispatched
   for (const auto& r : recovered) feed(r);  // (a finished one is released at once)
   recovering_ = false;
@@ -315,7 +352,8 @@ void World::carry_out(std::vector<Action>& actions) {
               const bool owns = owner != winner_.end() && owner->second == *ev.worker_id;
               if (!owns && !covers(w->second.caps, need))
                 violate("TaskPush of " + ev.execution_id + " to " + *ev.worker_id +
-                        ", which lacks a capability");
+                        ", which lacks a capability (attempt " + std::to_string(ev.attempt) +
+                        ", owner " + (owner == winner_.end() ? "none" : owner->second) + ")");
             }
           }
           if (failed_attempt_.count(*life) && ev.attempt <= failed_attempt_[*life])
@@ -439,6 +477,22 @@ void World::carry_out(std::vector<Action>& actions) {
           }
         }
       }
+    } else if (auto* oc = std::get_if<action::OpenClaims>(&a)) {
+      auto it = active_.find(oc->slot);
+      if (it == active_.end()) violate("open claims of a released slot");
+      if (it->second.claim_attempt != oc->attempt) {
+        it->second.claim_attempt = oc->attempt;
+        it->second.claim_owner = 0;
+      }
+    } else if (auto* cs = std::get_if<action::ClaimInSegment>(&a)) {
+      input::ClaimResult res{cs->op, cs->execution_id, cs->attempt, ClaimOutcome::kNotFound, 0};
+      auto it = active_.find(cs->slot);
+      if (it != active_.end()) {
+        res.outcome = claim_word(it->second, cs->attempt, cs->worker, res.owner);
+      }
+      std::vector<Action> more;
+      sched_->handle(res, now_, more);
+      for (auto& m : more) actions.push_back(std::move(m));
     } else if (auto* sa = std::get_if<action::SetAttempt>(&a)) {
       auto it = active_.find(sa->slot);
       if (it == active_.end()) violate("set_attempt of a released slot");
@@ -461,7 +515,7 @@ void World::carry_out(std::vector<Action>& actions) {
       if (auto c = claims_.find(ans->op); c != claims_.end()) {
         const auto* claimed = field("claimed");
         if (ans->reply.ok && claimed && std::get<bool>(*claimed)) {
-          // Exactly one winner per attempt.
+          // Exactly one winner per attempt (the word's, when it decided).
           auto [it, fresh] =
               winner_.emplace(std::make_pair(c->second.life, c->second.attempt), c->second.worker);
           if (!fresh && it->second != c->second.worker)
@@ -933,6 +987,16 @@ void World::apply_step(const Step& s) {
                                 caps_of(s.b), id_of(s.c)});
       break;
     }
+    case Step::kShmClaim: {
+      if (active_.empty()) break;
+      auto it = active_.begin();
+      std::advance(it, s.a % active_.size());
+      const std::uint32_t attempt =
+          s.c % 4 == 0 ? it->second.info.attempt + 1 : it->second.info.attempt;
+      std::uint32_t owner = 0;
+      claim_word(it->second, attempt, worker_number("w" + std::to_string(s.b % kWorkers)), owner);
+      break;
+    }
     case Step::kKinds:
       break;
   }
@@ -950,7 +1014,7 @@ std::string describe(const Step& s) {
                                       "wall-jump",      "register",
                                       "heartbeat",      "unregister",
                                       "process-exit",   "claim",
-                                      "blocker"};
+                                      "blocker",        "shm-claim"};
   std::ostringstream o;
   o << names[s.kind] << "(" << s.a << "," << s.b << "," << s.c << ")";
   return o.str();
@@ -960,7 +1024,7 @@ std::vector<Step> generate(std::uint64_t seed, std::size_t steps) {
   std::mt19937_64 rng(seed);
   // Weights per kind: mostly submits, deliveries, completions and time.
   static const std::uint32_t weights[Step::kKinds] = {20, 4, 5, 10, 6, 22, 18, 1, 1, 1,
-                                                      1,  2, 1, 3,  4, 1,  1,  6, 1};
+                                                      1,  2, 1, 3,  4, 1,  1,  6, 1, 5};
   std::uint32_t total = 0;
   for (auto w : weights) total += w;
   std::vector<Step> out;

@@ -46,6 +46,7 @@ struct Step {
     kProcessExit,  // the process behind a session dies: its workers are gone
     kClaim,        // a worker claims an execution (often one pushed to another: a steal)
     kBlocker,
+    kShmClaim,  // a local worker claims through the segment's claim word
     kKinds,
   };
   Kind kind = kTime;

@@ -171,6 +171,8 @@ Scheduler::Exec& Scheduler::admit(const std::string& id) {
   e.pushed_to.clear();
   e.waiting = false;
   e.claim_seq = 0;
+  e.claims_open = 0;
+  e.owner_no = 0;
   return e;
 }
 
@@ -305,6 +307,11 @@ void Scheduler::on(const input::Recovered& in, Time now, std::vector<Action>& ou
                 ? priority_index(in.info.priority)
                 : std::min<std::size_t>((in.annotation >> 8) & 0xff, kPriorityLevels - 1);
   e.publish_failures = static_cast<std::uint32_t>((in.annotation >> 16) & 0xffff);
+  // The claim word outlives supervisors: who claimed it is still known (by number, until that
+  // worker registers again).
+  // (The phase word may have moved on to a newer attempt than the claim word's.)
+  e.claims_open = in.claims_open_at == e.info.attempt ? e.info.attempt : 0;
+  if (e.claims_open != 0 && in.owner != 0) adopt_owner(e, in.owner);
   if (phase == Phase::kDispatched) {
     // Every transport had it. Its timeout starts again now (the time it was dispatched died
     // with the previous supervisor).
@@ -419,13 +426,15 @@ Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
     answer(out, op, Reply::failure("not_owner", not_theirs(*as_user, id, e.info.user_id)));
     return nullptr;
   }
-  if (worker && !e.owner.empty() && *worker != e.owner) {
+  const bool owns = worker && (e.owner == *worker || (e.owner.empty() && e.owner_no != 0 &&
+                                                      e.owner_no == worker_number(*worker)));
+  if (worker && claimed(e) && !owns) {
     answer(out, op,
-           Reply::failure("not_owner", "execution " + id + " is claimed by worker '" + e.owner +
-                                           "', not by '" + *worker + "'"));
+           Reply::failure("not_owner", "execution " + id + " is claimed by worker '" +
+                                           owner_name(e) + "', not by '" + *worker + "'"));
     return nullptr;
   }
-  if (worker && e.owner.empty() && !e.worker.empty() && *worker != e.worker) {
+  if (worker && !claimed(e) && !e.worker.empty() && *worker != e.worker) {
     answer(out, op,
            Reply::failure("not_owner", "execution " + id + " was pushed to worker '" + e.worker +
                                            "' and nobody has claimed it: claim it first"));
@@ -443,6 +452,25 @@ Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
 }
 
 void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out) {
+  report_complete(in, false, now, out);
+}
+
+void Scheduler::on(const input::Fail& in, Time now, std::vector<Action>& out) {
+  report_fail(in, false, now, out);
+}
+
+// A report names a worker while the scheduler knows of no owner: the claim word may know one (a
+// claim through shared memory), so it is asked first.
+void Scheduler::report_complete(const input::Complete& in, bool asked, Time now,
+                                std::vector<Action>& out) {
+  if (Exec* e = find(in.execution_id);
+      e && !asked && in.worker_id && !claimed(*e) && e->claims_open == e->info.attempt) {
+    PendingClaim pc;
+    pc.kind = PendingClaim::kReport;
+    pc.complete = in;
+    ask_claim_word(*e, in.op, 0, std::move(pc), out);
+    return;
+  }
   Exec* found = reported(in.op, in.execution_id, in.attempt, in.worker_id, in.as_user, out);
   if (!found) return;
   Exec& e = *found;
@@ -462,7 +490,15 @@ void Scheduler::on(const input::Complete& in, Time now, std::vector<Action>& out
   answer(out, in.op, Reply::success());
 }
 
-void Scheduler::on(const input::Fail& in, Time now, std::vector<Action>& out) {
+void Scheduler::report_fail(const input::Fail& in, bool asked, Time now, std::vector<Action>& out) {
+  if (Exec* e = find(in.execution_id);
+      e && !asked && in.worker_id && !claimed(*e) && e->claims_open == e->info.attempt) {
+    PendingClaim pc;
+    pc.kind = PendingClaim::kReport;
+    pc.fail = in;
+    ask_claim_word(*e, in.op, 0, std::move(pc), out);
+    return;
+  }
   Exec* e = reported(in.op, in.execution_id, in.attempt, in.worker_id, in.as_user, out);
   if (!e) return;
   fail(*e, in.error, std::nullopt, in.worker_id, in.retry, now, out);
@@ -474,13 +510,14 @@ void Scheduler::fail(Exec& e, std::string error, std::optional<std::string> reas
                      std::vector<Action>& out) {
   const bool again = retry && e.info.attempt < config_.max_attempts;
   // Another attempt goes to another worker if there is one.
-  const std::string ran_on = !e.owner.empty() ? e.owner : e.worker;
+  const std::string ran_on = claimed(e) ? owner_name(e) : e.worker;
   if (!worker && !ran_on.empty()) worker = ran_on;
   settle_load(e);
   if (again) {
     e.avoid = ran_on;
     e.worker.clear();
     e.owner.clear();
+    e.owner_no = 0;
     e.pushed_to.clear();
     // The next attempt is recorded (phase word, then slot) before its predecessor's failure is
     // announced: a supervisor that dies in between publishes the new attempt, never the failed
@@ -680,6 +717,12 @@ void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
     ++w->load;
     ++counters_.pushed;
     arm_claim_timeout(e, now);
+  }
+  if (push && e.claims_open != e.info.attempt) {
+    // Claims of this attempt open before it is offered (the shell stores before it publishes).
+    out.push_back(action::OpenClaims{e.slot, e.info.attempt});
+    e.claims_open = e.info.attempt;
+    e.owner_no = 0;
   }
   if (push) {
     // A new recipient (a new offer) goes to every transport again; the same one again (a
@@ -907,16 +950,30 @@ void Scheduler::on(const input::RegisterWorker& in, Time now, std::vector<Action
                                            "' is registered by another live process: choose "
                                            "another id, or unregister that one first"));
       return;
-    case WorkerRegistry::Registration::kNew:
+    case WorkerRegistry::Registration::kNumberTaken:
+      answer(out, in.op,
+             Reply::failure("invalid", "worker id '" + in.worker_id +
+                                           "' has the same worker number as a live worker's: "
+                                           "choose another id"));
+      return;
+    case WorkerRegistry::Registration::kNew: {
       ++counters_.workers_registered;
+      // Executions it claimed through shared memory before a supervisor restart are its again.
+      const std::uint32_t number = worker_number(in.worker_id);
+      for (const auto& [eid, idx] : active_) {
+        Exec& e = execs_[idx];
+        if (e.owner.empty() && e.owner_no == number) adopt_owner(e, number);
+      }
       publish(worker_event(EventType::kWorkerRegistered, *workers_.find(in.worker_id)), out);
       break;
+    }
     case WorkerRegistry::Registration::kUpdated:
       break;
   }
   answer(out, in.op,
          Reply::success()
              .with("worker_id", in.worker_id)
+             .with("worker_number", static_cast<std::int64_t>(worker_number(in.worker_id)))
              .with("worker_timeout_ms", static_cast<std::int64_t>(config_.worker_timeout_ms))
              .with("heartbeat_interval_ms", static_cast<std::int64_t>(std::max<std::uint64_t>(
                                                 1, config_.worker_timeout_ms / 3))));
@@ -960,29 +1017,162 @@ void Scheduler::worker_gone(const std::string& id, const std::string& reason, Ti
   std::vector<ExecIndex> affected;
   for (const auto& [eid, idx] : active_) {
     const Exec& e = execs_[idx];
-    if (e.owner == id || (e.owner.empty() && e.worker == id)) affected.push_back(idx);
+    if (e.owner == id || (e.owner.empty() && e.owner_no == gone->number) ||
+        (!claimed(e) && e.worker == id)) {
+      affected.push_back(idx);
+    }
   }
   // In pool order, so that the outcome does not depend on the hash map's iteration order.
   std::sort(affected.begin(), affected.end());
   for (const ExecIndex idx : affected) {
     Exec& e = execs_[idx];
     if (!e.live) continue;
-    e.load_on.clear();  // the worker and its load are gone
-    if (e.owner == id) {
-      // It may have run: another attempt, or a failure when attempts are used up.
-      ++counters_.worker_lost_executions;
-      fail(e, "worker " + id + " is gone (" + reason + ")", std::string("worker_lost"), id, true,
-           now, out);
+    if (e.load_on == id) e.load_on.clear();  // the worker and its load are gone
+    if (!claimed(e) && e.claims_open == e.info.attempt) {
+      // The claim word may say it claimed it (through shared memory): ask before deciding.
+      PendingClaim pc;
+      pc.kind = PendingClaim::kWorkerGone;
+      pc.worker_id = id;
+      pc.reason = reason;
+      ask_claim_word(e, next_internal_op_--, 0, std::move(pc), out);
       continue;
     }
-    // Pushed and never claimed: it never ran. Offered to another worker, same attempt.
-    e.avoid = id;
-    e.worker.clear();
-    hold(e, now.mono_ns, true, out);
+    lose_worker_exec(e, id, reason, now, out);
   }
   Event ev = worker_event(EventType::kWorkerUnregistered, *gone);
   ev.reason = reason;
   publish(std::move(ev), out);
+}
+
+// What a gone worker leaves: an execution it owned may have run (another attempt, or the final
+// failure); one only pushed to it never ran (offered to another worker, same attempt).
+void Scheduler::lose_worker_exec(Exec& e, const std::string& id, const std::string& reason,
+                                 Time now, std::vector<Action>& out) {
+  const bool owned = e.owner == id || (e.owner.empty() && e.owner_no == worker_number(id));
+  if (owned) {
+    ++counters_.worker_lost_executions;
+    fail(e, "worker " + id + " is gone (" + reason + ")", std::string("worker_lost"), id, true, now,
+         out);
+    return;
+  }
+  if (claimed(e) || e.worker != id) return;  // another worker has it
+  e.avoid = id;
+  e.worker.clear();
+  hold(e, now.mono_ns, true, out);
+}
+
+void Scheduler::ask_claim_word(Exec& e, OpId op, std::uint32_t worker, PendingClaim pending,
+                               std::vector<Action>& out) {
+  pending_claims_[op] = std::move(pending);
+  out.push_back(action::ClaimInSegment{op, e.slot, e.info.execution_id, e.info.attempt, worker});
+}
+
+void Scheduler::adopt_owner(Exec& e, std::uint32_t number) {
+  e.owner_no = number;
+  e.claim_seq = 0;
+  if (Worker* w = workers_.find_number(number)) {
+    if (e.load_on != w->id) {
+      settle_load(e);
+      ++w->load;
+      e.load_on = w->id;
+    }
+    e.owner = w->id;
+  }
+}
+
+std::string Scheduler::owner_name(const Exec& e) const {
+  if (!e.owner.empty()) return e.owner;
+  return e.owner_no != 0 ? "#" + std::to_string(e.owner_no) : "";
+}
+
+void Scheduler::claim_won(Exec& e, Worker& w, Time now, std::vector<Action>& out) {
+  ++counters_.claims_won;
+  if (e.load_on != w.id) {
+    settle_load(e);
+    ++w.load;
+    e.load_on = w.id;
+  }
+  e.owner = w.id;
+  e.owner_no = w.number;
+  e.claim_seq = 0;
+  if (e.waiting) {
+    // Nobody was offered it yet: it is pushed to the claimant (who needs its payload).
+    unhold(e);
+    e.worker = w.id;
+    e.phase = Phase::kUnknown;
+    publish_dispatch(e, now, out);
+  }
+}
+
+void Scheduler::reoffer(Exec& e, Time now, std::vector<Action>& out) {
+  const Worker* other = workers_.pick(e.info.required_capabilities, e.worker);
+  if (!other || other->id == e.worker) {
+    // Nobody else can take it: it stays offered to the same worker (never pushed twice to
+    // one worker for one attempt), and is looked at again after another claim timeout.
+    arm_claim_timeout(e, now);
+    return;
+  }
+  ++counters_.claim_timeouts;
+  out.push_back(action::Log{false, e.info.execution_id,
+                            "nobody claimed " + e.info.execution_id + " within " +
+                                std::to_string(config_.claim_timeout_ms) + " ms of its push to " +
+                                e.worker + ": offering it to another worker"});
+  e.avoid = e.worker;
+  settle_load(e);
+  e.worker.clear();
+  e.claim_seq = 0;
+  e.phase = Phase::kUnknown;
+  --dispatched_;  // publish_dispatch counts it again (or parks it)
+  // Nobody ran it: its timeout starts again with the new offer.
+  e.dispatched_at = 0;
+  e.timeout_seq = 0;
+  publish_dispatch(e, now, out);
+}
+
+void Scheduler::on(const input::ClaimResult& in, Time now, std::vector<Action>& out) {
+  auto it = pending_claims_.find(in.op);
+  if (it == pending_claims_.end()) return;
+  PendingClaim pc = std::move(it->second);
+  pending_claims_.erase(it);
+  Exec* e = find(in.execution_id);
+  const bool current = e && e->live && e->info.attempt == in.attempt;
+  const bool owned = in.outcome == ClaimOutcome::kWon || in.outcome == ClaimOutcome::kLost;
+  const bool won = pc.kind == PendingClaim::kClaim && in.outcome == ClaimOutcome::kWon;
+  if (current && owned && !won && in.owner != 0 && !claimed(*e)) adopt_owner(*e, in.owner);
+  switch (pc.kind) {
+    case PendingClaim::kClaim: {
+      Worker* w = workers_.find(pc.worker_id);
+      if (current && won && w) {
+        claim_won(*e, *w, now, out);
+        answer(out, in.op,
+               Reply::success()
+                   .with("claimed", true)
+                   .with("owner", e->owner)
+                   .with("attempt", static_cast<std::int64_t>(e->info.attempt)));
+        return;
+      }
+      ++counters_.claims_lost;
+      answer(out, in.op,
+             Reply::success()
+                 .with("claimed", false)
+                 .with("owner", current ? owner_name(*e) : std::string())
+                 .with("reason", std::string(current && owned ? "claimed" : "not_current")));
+      return;
+    }
+    case PendingClaim::kReport:
+      if (pc.complete) report_complete(*pc.complete, true, now, out);
+      if (pc.fail) report_fail(*pc.fail, true, now, out);
+      return;
+    case PendingClaim::kClaimTimeout:
+      if (current && !claimed(*e) &&
+          (e->phase == Phase::kDispatching || e->phase == Phase::kDispatched)) {
+        reoffer(*e, now, out);
+      }
+      return;
+    case PendingClaim::kWorkerGone:
+      if (current) lose_worker_exec(*e, pc.worker_id, pc.reason, now, out);
+      return;
+  }
 }
 
 void Scheduler::on(const input::Claim& in, Time now, std::vector<Action>& out) {
@@ -1012,8 +1202,8 @@ void Scheduler::on(const input::Claim& in, Time now, std::vector<Action>& out) {
     return;
   }
   Exec& e = *found;
-  if (!e.owner.empty()) {
-    lost(e.owner, "claimed");
+  if (claimed(e)) {
+    lost(owner_name(e), "claimed");
     return;
   }
   if (!covers(w->capabilities, e.info.required_capabilities)) {
@@ -1029,27 +1219,26 @@ void Scheduler::on(const input::Claim& in, Time now, std::vector<Action>& out) {
     lost("", "capacity");  // taking it now would pass max_active_executions
     return;
   }
-  // The one winner.
-  ++counters_.claims_won;
-  if (e.load_on != w->id) {
-    settle_load(e);
-    ++w->load;
-    e.load_on = w->id;
+  if (e.info.required_capabilities.empty()) {
+    // A command for any runner: no claim word (local workers claim worker tasks only).
+    claim_won(e, *w, now, out);
+    answer(out, in.op,
+           Reply::success()
+               .with("claimed", true)
+               .with("owner", e.owner)
+               .with("attempt", static_cast<std::int64_t>(e.info.attempt)));
+    return;
   }
-  e.owner = w->id;
-  e.claim_seq = 0;
-  if (e.waiting) {
-    // Nobody was offered it yet: it is pushed to the claimant (who needs its payload).
-    unhold(e);
-    e.worker = w->id;
-    e.phase = Phase::kUnknown;
-    publish_dispatch(e, now, out);
+  // The claim word decides, against claims through shared memory at the same moment.
+  if (e.claims_open != e.info.attempt) {
+    out.push_back(action::OpenClaims{e.slot, e.info.attempt});
+    e.claims_open = e.info.attempt;
+    e.owner_no = 0;
   }
-  answer(out, in.op,
-         Reply::success()
-             .with("claimed", true)
-             .with("owner", e.owner)
-             .with("attempt", static_cast<std::int64_t>(e.info.attempt)));
+  PendingClaim pc;
+  pc.kind = PendingClaim::kClaim;
+  pc.worker_id = w->id;
+  ask_claim_word(e, in.op, w->number, std::move(pc), out);
 }
 
 void Scheduler::on(const input::ReportBlocker& in, Time now, std::vector<Action>& out) {
@@ -1128,35 +1317,22 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
       worker_gone(id, "heartbeat_timeout", now, out);
     }
   }
-  // Pushes nobody claimed in time: offered to another worker, same attempt.
+  // Pushes nobody claimed in time: offered to another worker, same attempt (unless the claim
+  // word says a worker claimed it through shared memory).
   while (!claim_timeouts_.empty() && claim_timeouts_.top().at <= now.mono_ns) {
     const TimeoutEntry t = claim_timeouts_.top();
     claim_timeouts_.pop();
     Exec& e = execs_[t.exec];
-    if (!e.live || e.claim_seq != t.seq || !e.owner.empty()) continue;
+    if (!e.live || e.claim_seq != t.seq || claimed(e)) continue;
     if (e.phase != Phase::kDispatching && e.phase != Phase::kDispatched) continue;
-    const Worker* other = workers_.pick(e.info.required_capabilities, e.worker);
-    if (!other || other->id == e.worker) {
-      // Nobody else can take it: it stays offered to the same worker (never pushed twice to
-      // one worker for one attempt), and is looked at again after another claim timeout.
-      arm_claim_timeout(e, now);
-      continue;
-    }
-    ++counters_.claim_timeouts;
-    out.push_back(action::Log{false, e.info.execution_id,
-                              "nobody claimed " + e.info.execution_id + " within " +
-                                  std::to_string(config_.claim_timeout_ms) + " ms of its push to " +
-                                  e.worker + ": offering it to another worker"});
-    e.avoid = e.worker;
-    settle_load(e);
-    e.worker.clear();
     e.claim_seq = 0;
-    e.phase = Phase::kUnknown;
-    --dispatched_;  // publish_dispatch counts it again (or parks it)
-    // Nobody ran it: its timeout starts again with the new offer.
-    e.dispatched_at = 0;
-    e.timeout_seq = 0;
-    publish_dispatch(e, now, out);
+    if (e.claims_open == e.info.attempt) {
+      PendingClaim pc;
+      pc.kind = PendingClaim::kClaimTimeout;
+      ask_claim_word(e, next_internal_op_--, 0, std::move(pc), out);
+    } else {
+      reoffer(e, now, out);
+    }
   }
   // Cancels the queue could not take a moment ago.
   if (!deferred_cancels_.empty()) {

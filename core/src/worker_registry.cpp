@@ -2,7 +2,14 @@
 
 #include <algorithm>
 
+#include "shmsched/core/stable_hash.h"
+
 namespace shmsched::core {
+
+std::uint32_t worker_number(std::string_view id) {
+  const auto n = static_cast<std::uint32_t>(stable_hash(id) >> 32);
+  return n == 0 ? 1 : n;
+}
 
 std::vector<std::string> normalized(std::vector<std::string> capabilities) {
   std::sort(capabilities.begin(), capabilities.end());
@@ -17,13 +24,17 @@ bool covers(const std::vector<std::string>& have, const std::vector<std::string>
 WorkerRegistry::Registration WorkerRegistry::add(Worker w) {
   w.capabilities = normalized(std::move(w.capabilities));
   if (w.capacity == 0) w.capacity = 1;
+  w.number = worker_number(w.id);
   auto it = workers_.find(w.id);
-  ++room_epoch_;
   if (it == workers_.end()) {
+    if (numbers_.count(w.number)) return Registration::kNumberTaken;
+    ++room_epoch_;
     w.serial = next_serial_++;
+    numbers_[w.number] = w.id;
     workers_.emplace(w.id, std::move(w));
     return Registration::kNew;
   }
+  ++room_epoch_;
   Worker& old = it->second;
   if (!old.session.empty() && !w.session.empty() && old.session != w.session) {
     return Registration::kTakenByAnotherSession;
@@ -40,12 +51,18 @@ std::optional<Worker> WorkerRegistry::remove(std::string_view id) {
   if (it == workers_.end()) return std::nullopt;
   Worker w = std::move(it->second);
   workers_.erase(it);
+  numbers_.erase(w.number);
   return w;
 }
 
 Worker* WorkerRegistry::find(std::string_view id) {
   auto it = workers_.find(id);
   return it == workers_.end() ? nullptr : &it->second;
+}
+
+Worker* WorkerRegistry::find_number(std::uint32_t number) {
+  auto it = numbers_.find(number);
+  return it == numbers_.end() ? nullptr : find(it->second);
 }
 
 const Worker* WorkerRegistry::find(std::string_view id) const {

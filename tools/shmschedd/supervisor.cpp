@@ -69,6 +69,18 @@ core::CancelOutcome to_core(ipc::CancelOutcome o) {
   return core::CancelOutcome::kNotFound;
 }
 
+// The claim word's outcomes, as the queue reports them and the scheduler reads them.
+static_assert(static_cast<int>(ipc::ClaimOutcome::kWon) ==
+              static_cast<int>(core::ClaimOutcome::kWon));
+static_assert(static_cast<int>(ipc::ClaimOutcome::kLost) ==
+              static_cast<int>(core::ClaimOutcome::kLost));
+static_assert(static_cast<int>(ipc::ClaimOutcome::kNotCurrent) ==
+              static_cast<int>(core::ClaimOutcome::kNotCurrent));
+static_assert(static_cast<int>(ipc::ClaimOutcome::kNotFound) ==
+              static_cast<int>(core::ClaimOutcome::kNotFound));
+static_assert(static_cast<int>(ipc::ClaimOutcome::kUnavailable) ==
+              static_cast<int>(core::ClaimOutcome::kUnavailable));
+
 core::ExecutionInfo info_of(const ipc::ExecutionView& v) {
   core::ExecutionInfo info{std::string(v.execution_id),
                            std::string(v.user_id),
@@ -253,6 +265,13 @@ void Supervisor::carry_out(std::vector<core::Action>& actions) {
       consumer_->annotate(unpack(an->slot), an->value);
     } else if (auto* sa = std::get_if<core::action::SetAttempt>(&a)) {
       consumer_->set_attempt(unpack(sa->slot), sa->attempt);
+    } else if (auto* oc = std::get_if<core::action::OpenClaims>(&a)) {
+      consumer_->open_claims(unpack(oc->slot), oc->attempt);
+    } else if (auto* cs = std::get_if<core::action::ClaimInSegment>(&a)) {
+      const auto r = consumer_->claim(unpack(cs->slot), cs->attempt, cs->worker);
+      core_.handle(core::input::ClaimResult{cs->op, cs->execution_id, cs->attempt,
+                                            static_cast<core::ClaimOutcome>(r.outcome), r.owner},
+                   t, more);
     } else if (auto* r = std::get_if<core::action::Release>(&a)) {
       release(unpack(r->slot));
     } else if (auto* log = std::get_if<core::action::Log>(&a)) {
@@ -719,7 +738,12 @@ void Supervisor::recover_active() {
     const auto view = consumer_->view(ref);
     if (!view) continue;
     ++n;
-    feed(core::input::Recovered{pack(ref), info_of(*view), consumer_->annotation(ref)});
+    // Who claimed it (through shared memory, or for a worker on the ingress) outlives us.
+    const auto word = consumer_->claim(ref, view->attempt, 0);
+    const bool open =
+        word.outcome == ipc::ClaimOutcome::kWon || word.outcome == ipc::ClaimOutcome::kLost;
+    feed(core::input::Recovered{pack(ref), info_of(*view), consumer_->annotation(ref),
+                                open ? view->attempt : 0, open ? word.owner : 0});
   }
   if (n > 0) {
     spdlog::info(

@@ -177,6 +177,7 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
     // The consumer's annotation word (the supervisor's dispatch phase) starts clear for every
     // generation: a consumer that dies right after taking the slot leaves it in no phase.
     store_field(s.reserved[0], std::uint64_t{0});
+    store_field(s.reserved[1], std::uint64_t{0});  // the claim word: not open
     store_field(s.priority, static_cast<std::uint8_t>(level));
     store_field(s.id_len, static_cast<std::uint8_t>(req.execution_id.size()));
     store_field(s.user_len, static_cast<std::uint8_t>(req.user_id.size()));

@@ -87,6 +87,36 @@ ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
   return out;
 }
 
+ClientClaimResult Client::claim(const std::string& worker_id, std::uint32_t worker_number,
+                                const std::string& execution_id, std::uint32_t attempt) {
+  ClientClaimResult out;
+  if (producer_ && worker_number != 0) {
+    const ClaimResult r = producer_->claim(execution_id, attempt, worker_number);
+    if (r.outcome == ClaimOutcome::kWon || r.outcome == ClaimOutcome::kLost) {
+      out.claimed = r.outcome == ClaimOutcome::kWon;
+      out.owner_number = r.owner;
+      if (out.claimed) out.owner = worker_id;
+      out.via_shared_memory = true;
+      if (!out.claimed) out.reason = "claimed";
+      return out;
+    }
+  }
+  auto oh = call(protocol::MapBuilder()
+                     .str("op", "claim")
+                     .str("worker_id", worker_id)
+                     .str("execution_id", execution_id)
+                     .finish());
+  const auto& r = oh.get();
+  if (!get_bool(r, "ok").value_or(false)) {
+    out.reason = get_string(r, "error").value_or("invalid");
+    return out;
+  }
+  out.claimed = get_bool(r, "claimed").value_or(false);
+  out.owner = get_string(r, "owner").value_or("");
+  out.reason = get_string(r, "reason").value_or("");
+  return out;
+}
+
 const msgpack::object* find_field(const msgpack::object& map, std::string_view key) {
   if (map.type != msgpack::type::MAP) return nullptr;
   for (const auto& kv : map.via.map) {

@@ -83,6 +83,9 @@ using TransportId = std::uint64_t;  // one running instance of a transport
 
 // kNotOwner: the queue holds it for another user than the one the cancel acts for.
 enum class CancelOutcome : std::uint8_t { kCancelled, kNotFound, kActive, kUnavailable, kNotOwner };
+// The claim word in the execution's slot (shared with local workers that claim through shared
+// memory): the outcome of one compare-and-swap.
+enum class ClaimOutcome : std::uint8_t { kWon, kLost, kNotCurrent, kNotFound, kUnavailable };
 
 enum class FinalState : std::uint8_t { kNone = 0, kCompleted, kFailed, kCancelled, kExpired };
 std::string_view final_state_name(FinalState s);
@@ -113,11 +116,14 @@ struct TakeDone {
 struct Expired {
   ExecutionInfo info;
 };
-// At start: an execution the previous supervisor had taken, with the phase word it kept.
+// At start: an execution the previous supervisor had taken, with the phase word it kept, and
+// its claim word: the attempt claims are open at (0: none) and who owns it (0: nobody).
 struct Recovered {
   SlotRef slot = 0;
   ExecutionInfo info;
   std::uint64_t annotation = 0;
+  std::uint32_t claims_open_at = 0;
+  std::uint32_t owner = 0;
 };
 // `as_user`, on cancel, complete and fail: the request acts for this user only (a local client
 // that is not trusted); it is refused for another user's execution. nullopt: for anyone.
@@ -243,6 +249,14 @@ struct ReportBlocker {
 struct ListWorkers {
   OpId op = 0;
 };
+// The answer to action::ClaimInSegment.
+struct ClaimResult {
+  OpId op = 0;
+  std::string execution_id;
+  std::uint32_t attempt = 0;
+  ClaimOutcome outcome = ClaimOutcome::kNotFound;
+  std::uint32_t owner = 0;  // the owner's worker number (won or lost)
+};
 }  // namespace input
 
 using Input =
@@ -252,7 +266,7 @@ using Input =
                  input::ListFinished, input::Delivery, input::TransportUp, input::TransportRetiring,
                  input::TransportGone, input::Reload, input::RegisterWorker, input::Heartbeat,
                  input::UnregisterWorker, input::SessionGone, input::Claim, input::ReportBlocker,
-                 input::ListWorkers>;
+                 input::ListWorkers, input::ClaimResult>;
 
 namespace action {
 // Publish `event` to these transports (empty: every one that is up); for a CreatePodCommand,
@@ -304,6 +318,21 @@ struct SetAttempt {
 struct Release {
   SlotRef slot = 0;
 };
+// Open claims of a taken execution at `attempt` in its claim word (no owner), unless open at
+// that attempt already (then its owner stays).
+struct OpenClaims {
+  SlotRef slot = 0;
+  std::uint32_t attempt = 1;
+};
+// Claim it in its claim word for the worker numbered `worker` (0: only read who owns it), at
+// `attempt` (input::ClaimResult with `op`).
+struct ClaimInSegment {
+  OpId op = 0;
+  SlotRef slot = 0;
+  std::string execution_id;
+  std::uint32_t attempt = 1;
+  std::uint32_t worker = 0;
+};
 // A decision worth a line in the log (a failed publish and its backoff, a timeout).
 struct Log {
   bool warning = false;
@@ -312,9 +341,10 @@ struct Log {
 };
 }  // namespace action
 
-using Action = std::variant<action::Publish, action::Answer, action::Take, action::SubmitToQueue,
-                            action::CancelInQueue, action::SweepStale, action::Annotate,
-                            action::SetAttempt, action::Release, action::Log>;
+using Action =
+    std::variant<action::Publish, action::Answer, action::Take, action::SubmitToQueue,
+                 action::CancelInQueue, action::SweepStale, action::Annotate, action::SetAttempt,
+                 action::Release, action::Log, action::OpenClaims, action::ClaimInSegment>;
 
 struct SchedulerCounters {
   std::uint64_t accepted = 0;
@@ -408,9 +438,11 @@ class Scheduler {
     // Workers (executions with required capabilities): pushed to `worker`, claimed by `owner`;
     // `load_on` is the one whose load counts it; `avoid` the one it last failed on.
     std::string worker, owner, load_on, avoid;
-    std::string pushed_to;        // "<worker>#<serial>" its transports' acknowledgements are for
-    bool waiting = false;         // in waiting_: no live worker with room covers it
-    std::uint64_t claim_seq = 0;  // invalidates older entries of the claim heap
+    std::string pushed_to;          // "<worker>#<serial>" its transports' acknowledgements are for
+    bool waiting = false;           // in waiting_: no live worker with room covers it
+    std::uint32_t claims_open = 0;  // the attempt its claim word is open at (0: not open)
+    std::uint32_t owner_no = 0;     // the owner's worker number, as the claim word says
+    std::uint64_t claim_seq = 0;    // invalidates older entries of the claim heap
   };
   using ExecIndex = std::uint32_t;
   struct FinishedRecord {
@@ -500,6 +532,27 @@ class Scheduler {
   void settle_load(Exec& e);                     // the execution no longer counts on any worker
   void park(Exec& e, std::vector<Action>& out);  // waits for a worker
   void arm_claim_timeout(Exec& e, Time now);
+  void on(const input::ClaimResult& in, Time now, std::vector<Action>& out);
+  // What the claim word must be asked before a decision (see pending_claims_).
+  struct PendingClaim {
+    enum Kind : std::uint8_t { kClaim, kReport, kClaimTimeout, kWorkerGone } kind = kClaim;
+    std::string worker_id;  // kClaim: the claimant; kWorkerGone: the worker that went
+    std::string reason;     // kWorkerGone
+    std::optional<input::Complete> complete;  // kReport
+    std::optional<input::Fail> fail;          // kReport
+  };
+  void ask_claim_word(Exec& e, OpId op, std::uint32_t worker, PendingClaim pending,
+                      std::vector<Action>& out);
+  // The claim word says `number` owns it: the owner as far as the registry knows it.
+  void adopt_owner(Exec& e, std::uint32_t number);
+  bool claimed(const Exec& e) const { return !e.owner.empty() || e.owner_no != 0; }
+  std::string owner_name(const Exec& e) const;
+  void claim_won(Exec& e, Worker& w, Time now, std::vector<Action>& out);
+  void reoffer(Exec& e, Time now, std::vector<Action>& out);  // after a claim timeout
+  void lose_worker_exec(Exec& e, const std::string& id, const std::string& reason, Time now,
+                        std::vector<Action>& out);
+  void report_complete(const input::Complete& in, bool asked, Time now, std::vector<Action>& out);
+  void report_fail(const input::Fail& in, bool asked, Time now, std::vector<Action>& out);
 
   SchedulerConfig config_;
   SchedulerCounters counters_;
@@ -529,6 +582,10 @@ class Scheduler {
   std::deque<ExecIndex> waiting_;         // in arrival order
   std::uint64_t waiting_seen_epoch_ = 0;  // workers_.room_epoch() when waiting_ was last tried
   std::priority_queue<TimeoutEntry, std::vector<TimeoutEntry>, std::greater<>> claim_timeouts_;
+  // Decisions waiting for the claim word (keyed by their op; internal ones get ops from the top
+  // of the range, which the shell never uses).
+  std::unordered_map<OpId, PendingClaim> pending_claims_;
+  OpId next_internal_op_ = ~OpId{0};
 };
 
 }  // namespace shmsched::core

@@ -13,8 +13,13 @@
 
 namespace shmsched::core {
 
+// A worker's number: what it writes into an execution's claim word in shared memory (nonzero, the
+// same in every process and across restarts, derived from its id).
+std::uint32_t worker_number(std::string_view id);
+
 struct Worker {
   std::string id;
+  std::uint32_t number = 0;               // worker_number(id)
   std::vector<std::string> capabilities;  // sorted, without duplicates
   std::uint32_t capacity = 1;             // executions it takes at once
   std::uint32_t load = 0;                 // pushed to it or claimed by it, unfinished
@@ -36,13 +41,19 @@ bool covers(const std::vector<std::string>& have, const std::vector<std::string>
 
 class WorkerRegistry {
  public:
-  enum class Registration : std::uint8_t { kNew, kUpdated, kTakenByAnotherSession };
+  enum class Registration : std::uint8_t {
+    kNew,
+    kUpdated,
+    kTakenByAnotherSession,
+    kNumberTaken,  // another live worker's id has the same number (choose another id)
+  };
 
   // Registers or updates `w` (capabilities normalized here); an update keeps the load.
   Registration add(Worker w);
   // Removes it; its load is the caller's to settle first.
   std::optional<Worker> remove(std::string_view id);
   Worker* find(std::string_view id);
+  Worker* find_number(std::uint32_t number);
   const Worker* find(std::string_view id) const;
 
   // The least loaded worker that covers `need` and has room, preferring one other than `avoid`
@@ -65,6 +76,7 @@ class WorkerRegistry {
 
  private:
   std::map<std::string, Worker, std::less<>> workers_;
+  std::map<std::uint32_t, std::string> numbers_;
   std::uint64_t room_epoch_ = 0;
   std::uint64_t next_serial_ = 1;
 };

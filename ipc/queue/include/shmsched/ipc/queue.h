@@ -55,6 +55,23 @@ struct QueueStats {
   std::uint64_t reaped_participants = 0;   // dead producers/consumers cleaned up
 };
 
+// A claim of a dispatched execution by a worker (see claim_word.h): one compare-and-swap on the
+// execution's claim word in its slot, so that of all claimants, in any process, over the ingress
+// or straight through shared memory, exactly one wins.
+enum class ClaimOutcome : std::uint8_t {
+  kWon,
+  kLost,         // another worker owns it: `owner`
+  kNotCurrent,   // not open for claims at this attempt (not offered yet, or a newer attempt)
+  kNotFound,     // not a dispatched execution (queued, finished, unknown)
+  kUnavailable,  // the queue is being repaired and a stopped process holds that up: retry
+};
+struct ClaimResult {
+  ClaimOutcome outcome = ClaimOutcome::kNotFound;
+  std::uint32_t owner = 0;    // the owner's worker number when won or lost
+  std::uint32_t attempt = 0;  // the attempt open for claims (kWon, kLost, kNotCurrent)
+};
+std::string_view claim_outcome_name(ClaimOutcome o);
+
 // What producers and the consumer share: registration in the segment, cancel, status, stats.
 class QueueHandle {
  public:
@@ -182,6 +199,11 @@ class Producer : public QueueHandle {
 
   // Admission (capacity, per-user cap, duplicate id, payload size) and enqueue, as one step.
   SubmitResult submit(const SubmitRequest& request);
+
+  // Claims a dispatched execution for the worker numbered `worker` (the number its
+  // register_worker reply gives, never 0), at `attempt` (its TaskPush's). Safe against a
+  // claimant killed at any instruction: the claim is one atomic operation.
+  ClaimResult claim(std::string_view execution_id, std::uint32_t attempt, std::uint32_t worker);
 };
 
 // A dispatched execution, held in the segment until released.
@@ -256,6 +278,11 @@ class Consumer : public QueueHandle {
   std::uint64_t annotation(ActiveRef ref) const;
   // Sets the attempt number of an active execution (retries).
   void set_attempt(ActiveRef ref, std::uint32_t attempt);
+  // Opens claims of a taken execution at `attempt` (no owner), unless they are open at that
+  // attempt already (an owner stays).
+  void open_claims(ActiveRef ref, std::uint32_t attempt);
+  // The supervisor's claim for a worker (`worker` 0: only reads who owns it).
+  ClaimResult claim(ActiveRef ref, std::uint32_t attempt, std::uint32_t worker);
 
   // The dequeued execution's data, in place.
   std::optional<ExecutionView> view(ActiveRef ref) const;

@@ -36,12 +36,30 @@ struct ClientSubmitResult {
   bool via_shared_memory = false;
 };
 
+struct ClientClaimResult {
+  bool claimed = false;
+  // The owner: its worker id over the ingress; through shared memory only its number
+  // (`owner_number`, as register_worker's reply gives it), and `owner` stays empty.
+  std::string owner;
+  std::uint32_t owner_number = 0;
+  bool via_shared_memory = false;
+  std::string reason;  // when not claimed: claimed, not_current, finished, ... or an error code
+};
+
 class Client {
  public:
   explicit Client(ClientOptions options);
   ~Client();
 
   ClientSubmitResult submit(const protocol::SubmitOp& op);
+
+  // Claims a dispatched execution for a worker: through shared memory when this process may
+  // open the segment and `worker_number` is given (one compare-and-swap, no round trip), else
+  // over the ingress. Either way exactly one claimant of an attempt wins. A claim the segment
+  // cannot decide (not open for claims: a command, or an execution still waiting for a worker)
+  // goes to the ingress.
+  ClientClaimResult claim(const std::string& worker_id, std::uint32_t worker_number,
+                          const std::string& execution_id, std::uint32_t attempt);
 
   // One request/reply round trip over the ingress; returns the decoded reply map.
   msgpack::object_handle call(const std::vector<std::byte>& request);
