@@ -13,7 +13,7 @@ install(FILES systemd/shmsched.sysusers DESTINATION ${CMAKE_INSTALL_PREFIX}/lib/
 install(FILES systemd/shmschedd.conf DESTINATION ${CMAKE_INSTALL_FULL_SYSCONFDIR}/shmsched
   COMPONENT server)
 install(FILES README.md docs/architecture.md docs/protocol.md docs/operations.md docs/plugins.md
-  docs/benchmarks.md DESTINATION ${CMAKE_INSTALL_DOCDIR} COMPONENT server)
+  docs/benchmarks.md docs/audit.md DESTINATION ${CMAKE_INSTALL_DOCDIR} COMPONENT server)
 install(FILES include/shmsched/transport.h DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/shmsched
   COMPONENT server)
 

@@ -24,6 +24,7 @@ struct Fixture {
   Fixture(const std::string& tag, std::vector<std::string> args)
       : dir(temp_dir(tag)), segment(segment_name(tag)) {
     ipc::Segment::remove(segment);
+    args.push_back("--audit-dir=" + dir + "/audit");
     daemon = std::make_unique<Daemon>(dir, segment, std::move(args));
     daemon->start();
     ingress = std::make_unique<Ingress>(daemon->endpoint());
@@ -82,6 +83,18 @@ std::vector<std::string> strings_of(const Map& m, std::string_view key) {
   if (!o || o->type != msgpack::type::ARRAY) return out;
   for (const auto& item : o->via.array) out.emplace_back(item.via.str.ptr, item.via.str.size);
   return out;
+}
+
+// Runs a shell command: (exit code, stdout and stderr).
+std::pair<int, std::string> run_command(const std::string& command) {
+  std::string out;
+  FILE* p = ::popen((command + " 2>&1").c_str(), "r");
+  if (!p) return {-1, ""};
+  char buf[4096];
+  std::size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
 }
 
 std::int64_t counter(const Map& stats, const std::string& name) {
@@ -196,6 +209,24 @@ TEST(DaemonWorkers, CapabilitiesClaimsTimeoutsAndBlockersOverTheIngress) {
   EXPECT_GE(counter(stats, "claim_timeouts"), 1);
   EXPECT_EQ(counter(stats, "claims_won"), 1);
   EXPECT_EQ(counter(stats, "claims_lost"), 1);
+
+  // Every state change is in the audit log, in order, and its chain verifies.
+  ASSERT_EQ(f.daemon->signal(SIGTERM), 0);
+  const std::string ctl = SHMSCHED_BIN_DIR "/shmschedctl audit --dir " + f.dir + "/audit";
+  const auto verify = run_command(ctl + " verify");
+  EXPECT_EQ(verify.first, 0) << verify.second;
+  EXPECT_NE(verify.second.find("chain intact"), std::string::npos) << verify.second;
+  const auto g1 = run_command(ctl + " --execution g1").second;
+  for (const char* t : {"accepted", "pushed", "claimed", "completed"}) {
+    EXPECT_NE(g1.find(t), std::string::npos) << t << " missing from:\n" << g1;
+  }
+  EXPECT_LT(g1.find("accepted"), g1.find("pushed"));
+  EXPECT_LT(g1.find("pushed"), g1.find("claimed"));
+  EXPECT_LT(g1.find("claimed"), g1.find("completed"));
+  const auto all = run_command(ctl).second;
+  for (const char* t : {"worker_registered", "worker_gone", "blocker_reported", "dispatched"}) {
+    EXPECT_NE(all.find(t), std::string::npos) << t << " missing";
+  }
 }
 
 // Runs the example Python worker; returns its pid.

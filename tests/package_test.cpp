@@ -118,8 +118,10 @@ TEST(Package, BuildsInstallsAndRuns) {
     const std::string config = "--config=" + root + SHMSCHED_CONFIG_FILE;
     const std::string runtime = "--runtime-dir=" + run_dir;
     const std::string seg = "--segment=" + segment;
+    // The installed configuration keeps an audit log in /var/lib/shmsched: here, in the test's.
+    const std::string audit = "--audit-dir=" + dir + "/audit";
     ::execl(daemon_bin.c_str(), daemon_bin.c_str(), config.c_str(), runtime.c_str(), seg.c_str(),
-            static_cast<char*>(nullptr));
+            audit.c_str(), static_cast<char*>(nullptr));
     ::_exit(127);
   }
   const std::string ctl =
@@ -136,6 +138,11 @@ TEST(Package, BuildsInstallsAndRuns) {
   int status = 0;
   ::waitpid(pid, &status, 0);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  // The installed shmschedctl checks the log the installed daemon kept.
+  const Shell audit_verify = sh(shell_quote(prefix + "/bin/shmschedctl") + " audit verify --dir " +
+                                shell_quote(dir + "/audit"));
+  EXPECT_EQ(audit_verify.code, 0) << audit_verify.out;
+  EXPECT_THAT(audit_verify.out, HasSubstr("chain intact"));
   ipc::Segment::remove(segment);
   fs::remove_all(dir);
 }

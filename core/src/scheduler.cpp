@@ -311,7 +311,7 @@ void Scheduler::on(const input::Recovered& in, Time now, std::vector<Action>& ou
   // worker registers again).
   // (The phase word may have moved on to a newer attempt than the claim word's.)
   e.claims_open = in.claims_open_at == e.info.attempt ? e.info.attempt : 0;
-  if (e.claims_open != 0 && in.owner != 0) adopt_owner(e, in.owner);
+  if (e.claims_open != 0 && in.owner != 0) adopt_owner(e, in.owner, out);
   if (phase == Phase::kDispatched) {
     // Every transport had it. Its timeout starts again now (the time it was dispatched died
     // with the previous supervisor).
@@ -962,7 +962,7 @@ void Scheduler::on(const input::RegisterWorker& in, Time now, std::vector<Action
       const std::uint32_t number = worker_number(in.worker_id);
       for (const auto& [eid, idx] : active_) {
         Exec& e = execs_[idx];
-        if (e.owner.empty() && e.owner_no == number) adopt_owner(e, number);
+        if (e.owner.empty() && e.owner_no == number) adopt_owner(e, number, out);
       }
       publish(worker_event(EventType::kWorkerRegistered, *workers_.find(in.worker_id)), out);
       break;
@@ -1067,7 +1067,15 @@ void Scheduler::ask_claim_word(Exec& e, OpId op, std::uint32_t worker, PendingCl
   out.push_back(action::ClaimInSegment{op, e.slot, e.info.execution_id, e.info.attempt, worker});
 }
 
-void Scheduler::adopt_owner(Exec& e, std::uint32_t number) {
+void Scheduler::adopt_owner(Exec& e, std::uint32_t number, std::vector<Action>& out) {
+  if (e.owner_no != number) {
+    // Claimed through shared memory: the scheduler learns of it now.
+    ++counters_.claims_won;
+    Worker* w = workers_.find_number(number);
+    out.push_back(action::Audit{"claimed", e.info.execution_id,
+                                w ? w->id : "#" + std::to_string(number), e.info.attempt,
+                                "shared_memory"});
+  }
   e.owner_no = number;
   e.claim_seq = 0;
   if (Worker* w = workers_.find_number(number)) {
@@ -1087,6 +1095,7 @@ std::string Scheduler::owner_name(const Exec& e) const {
 
 void Scheduler::claim_won(Exec& e, Worker& w, Time now, std::vector<Action>& out) {
   ++counters_.claims_won;
+  out.push_back(action::Audit{"claimed", e.info.execution_id, w.id, e.info.attempt, "ingress"});
   if (e.load_on != w.id) {
     settle_load(e);
     ++w.load;
@@ -1138,7 +1147,7 @@ void Scheduler::on(const input::ClaimResult& in, Time now, std::vector<Action>& 
   const bool current = e && e->live && e->info.attempt == in.attempt;
   const bool owned = in.outcome == ClaimOutcome::kWon || in.outcome == ClaimOutcome::kLost;
   const bool won = pc.kind == PendingClaim::kClaim && in.outcome == ClaimOutcome::kWon;
-  if (current && owned && !won && in.owner != 0 && !claimed(*e)) adopt_owner(*e, in.owner);
+  if (current && owned && !won && in.owner != 0 && !claimed(*e)) adopt_owner(*e, in.owner, out);
   switch (pc.kind) {
     case PendingClaim::kClaim: {
       Worker* w = workers_.find(pc.worker_id);

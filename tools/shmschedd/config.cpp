@@ -145,6 +145,20 @@ po::options_description describe(Config& c, Raw& raw) {
       "claim_timeout_ms",
       po::value<std::uint64_t>(&c.claim_timeout_ms)->default_value(c.claim_timeout_ms),
       "a TaskPush not claimed this long is offered to another worker, same attempt (0 = never)")(
+      "audit_dir", po::value<std::string>(&c.audit_dir)->default_value(c.audit_dir),
+      "directory of the hash-chained audit log of every state change (empty = off; fixed at "
+      "start)")("audit_fsync", po::value<std::string>(&c.audit_fsync)->default_value(c.audit_fsync),
+                "when the audit log is synced: batch (every write), interval, none")(
+      "audit_fsync_interval_ms",
+      po::value<std::uint64_t>(&c.audit_fsync_interval_ms)
+          ->default_value(c.audit_fsync_interval_ms),
+      "with audit_fsync = interval: sync at least this often")(
+      "audit_max_file_bytes",
+      po::value<std::uint64_t>(&c.audit_max_file_bytes)->default_value(c.audit_max_file_bytes),
+      "an audit log file is closed before it passes this size")(
+      "audit_max_files",
+      po::value<std::uint32_t>(&c.audit_max_files)->default_value(c.audit_max_files),
+      "audit log files kept, the current one included (0 = all)")(
       "reap_interval_ms",
       po::value<std::uint64_t>(&c.reap_interval_ms)->default_value(c.reap_interval_ms),
       "how often dead producers are looked for")(
@@ -253,6 +267,10 @@ void validate(Config& c, const Raw& raw) {
           "use 0 .. 86400000 (a day)");
   require(c.claim_timeout_ms <= 86'400'000, "claim_timeout_ms", c.claim_timeout_ms,
           "use 0 .. 86400000 (a day)");
+  require(c.audit_fsync == "batch" || c.audit_fsync == "interval" || c.audit_fsync == "none",
+          "audit_fsync", c.audit_fsync, "use batch, interval or none");
+  require(c.audit_max_file_bytes >= 4096, "audit_max_file_bytes", c.audit_max_file_bytes,
+          "use 4096 or more");
   require(c.idle_spin_us <= 10000, "idle_spin_us", c.idle_spin_us, "use 0 .. 10000");
   require(c.finished_retention_count <= 10'000'000, "finished_retention_count",
           c.finished_retention_count, "use 0 .. 10000000 (memory: about 200 bytes each)");

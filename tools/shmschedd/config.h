@@ -47,6 +47,12 @@ struct Config {
   std::uint64_t finished_retention_seconds = 3600;
   std::uint64_t worker_timeout_ms = 30000;  // a worker not heard from this long is gone
   std::uint64_t claim_timeout_ms = 5000;    // a push not claimed this long goes to another worker
+  // The audit log (docs/audit.md); fixed at start. Empty: off.
+  std::string audit_dir;
+  std::string audit_fsync = "batch";  // batch, interval or none
+  std::uint64_t audit_fsync_interval_ms = 1000;
+  std::uint64_t audit_max_file_bytes = 64ull << 20;
+  std::uint32_t audit_max_files = 16;
   std::uint64_t reap_interval_ms = 100;
   std::uint64_t idle_spin_us = 200;  // spin this long after work before sleeping
   std::uint64_t flush_timeout_ms = 5000;

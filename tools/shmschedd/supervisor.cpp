@@ -110,6 +110,15 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
   segment_->set_max_executions_per_user(config_.queue.max_executions_per_user);
   consumer_ = std::make_unique<ipc::Consumer>(segment_);
   inbox_ = std::make_unique<Inbox>(segment_);
+  if (!config_.audit_dir.empty()) {
+    audit::AuditWriterOptions o;
+    o.dir = config_.audit_dir;
+    o.fsync = *audit::parse_fsync_policy(config_.audit_fsync);  // checked by the config
+    o.fsync_interval = std::chrono::milliseconds(config_.audit_fsync_interval_ms);
+    o.max_file_bytes = config_.audit_max_file_bytes;
+    o.max_files = config_.audit_max_files;
+    audit_ = std::make_unique<AuditTrail>(std::move(o));
+  }
   counters_.max_active = config_.max_active_executions;
 
   callbacks_.log = [](shmsched_log_level level, const std::string& t, const std::string& msg) {
@@ -265,6 +274,8 @@ void Supervisor::carry_out(std::vector<core::Action>& actions) {
       consumer_->annotate(unpack(an->slot), an->value);
     } else if (auto* sa = std::get_if<core::action::SetAttempt>(&a)) {
       consumer_->set_attempt(unpack(sa->slot), sa->attempt);
+    } else if (auto* au = std::get_if<core::action::Audit>(&a)) {
+      if (audit_) audit_->record(*au);
     } else if (auto* oc = std::get_if<core::action::OpenClaims>(&a)) {
       consumer_->open_claims(unpack(oc->slot), oc->attempt);
     } else if (auto* cs = std::get_if<core::action::ClaimInSegment>(&a)) {
@@ -344,6 +355,7 @@ void Supervisor::flush_outbound() {
 
 void Supervisor::do_publish(const core::action::Publish& p) {
   const core::Event& ev = p.event;
+  if (audit_) audit_->event(ev);
   std::optional<ipc::ExecutionView> view;
   if (ev.type == core::EventType::kCreatePodCommand || ev.type == core::EventType::kTaskPush) {
     view = consumer_->view(unpack(ev.slot));
@@ -843,6 +855,17 @@ void Supervisor::reload() {
       const std::uint64_t per_user = next.queue.max_executions_per_user;
       next.queue = fixed;
       next.queue.max_executions_per_user = per_user;
+    }
+    if (next.audit_dir != config_.audit_dir || next.audit_fsync != config_.audit_fsync ||
+        next.audit_fsync_interval_ms != config_.audit_fsync_interval_ms ||
+        next.audit_max_file_bytes != config_.audit_max_file_bytes ||
+        next.audit_max_files != config_.audit_max_files) {
+      spdlog::warn("the audit log's settings are fixed at start; they change with a restart");
+      next.audit_dir = config_.audit_dir;
+      next.audit_fsync = config_.audit_fsync;
+      next.audit_fsync_interval_ms = config_.audit_fsync_interval_ms;
+      next.audit_max_file_bytes = config_.audit_max_file_bytes;
+      next.audit_max_files = config_.audit_max_files;
     }
     if (next.max_active_executions > fixed.max_active) {
       throw ipc::ConfigError(

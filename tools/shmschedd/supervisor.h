@@ -16,6 +16,7 @@
 
 #include "access_policy.h"
 #include "action_lists.h"
+#include "audit_trail.h"
 #include "config.h"
 #include "inbox.h"
 #include "outbound.h"
@@ -165,6 +166,7 @@ class Supervisor {
   // Local workers' processes, polled this often: a dead one is noticed within 100 ms.
   static constexpr auto kSessionCheck = std::chrono::milliseconds(50);
   WorkerSessions sessions_;
+  std::unique_ptr<AuditTrail> audit_;  // null: off
   Clock::time_point next_session_check_{};
   Clock::time_point next_watchdog_{};
   Clock::time_point next_status_{};

@@ -333,6 +333,15 @@ struct ClaimInSegment {
   std::uint32_t attempt = 1;
   std::uint32_t worker = 0;
 };
+// A state change that is not an event (a claim) for the audit log; events are audited as they
+// are published.
+struct Audit {
+  std::string type;
+  std::string execution_id;
+  std::string worker_id;
+  std::uint32_t attempt = 0;
+  std::string via;  // how: "ingress", "shared_memory"
+};
 // A decision worth a line in the log (a failed publish and its backoff, a timeout).
 struct Log {
   bool warning = false;
@@ -341,10 +350,10 @@ struct Log {
 };
 }  // namespace action
 
-using Action =
-    std::variant<action::Publish, action::Answer, action::Take, action::SubmitToQueue,
-                 action::CancelInQueue, action::SweepStale, action::Annotate, action::SetAttempt,
-                 action::Release, action::Log, action::OpenClaims, action::ClaimInSegment>;
+using Action = std::variant<action::Publish, action::Answer, action::Take, action::SubmitToQueue,
+                            action::CancelInQueue, action::SweepStale, action::Annotate,
+                            action::SetAttempt, action::Release, action::Log, action::OpenClaims,
+                            action::ClaimInSegment, action::Audit>;
 
 struct SchedulerCounters {
   std::uint64_t accepted = 0;
@@ -544,7 +553,7 @@ class Scheduler {
   void ask_claim_word(Exec& e, OpId op, std::uint32_t worker, PendingClaim pending,
                       std::vector<Action>& out);
   // The claim word says `number` owns it: the owner as far as the registry knows it.
-  void adopt_owner(Exec& e, std::uint32_t number);
+  void adopt_owner(Exec& e, std::uint32_t number, std::vector<Action>& out);
   bool claimed(const Exec& e) const { return !e.owner.empty() || e.owner_no != 0; }
   std::string owner_name(const Exec& e) const;
   void claim_won(Exec& e, Worker& w, Time now, std::vector<Action>& out);
