@@ -157,6 +157,11 @@ TEST(DaemonWorkers, CapabilitiesClaimsTimeoutsAndBlockersOverTheIngress) {
   auto workers = f.ingress->call(MapBuilder().str("op", "workers").finish());
   ASSERT_TRUE(workers.ok());
   EXPECT_EQ(workers.integer("waiting.tpu"), 1);
+  const auto listing =
+      run_command(SHMSCHED_BIN_DIR "/shmschedctl --runtime-dir " + f.dir + " workers").second;
+  EXPECT_NE(listing.find("needing tpu"), std::string::npos) << listing;
+  EXPECT_NE(listing.find("cpu"), std::string::npos) << listing;  // w3's capabilities
+  EXPECT_NE(listing.find("w2"), std::string::npos) << listing;
   // A worker that can arrives: it gets it.
   ASSERT_TRUE(f.register_worker(*f.ingress, "w4", {"tpu"}).ok());
   push = f.events->next("TaskPush");

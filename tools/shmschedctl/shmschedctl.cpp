@@ -258,6 +258,49 @@ int cmd_list(const Globals& g, const po::variables_map& vm) {
   return 0;
 }
 
+// The live workers: capabilities, capacity, load, last heartbeat; then what waits for a worker.
+int cmd_workers(const Globals& g) {
+  ipc::Client client(client_options(g, false));
+  auto oh = client.call(MapBuilder().str("op", "workers").finish());
+  const auto& r = oh.get();
+  if (g.json || !ipc::get_bool(r, "ok").value_or(false)) return print_reply(g, r, "workers");
+  const auto* items = ipc::find_field(r, "workers");
+  std::printf("%-24s %-30s %8s %6s %14s %5s\n", "WORKER", "CAPABILITIES", "CAPACITY", "LOAD",
+              "HEARTBEAT AGO", "LOCAL");
+  if (items && items->type == msgpack::type::ARRAY) {
+    for (const auto& w : items->via.array) {
+      std::string caps;
+      if (const auto* c = ipc::find_field(w, "capabilities");
+          c && c->type == msgpack::type::ARRAY) {
+        for (const auto& cap : c->via.array) {
+          if (cap.type != msgpack::type::STR) continue;
+          if (!caps.empty()) caps += ",";
+          caps.append(cap.via.str.ptr, cap.via.str.size);
+        }
+      }
+      std::printf("%-24s %-30s %8lld %6lld %11lld ms %5s\n",
+                  ipc::get_string(w, "worker_id").value_or("").c_str(),
+                  caps.empty() ? "-" : caps.c_str(),
+                  static_cast<long long>(ipc::get_int(w, "capacity").value_or(0)),
+                  static_cast<long long>(ipc::get_int(w, "load").value_or(0)),
+                  static_cast<long long>(ipc::get_int(w, "last_heartbeat_ms_ago").value_or(0)),
+                  ipc::get_bool(w, "local").value_or(false) ? "yes" : "no");
+    }
+  }
+  std::printf("\nwaiting for a worker: %lld\n",
+              static_cast<long long>(ipc::get_int(r, "waiting").value_or(0)));
+  if (r.type == msgpack::type::MAP) {
+    for (const auto& kv : r.via.map) {
+      if (kv.key.type != msgpack::type::STR) continue;
+      const std::string key(kv.key.via.str.ptr, kv.key.via.str.size);
+      if (key.rfind("waiting.", 0) != 0 || kv.val.type != msgpack::type::POSITIVE_INTEGER) continue;
+      std::printf("  needing %-40s %lld\n", key.substr(8).c_str(),
+                  static_cast<long long>(kv.val.via.u64));
+    }
+  }
+  return 0;
+}
+
 std::int64_t counter(const msgpack::object& r, const char* name) {
   const auto* c = ipc::find_field(r, "counters");
   return c ? ipc::get_int(*c, name).value_or(0) : 0;
@@ -456,6 +499,7 @@ void usage(const po::options_description& globals) {
          "  status    ID\n"
          "  list      [--state queued|dispatched|running] [--user U] [--limit N]\n"
          "  stats\n"
+         "  workers                                     live workers, their load, what waits\n"
          "  top       [--interval MS] [--iterations N]   live view of depths, rates, totals\n"
          "  watch     [--topic T] [--count N]             print events as they are published\n"
          "  complete  ID [--exit-code N] [--worker W]\n"
@@ -538,6 +582,7 @@ int main(int argc, char** argv) {
                         "status");
     if (command == "stats") return cmd_simple(g, MapBuilder().str("op", "stats").finish(), "stats");
     if (command == "list") return cmd_list(g, vm);
+    if (command == "workers") return cmd_workers(g);
     if (command == "top") return cmd_top(g, vm);
     if (command == "watch") return cmd_watch(g, vm);
     if (command == "audit") return cmd_audit(g, vm, args);
