@@ -16,6 +16,7 @@ packages=(
   libconcurrentqueue-dev libabsl-dev
   dpkg-dev file systemd
   redis-server libhiredis-dev
+  etcd-server etcd-client libcurl4-openssl-dev nlohmann-json3-dev
   python3 python3-zmq python3-msgpack
 )
 
