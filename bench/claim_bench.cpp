@@ -263,7 +263,7 @@ int main(int argc, char** argv) {
   if (etcd) {
     try {
       LocalEtcd server;
-      EtcdClaimClient client(server.endpoint());
+      EtcdClaimClient client(server.client_url());
       std::vector<double> ns;
       for (int i = 0; i < n; ++i) {
         const std::string key = "/bench/tasks/t" + std::to_string(i) + "/owner";
@@ -273,7 +273,9 @@ int main(int argc, char** argv) {
         ns.push_back(ns_since(t0));
       }
       etcd_claims = percentiles(ns);
-      print_latency("etcd transaction claim (the seeds' way), local etcd", etcd_claims);
+      print_latency(
+          ("etcd " + server.server_version() + " transaction claim (the seeds' way)").c_str(),
+          etcd_claims);
     } catch (const std::exception& e) {
       std::printf("  etcd peer skipped: %s\n", e.what());
     }

@@ -254,18 +254,38 @@ pid_t python_worker(const Fixture& f, const std::string& id, const std::string& 
   return pid;
 }
 
-TEST(DaemonWorkers, PythonWorkersRunEverythingAndAKilledWorkerLosesNothing) {
+// Runs the example C++ worker (examples/workers/cpp); returns its pid.
+pid_t cpp_worker(const Fixture& f, const std::string& id, const std::string& caps, int capacity,
+                 const std::string& log) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    const std::string cap = std::to_string(capacity);
+    ::execl(SHMSCHED_BIN_DIR "/shmsched_worker", "shmsched_worker", "--worker-id", id.c_str(),
+            "--capabilities", caps.c_str(), "--capacity", cap.c_str(), "--runtime-dir",
+            f.dir.c_str(), "--segment", f.segment.c_str(), nullptr);
+    ::_exit(127);
+  }
+  return pid;
+}
+
+// The example workers, Python (over the ingress) and C++ (claiming through shared memory), run a
+// workload together; one is SIGKILLed with work claimed, and nothing is lost or run twice.
+TEST(DaemonWorkers, ExampleWorkersRunEverythingAndAKilledWorkerLosesNothing) {
   Fixture f("pyworkers", {"--max-attempts=5", "--max-active-executions=64",
                           "--claim-timeout-ms=2000", "--retry-backoff-ms=10"});
   const pid_t one = python_worker(f, "py-1", "py", 2, f.dir + "/py-1.log");
   const pid_t two = python_worker(f, "py-2", "py,extra", 2, f.dir + "/py-2.log");
+  const pid_t three = cpp_worker(f, "cpp-1", "py,cpp", 2, f.dir + "/cpp-1.log");
   std::set<std::string> registered;
-  for (int i = 0; i < 2; ++i) {
+  for (int i = 0; i < 3; ++i) {
     auto ev = f.events->next("WorkerRegistered", std::chrono::seconds(20));
-    ASSERT_TRUE(ev) << "a Python worker did not register";
+    ASSERT_TRUE(ev) << "an example worker did not register";
     registered.insert(ev->str("worker_id"));
   }
-  EXPECT_EQ(registered, (std::set<std::string>{"py-1", "py-2"}));
+  EXPECT_EQ(registered, (std::set<std::string>{"py-1", "py-2", "cpp-1"}));
 
   // A second registration of a live worker's id from another process is refused.
   const pid_t impostor = python_worker(f, "py-2", "py", 1, f.dir + "/impostor.log");
@@ -279,10 +299,12 @@ TEST(DaemonWorkers, PythonWorkersRunEverythingAndAKilledWorkerLosesNothing) {
   }
   // Some work is done; then py-1 dies with work claimed.
   std::map<std::string, int> completed;
+  std::map<std::string, int> by_worker;
   while (completed.size() < 6) {
     auto c = f.events->next("ExecutionCompleted", std::chrono::seconds(20));
     ASSERT_TRUE(c) << "the workers completed nothing";
     ++completed[c->str("execution_id")];
+    ++by_worker[c->str("worker_id")];
   }
   const auto killed_at = Clock::now();
   ::kill(one, SIGKILL);
@@ -305,11 +327,26 @@ TEST(DaemonWorkers, PythonWorkersRunEverythingAndAKilledWorkerLosesNothing) {
     auto c = f.events->next("ExecutionCompleted", std::chrono::seconds(30));
     ASSERT_TRUE(c) << completed.size() << " of " << kTasks << " completed";
     ++completed[c->str("execution_id")];
+    ++by_worker[c->str("worker_id")];
   }
   EXPECT_EQ(f.events->count_for("ExecutionCompleted", std::chrono::milliseconds(300)), 0u);
   for (const auto& [id, n] : completed) EXPECT_EQ(n, 1) << id;
-  ::kill(two, SIGKILL);
-  ::waitpid(two, nullptr, 0);
+  EXPECT_GT(by_worker["cpp-1"], 0) << "the C++ worker ran nothing";
+  EXPECT_GT(by_worker["py-2"], 0) << "the Python worker ran nothing";
+  // Nothing is left on any worker: every load came back to 0.
+  const auto listing = f.ingress->call(MapBuilder().str("op", "workers").finish());
+  ASSERT_TRUE(listing.ok());
+  const auto* workers = ipc::find_field(listing.get(), "workers");
+  ASSERT_TRUE(workers && workers->type == msgpack::type::ARRAY);
+  EXPECT_EQ(workers->via.array.size, 2u);
+  for (const auto& w : workers->via.array) {
+    EXPECT_EQ(ipc::get_int(w, "load").value_or(-1), 0)
+        << ipc::get_string(w, "worker_id").value_or("?");
+  }
+  for (pid_t p : {two, three}) {
+    ::kill(p, SIGKILL);
+    ::waitpid(p, nullptr, 0);
+  }
 }
 
 // A child process with its stdin and stdout on pipes, read and written a line at a time.
