@@ -295,3 +295,41 @@ TEST(Scheduler, ARequestForOneUserLeavesOtherUsersExecutionsAlone) {
 
 }  // namespace
 }  // namespace shmsched::core
+
+namespace shmsched::core {
+namespace {
+
+// An execution waiting for a worker (nobody has its capabilities) is stale by the same rule as a
+// queued one: it expires after stale_timeout_seconds, its slot is given back, and it stops
+// counting as taken.
+TEST(Scheduler, AnExecutionWaitingForAWorkerExpires) {
+  SchedulerConfig c;
+  c.stale_timeout_seconds = 60;
+  Harness h(c);
+  h.in(input::TransportUp{1, "zeromq"});
+  input::QueueState q;
+  q.depth[2] = 1;
+  h.in(q);
+  h.advance();
+  auto info = Harness::info("needs-tpu");
+  info.required_capabilities = {"tpu"};
+  h.in(input::Taken{2, 9, info});
+  EXPECT_TRUE(h.all<action::Publish>().empty()) << "nobody can run it: nothing is published";
+  EXPECT_EQ(h.s.waiting_for_workers(), 1u);
+  h.t.mono_ns += 61 * kSec;
+  h.t.wall_ns += 61 * kSec;
+  h.advance();
+  bool expired = false;
+  for (const auto& p : h.all<action::Publish>()) {
+    expired =
+        expired || (p.event.type == EventType::kExpired && p.event.execution_id == "needs-tpu");
+  }
+  EXPECT_TRUE(expired);
+  ASSERT_EQ(h.all<action::Release>().size(), 1u);
+  EXPECT_EQ(h.all<action::Release>()[0].slot, 9u);
+  EXPECT_EQ(h.s.waiting_for_workers(), 0u);
+  EXPECT_EQ(h.s.taken(), 0u);
+}
+
+}  // namespace
+}  // namespace shmsched::core

@@ -1358,8 +1358,29 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
   // Stale entries in the queue.
   if (now.mono_ns >= next_sweep_) {
     next_sweep_ = now.mono_ns + static_cast<std::int64_t>(config_.sweep_interval_ms) * kMs;
-    out.push_back(action::SweepStale{
-        now.wall_ns - static_cast<std::int64_t>(config_.stale_timeout_seconds) * kSec});
+    const std::int64_t cutoff =
+        now.wall_ns - static_cast<std::int64_t>(config_.stale_timeout_seconds) * kSec;
+    out.push_back(action::SweepStale{cutoff});
+    // Executions waiting for a worker are stale by the same rule as queued ones.
+    std::vector<ExecIndex> stale;
+    for (const ExecIndex idx : waiting_) {
+      if (execs_[idx].info.enqueued_at_ns < cutoff) stale.push_back(idx);
+    }
+    for (const ExecIndex idx : stale) {
+      Exec& e = execs_[idx];
+      if (!e.live || !e.waiting) continue;
+      ++counters_.expired;
+      Event ev;
+      ev.type = EventType::kExpired;
+      ev.execution_id = e.info.execution_id;
+      ev.user_id = e.info.user_id;
+      ev.reason = "stale_timeout";
+      publish(std::move(ev), out);
+      FinishedRecord rec;
+      rec.state = FinalState::kExpired;
+      rec.reason = "stale_timeout";
+      finish(e, FinalState::kExpired, rec, now, out);
+    }
   }
   // Dispatch: held executions whose time has come and the heads of the queue's levels, in
   // order of effective level (aging lifts long waiters), held ones first within a level.
