@@ -3,7 +3,7 @@
 #   build/       Release (-O3, as most people build it), every test except the long label
 #   build-asan/  ASan + UBSan, every test (except the long kill storm)
 #   build-tsan/  TSan: threads racing on the queue, and the supervisor end to end
-#   build-fuzz/  clang + libFuzzer: a 30-second smoke run of the request decoder
+#   build-fuzz/  clang + libFuzzer: smoke runs of the request decoder and the audit record decoder
 # Usage: scripts/test.sh [--quick]   (--quick: only the first build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,5 +44,5 @@ if ((quick == 0)); then
   SHMSCHED_CLAIM_ROUNDS=1000 run_suite build-tsan thread \
     "queue_concurrency_test daemon_e2e_test daemon_robustness_test daemon_workers_test claim_racer audit_log_test shmschedctl" \
     -L "tsan|e2e|audit"
-  CXX=clang++ EXTRA_CMAKE_ARGS=-DSHMSCHED_FUZZ=ON run_suite build-fuzz "" request_decoder_fuzz -L fuzz
+  CXX=clang++ EXTRA_CMAKE_ARGS=-DSHMSCHED_FUZZ=ON run_suite build-fuzz "" "request_decoder_fuzz audit_record_fuzz" -L fuzz
 fi
