@@ -471,9 +471,11 @@ void World::carry_out(std::vector<Action>& actions) {
           const auto& r = recipient_[it->second.life];
           const std::string to = r.empty() ? r : r + "/" + std::to_string(offer_[it->second.life]);
           if (!acked.count(carried(name, to))) {
+            std::string have;
+            for (const auto& a : acked) have += " " + a;
             violate("attempt " + std::to_string(it->second.info.attempt) + " of " +
                     it->second.info.execution_id + " counts as dispatched, but " + name +
-                    " does not have it");
+                    " does not have it (wanted " + carried(name, to) + "; has" + have + ")");
           }
         }
       }
@@ -487,7 +489,17 @@ void World::carry_out(std::vector<Action>& actions) {
     } else if (auto* cs = std::get_if<action::ClaimInSegment>(&a)) {
       input::ClaimResult res{cs->op, cs->execution_id, cs->attempt, ClaimOutcome::kNotFound, 0};
       auto it = active_.find(cs->slot);
-      if (it != active_.end()) {
+      if (it != active_.end() && cs->close) {
+        // Closing claims: only an unowned word at that attempt closes.
+        Slot& sl = it->second;
+        if (sl.claim_attempt == 0 || sl.claim_attempt != cs->attempt) {
+          res.outcome = ClaimOutcome::kNotCurrent;
+        } else {
+          res.outcome = ClaimOutcome::kLost;
+          res.owner = sl.claim_owner;
+          if (sl.claim_owner == 0) sl.claim_attempt = 0;
+        }
+      } else if (it != active_.end()) {
         res.outcome = claim_word(it->second, cs->attempt, cs->worker, res.owner);
       }
       std::vector<Action> more;
@@ -631,8 +643,14 @@ void World::check() {
   }
   // Dispatched and unfinished never above the cap (a reload that lowers it lets the excess end).
   if (sched_->dispatched_now() > std::max(config_.max_active_executions, cap_floor_)) {
+    std::string slots;
+    for (const auto& [ref, slot] : active_) {
+      slots += " " + slot.info.execution_id + "/phase" +
+               std::to_string(static_cast<int>(phase_of(slot.annotation))) + "/claim" +
+               std::to_string(slot.claim_attempt) + ":" + std::to_string(slot.claim_owner != 0);
+    }
     violate(std::to_string(sched_->dispatched_now()) + " dispatched, above max_active_executions " +
-            std::to_string(config_.max_active_executions));
+            std::to_string(config_.max_active_executions) + " (taken:" + slots + ")");
   }
   if (sched_->dispatched_now() <= config_.max_active_executions) {
     cap_floor_ = config_.max_active_executions;
@@ -761,6 +779,10 @@ void World::drain() {
   }
   if (!open_ops_.empty())
     violate("drain: operation " + std::to_string(open_ops_.begin()->first) + " never answered");
+  // Nothing runs any more: no worker may still carry load (a load that drifted).
+  for (const auto& [id, w] : sched_->workers().all()) {
+    if (w.load != 0) violate("drain: worker " + id + " still has load " + std::to_string(w.load));
+  }
   for (const auto& [life, l] : lives_) {
     if (l.terminal) continue;
     std::string where = "queued";

@@ -131,6 +131,9 @@ Scheduler::Exec& Scheduler::admit(const std::string& id) {
     Exec& old = execs_[it->second];
     unhold(old);
     settle_load(old);
+    set_owner_wait(old, false);
+    if (old.closing) --closing_;
+    old.closing = false;
     if (old.phase == Phase::kDispatching || old.phase == Phase::kDispatched) --dispatched_;
     old = Exec{};
     old.live = true;
@@ -173,6 +176,9 @@ Scheduler::Exec& Scheduler::admit(const std::string& id) {
   e.claim_seq = 0;
   e.claims_open = 0;
   e.owner_no = 0;
+  set_owner_wait(e, false);
+  if (e.closing) --closing_;
+  e.closing = false;
   return e;
 }
 
@@ -311,13 +317,15 @@ void Scheduler::on(const input::Recovered& in, Time now, std::vector<Action>& ou
   // worker registers again).
   // (The phase word may have moved on to a newer attempt than the claim word's.)
   e.claims_open = in.claims_open_at == e.info.attempt ? e.info.attempt : 0;
-  if (e.claims_open != 0 && in.owner != 0) adopt_owner(e, in.owner, out);
+  if (e.claims_open != 0 && in.owner != 0) adopt_owner(e, in.owner, now, false, out);
   if (phase == Phase::kDispatched) {
     // Every transport had it. Its timeout starts again now (the time it was dispatched died
     // with the previous supervisor).
     e.acked.clear();
     set_phase(e, Phase::kDispatched, out);
     arm_timeout(e, now);
+    // Offered to a worker nobody knows now, and unclaimed: offered again if nobody claims it.
+    if (!e.info.required_capabilities.empty() && !claimed(e)) arm_claim_timeout(e, now);
     return;
   }
   // Held, or its dispatch was in flight: publish it (again). Delivery is at least once;
@@ -702,7 +710,7 @@ void Scheduler::on(const input::Reload& in, Time now, std::vector<Action>& out) 
 void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
   const bool push = !e.info.required_capabilities.empty();
   const Worker* current = push && !e.worker.empty() ? workers_.find(e.worker) : nullptr;
-  if (push && e.owner.empty() &&
+  if (push && !claimed(e) &&
       (!current || !covers(current->capabilities, e.info.required_capabilities))) {
     // A worker for it: the least loaded live one that covers it and has room.
     settle_load(e);
@@ -717,6 +725,17 @@ void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
     ++w->load;
     ++counters_.pushed;
     arm_claim_timeout(e, now);
+  }
+  if (push && claimed(e) && e.owner.empty()) {
+    // Its owner (by the claim word) is not a live worker: nothing to offer anyone. It waits for
+    // that worker to register again (then it is pushed to it) or for its orphan grace to end
+    // (then it is lost: settle_orphans).
+    unhold(e);
+    set_phase(e, Phase::kHeld, out);
+    e.token = 0;
+    e.pending.clear();
+    set_owner_wait(e, true);
+    return;
   }
   if (push && e.claims_open != e.info.attempt) {
     // Claims of this attempt open before it is offered (the shell stores before it publishes).
@@ -833,6 +852,9 @@ void Scheduler::finish(Exec& e, FinalState state, const FinishedRecord& base, Ti
                        std::vector<Action>& out) {
   unhold(e);
   settle_load(e);
+  set_owner_wait(e, false);
+  if (e.closing) --closing_;
+  e.closing = false;
   // Marked finished first: a supervisor that dies before the release releases it on restart
   // instead of dispatching it again.
   set_phase(e, Phase::kFinished, out, state);
@@ -873,7 +895,7 @@ void Scheduler::forget_old(Time now) {
 }
 
 bool Scheduler::can_take(Time now) const {
-  return dispatched_ < config_.max_active_executions && active_.size() < config_.max_taken &&
+  return running() < config_.max_active_executions && active_.size() < config_.max_taken &&
          !transports_.empty() && now.mono_ns >= paused_until_;
 }
 
@@ -896,6 +918,18 @@ void Scheduler::park(Exec& e, std::vector<Action>& out) {
   e.claim_seq = 0;
   e.waiting = true;
   waiting_.push_back(index_of(e));
+  if (e.claims_open == e.info.attempt) {
+    // Offered before: a local worker could still claim it while it waits, unseen and beyond
+    // max_active_executions. Its claims close, unless someone owns it already.
+    PendingClaim pc;
+    pc.kind = PendingClaim::kPark;
+    pending_claims_[next_internal_op_] = std::move(pc);
+    // It may be running on a claimant: it counts as running until the answer says otherwise.
+    e.closing = true;
+    ++closing_;
+    out.push_back(action::ClaimInSegment{next_internal_op_--, e.slot, e.info.execution_id,
+                                         e.info.attempt, 0, true});
+  }
 }
 
 void Scheduler::arm_claim_timeout(Exec& e, Time now) {
@@ -958,13 +992,19 @@ void Scheduler::on(const input::RegisterWorker& in, Time now, std::vector<Action
       return;
     case WorkerRegistry::Registration::kNew: {
       ++counters_.workers_registered;
-      // Executions it claimed through shared memory before a supervisor restart are its again.
-      const std::uint32_t number = worker_number(in.worker_id);
-      for (const auto& [eid, idx] : active_) {
-        Exec& e = execs_[idx];
-        if (e.owner.empty() && e.owner_no == number) adopt_owner(e, number, out);
-      }
       publish(worker_event(EventType::kWorkerRegistered, *workers_.find(in.worker_id)), out);
+      // Executions it claimed through shared memory before a supervisor restart are its again
+      // (in pool order, so that the outcome does not depend on the hash map's order).
+      const std::uint32_t number = worker_number(in.worker_id);
+      std::vector<ExecIndex> owned;
+      for (const auto& [eid, idx] : active_) {
+        if (execs_[idx].owner.empty() && execs_[idx].owner_no == number) owned.push_back(idx);
+      }
+      std::sort(owned.begin(), owned.end());
+      for (const ExecIndex idx : owned) {
+        adopt_owner(execs_[idx], number, now, false, out);
+        resume_for_owner(execs_[idx], now, out);
+      }
       break;
     }
     case WorkerRegistry::Registration::kUpdated:
@@ -1016,9 +1056,11 @@ void Scheduler::worker_gone(const std::string& id, const std::string& reason, Ti
   out.push_back(action::Log{true, "", "worker " + id + " is gone (" + reason + ")"});
   std::vector<ExecIndex> affected;
   for (const auto& [eid, idx] : active_) {
-    const Exec& e = execs_[idx];
+    Exec& e = execs_[idx];
+    if (e.load_on == id) e.load_on.clear();  // its load left with it
+    // Also every execution whose owner is unknown: it may have claimed one through shared memory.
     if (e.owner == id || (e.owner.empty() && e.owner_no == gone->number) ||
-        (!claimed(e) && e.worker == id)) {
+        (!claimed(e) && (e.worker == id || e.claims_open == e.info.attempt))) {
       affected.push_back(idx);
     }
   }
@@ -1067,25 +1109,72 @@ void Scheduler::ask_claim_word(Exec& e, OpId op, std::uint32_t worker, PendingCl
   out.push_back(action::ClaimInSegment{op, e.slot, e.info.execution_id, e.info.attempt, worker});
 }
 
-void Scheduler::adopt_owner(Exec& e, std::uint32_t number, std::vector<Action>& out) {
-  if (e.owner_no != number) {
+void Scheduler::adopt_owner(Exec& e, std::uint32_t number, Time now, bool learned,
+                            std::vector<Action>& out) {
+  Worker* w = workers_.find_number(number);
+  if (learned && e.owner_no != number) {
     // Claimed through shared memory: the scheduler learns of it now.
     ++counters_.claims_won;
-    Worker* w = workers_.find_number(number);
     out.push_back(action::Audit{"claimed", e.info.execution_id,
                                 w ? w->id : "#" + std::to_string(number), e.info.attempt,
                                 "shared_memory"});
   }
   e.owner_no = number;
   e.claim_seq = 0;
-  if (Worker* w = workers_.find_number(number)) {
+  if (w) {
     if (e.load_on != w->id) {
       settle_load(e);
       ++w->load;
       e.load_on = w->id;
     }
     e.owner = w->id;
+    return;
   }
+  // Owned by no live worker: it went, or has not registered again since a restart.
+  settle_load(e);
+  const std::int64_t grace =
+      learned ? 0 : static_cast<std::int64_t>(config_.worker_timeout_ms) * kMs;
+  orphans_.push_back(Orphan{index_of(e), number, now.mono_ns + grace});
+}
+
+void Scheduler::settle_orphans(Time now, std::vector<Action>& out) {
+  if (orphans_.empty()) return;
+  std::vector<Orphan> later;
+  std::vector<Orphan> due;
+  for (const Orphan& o : orphans_) (o.at <= now.mono_ns ? due : later).push_back(o);
+  orphans_ = std::move(later);
+  for (const Orphan& o : due) {
+    Exec& e = execs_[o.exec];
+    if (!e.live || !e.owner.empty() || e.owner_no != o.number) continue;  // settled since
+    if (workers_.find_number(o.number)) {
+      adopt_owner(e, o.number, now, false, out);
+      resume_for_owner(e, now, out);
+      continue;
+    }
+    set_owner_wait(e, false);
+    ++counters_.worker_lost_executions;
+    fail(e, "its owner (worker #" + std::to_string(o.number) + ") is gone",
+         std::string("worker_lost"), "#" + std::to_string(o.number), true, now, out);
+  }
+}
+
+void Scheduler::set_owner_wait(Exec& e, bool wait) {
+  if (e.owner_wait == wait) return;
+  e.owner_wait = wait;
+  if (wait) {
+    ++owner_waiting_;
+  } else {
+    --owner_waiting_;
+  }
+}
+
+// An execution that waited for its owner to register again is pushed to it.
+void Scheduler::resume_for_owner(Exec& e, Time now, std::vector<Action>& out) {
+  if (!e.owner_wait || e.owner.empty()) return;
+  set_owner_wait(e, false);
+  e.worker = e.owner;
+  e.phase = Phase::kUnknown;
+  publish_dispatch(e, now, out);
 }
 
 std::string Scheduler::owner_name(const Exec& e) const {
@@ -1147,7 +1236,9 @@ void Scheduler::on(const input::ClaimResult& in, Time now, std::vector<Action>& 
   const bool current = e && e->live && e->info.attempt == in.attempt;
   const bool owned = in.outcome == ClaimOutcome::kWon || in.outcome == ClaimOutcome::kLost;
   const bool won = pc.kind == PendingClaim::kClaim && in.outcome == ClaimOutcome::kWon;
-  if (current && owned && !won && in.owner != 0 && !claimed(*e)) adopt_owner(*e, in.owner, out);
+  if (current && owned && !won && in.owner != 0 && !claimed(*e)) {
+    adopt_owner(*e, in.owner, now, true, out);
+  }
   switch (pc.kind) {
     case PendingClaim::kClaim: {
       Worker* w = workers_.find(pc.worker_id);
@@ -1180,6 +1271,23 @@ void Scheduler::on(const input::ClaimResult& in, Time now, std::vector<Action>& 
       return;
     case PendingClaim::kWorkerGone:
       if (current) lose_worker_exec(*e, pc.worker_id, pc.reason, now, out);
+      return;
+    case PendingClaim::kPark:
+      if (e && e->closing) {
+        e->closing = false;
+        --closing_;
+      }
+      if (!current) return;
+      if (claimed(*e)) {
+        // Claimed through shared memory before its claims closed: it runs on its owner (pushed
+        // to it, which needs the payload), or on a worker that went (an orphan, lost soon).
+        unhold(*e);
+        if (!e->owner.empty()) e->worker = e->owner;
+        e->phase = Phase::kUnknown;
+        publish_dispatch(*e, now, out);
+        return;
+      }
+      e->claims_open = 0;  // closed: opened again when it is offered
       return;
   }
 }
@@ -1224,7 +1332,7 @@ void Scheduler::on(const input::Claim& in, Time now, std::vector<Action>& out) {
     lost("", "not_dispatched");  // in a retry or publish backoff: it is offered again later
     return;
   }
-  if (e.waiting && dispatched_ >= config_.max_active_executions) {
+  if (e.waiting && running() >= config_.max_active_executions) {
     lost("", "capacity");  // taking it now would pass max_active_executions
     return;
   }
@@ -1326,6 +1434,7 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
       worker_gone(id, "heartbeat_timeout", now, out);
     }
   }
+  settle_orphans(now, out);
   // Pushes nobody claimed in time: offered to another worker, same attempt (unless the claim
   // word says a worker claimed it through shared memory).
   while (!claim_timeouts_.empty() && claim_timeouts_.top().at <= now.mono_ns) {
@@ -1393,27 +1502,34 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
   if (!waiting_.empty() && waiting_seen_epoch_ != workers_.room_epoch()) {
     waiting_seen_epoch_ = workers_.room_epoch();
     std::vector<ExecIndex> ready;
+    // One look per set of capabilities: many waiting executions need the same few sets.
+    std::set<const std::vector<std::string>*> none;
     for (const ExecIndex idx : waiting_) {
-      if (budget == ready.size() || dispatched_ + ready.size() >= config_.max_active_executions) {
+      if (budget == ready.size() || running() + ready.size() >= config_.max_active_executions) {
         break;
       }
-      if (workers_.pick(execs_[idx].info.required_capabilities, execs_[idx].avoid)) {
+      const auto& need = execs_[idx].info.required_capabilities;
+      const auto same = [&](const std::vector<std::string>* v) { return *v == need; };
+      if (std::any_of(none.begin(), none.end(), same)) continue;
+      if (workers_.pick(need, execs_[idx].avoid)) {
         ready.push_back(idx);
+      } else if (none.size() < 64) {
+        none.insert(&need);
       }
     }
     for (const ExecIndex idx : ready) {
       Exec& e = execs_[idx];
-      if (!e.live || !e.waiting || dispatched_ >= config_.max_active_executions) continue;
+      if (!e.live || !e.waiting || running() >= config_.max_active_executions) continue;
       unhold(e);
       e.phase = Phase::kUnknown;
       publish_dispatch(e, now, out);  // parks it again if the room went to an earlier one
       --budget;
     }
-    if (budget == 0 || dispatched_ >= config_.max_active_executions) {
+    if (budget == 0 || running() >= config_.max_active_executions) {
       waiting_seen_epoch_ = workers_.room_epoch() - 1;  // look again next time
     }
   }
-  while (budget > 0 && dispatched_ + in_flight < config_.max_active_executions &&
+  while (budget > 0 && running() + in_flight < config_.max_active_executions &&
          !transports_.empty() && now.mono_ns >= paused_until_) {
     std::optional<std::pair<std::size_t, ExecIndex>> held_pick;  // (effective level, exec)
     for (std::size_t l = 0; l < kPriorityLevels && !held_pick; ++l) {
@@ -1452,7 +1568,7 @@ void Scheduler::advance(Time now, std::vector<Action>& out) {
     if (queue_pick->first < level) ++counters_.aged;
     // Without aging, a level's entries go in FIFO order ahead of every lower level: take as
     // many as capacity allows at once. With aging, one at a time (the next head may lose).
-    const std::uint64_t room = std::min(config_.max_active_executions - dispatched_ - in_flight,
+    const std::uint64_t room = std::min(config_.max_active_executions - running() - in_flight,
                                         config_.max_taken - active_.size() - in_flight);
     const std::uint64_t available = queue_.depth[level] - taking_[level];
     const std::uint32_t count =
@@ -1480,6 +1596,7 @@ std::optional<std::int64_t> Scheduler::next_deadline(Time now) const {
   consider(next_sweep_);
   if (!timeouts_.empty()) consider(timeouts_.top().at);
   if (!claim_timeouts_.empty()) consider(claim_timeouts_.top().at);
+  for (const Orphan& o : orphans_) consider(o.at);
   if (config_.worker_timeout_ms > 0) {
     if (const auto oldest = workers_.oldest_heartbeat()) {
       consider(*oldest + static_cast<std::int64_t>(config_.worker_timeout_ms) * kMs + 1);

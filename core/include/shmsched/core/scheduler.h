@@ -332,6 +332,8 @@ struct ClaimInSegment {
   std::string execution_id;
   std::uint32_t attempt = 1;
   std::uint32_t worker = 0;
+  // Instead: close claims of `attempt` unless someone owns it (its owner is answered then).
+  bool close = false;
 };
 // A state change that is not an event (a claim) for the audit log; events are audited as they
 // are published.
@@ -413,9 +415,9 @@ class Scheduler {
 
   const SchedulerCounters& counters() const { return counters_; }
   const SchedulerConfig& config() const { return config_; }
-  std::uint64_t dispatched_now() const { return dispatched_; }  // dispatched and unfinished
-  std::size_t taken() const { return active_.size(); }          // out of the queue, unfinished
-  std::size_t held() const;                                     // taken, waiting to be published
+  std::uint64_t dispatched_now() const { return running(); }  // dispatched and unfinished
+  std::size_t taken() const { return active_.size(); }        // out of the queue, unfinished
+  std::size_t held() const;                                   // taken, waiting to be published
   std::size_t remembered_finished() const { return finished_.size(); }
   // Would advance() take from the queue if it had entries? (The shell sleeps otherwise.)
   bool can_take(Time now) const;
@@ -451,6 +453,8 @@ class Scheduler {
     bool waiting = false;           // in waiting_: no live worker with room covers it
     std::uint32_t claims_open = 0;  // the attempt its claim word is open at (0: not open)
     std::uint32_t owner_no = 0;     // the owner's worker number, as the claim word says
+    bool owner_wait = false;        // held until its owner (not a live worker) registers again
+    bool closing = false;           // parked, its claims being closed (see park())
     std::uint64_t claim_seq = 0;    // invalidates older entries of the claim heap
   };
   using ExecIndex = std::uint32_t;
@@ -544,7 +548,7 @@ class Scheduler {
   void on(const input::ClaimResult& in, Time now, std::vector<Action>& out);
   // What the claim word must be asked before a decision (see pending_claims_).
   struct PendingClaim {
-    enum Kind : std::uint8_t { kClaim, kReport, kClaimTimeout, kWorkerGone } kind = kClaim;
+    enum Kind : std::uint8_t { kClaim, kReport, kClaimTimeout, kWorkerGone, kPark } kind = kClaim;
     std::string worker_id;  // kClaim: the claimant; kWorkerGone: the worker that went
     std::string reason;     // kWorkerGone
     std::optional<input::Complete> complete;  // kReport
@@ -553,7 +557,15 @@ class Scheduler {
   void ask_claim_word(Exec& e, OpId op, std::uint32_t worker, PendingClaim pending,
                       std::vector<Action>& out);
   // The claim word says `number` owns it: the owner as far as the registry knows it.
-  void adopt_owner(Exec& e, std::uint32_t number, std::vector<Action>& out);
+  // `learned`: a claim the scheduler learns of now (audited, counted), not one it rebuilt at start.
+  // An owner that is not a live worker is lost once `orphaned_at` passes (see orphans_).
+  void adopt_owner(Exec& e, std::uint32_t number, Time now, bool learned, std::vector<Action>& out);
+  void settle_orphans(Time now, std::vector<Action>& out);
+  void resume_for_owner(Exec& e, Time now, std::vector<Action>& out);
+  void set_owner_wait(Exec& e, bool wait);
+  // What counts against max_active_executions: dispatched, and held for an owner that is running
+  // it somewhere (see owner_wait).
+  std::uint64_t running() const { return dispatched_ + owner_waiting_ + closing_; }
   bool claimed(const Exec& e) const { return !e.owner.empty() || e.owner_no != 0; }
   std::string owner_name(const Exec& e) const;
   void claim_won(Exec& e, Worker& w, Time now, std::vector<Action>& out);
@@ -594,6 +606,16 @@ class Scheduler {
   // Decisions waiting for the claim word (keyed by their op; internal ones get ops from the top
   // of the range, which the shell never uses).
   std::unordered_map<OpId, PendingClaim> pending_claims_;
+  // Executions owned (by their claim word) by a number no live worker has: lost when the time
+  // passes unless that worker registers (at once when it went; after worker_timeout_ms at start).
+  struct Orphan {
+    ExecIndex exec;
+    std::uint32_t number;
+    std::int64_t at;
+  };
+  std::vector<Orphan> orphans_;
+  std::uint64_t owner_waiting_ = 0;
+  std::uint64_t closing_ = 0;
   OpId next_internal_op_ = ~OpId{0};
 };
 
