@@ -298,6 +298,20 @@ std::vector<Scenario> scenarios() {
                  {},
                  {},
                  false});
+  out.push_back({"close claims of an active execution",
+                 false,
+                 [](World& w) {
+                   common_setup(w, false);
+                   ipc::Consumer c(w.seg.segment(), quick_consumer());
+                   for (const auto& ref : w.active) c.open_claims(ref, 1);
+                 },
+                 consumer_op([](ipc::Consumer& c) {
+                   const auto active = c.active();
+                   if (!active.empty()) c.close_claims(active.front(), 1);
+                 }),
+                 {},
+                 {},
+                 false});
   out.push_back({"claim an active execution through shared memory",
                  true,
                  [](World& w) {
@@ -603,6 +617,41 @@ void recover_and_check(World& w, const Scenario& sc, const std::set<std::string>
   EXPECT_TRUE(empty.live().empty()) << where;
   EXPECT_EQ(empty.free_slots, ipc::detail::view_of(*w.seg.segment()).geo->slot_count)
       << where << ": slots leaked";
+}
+
+// A claimant stopped between finding an execution's slot and reading it, while the execution is
+// released and its slot reused by another that is offered at the same attempt: the claim must
+// not win the other execution (before the fix it did).
+TEST(QueueCrashPoints, AClaimOfAReleasedIdNeverWinsTheExecutionThatReusedItsSlot) {
+  World w;
+  auto& seg = w.seg.segment();
+  ipc::Consumer c(seg, quick_consumer());
+  CancellingProducer p(seg);
+  ASSERT_TRUE(submit(p, "a", "u").accepted());
+  ipc::ActiveRef ref_a;
+  ASSERT_EQ(take(c, &ref_a), "a");
+  c.open_claims(ref_a, 1);
+  const pid_t claimant = helper_at(w, "claim: look up the slot", SIGSTOP, [](const auto& s) {
+    ipc::Producer q(s);
+    const auto r = q.claim("a", 1, 7);
+    ::_exit(20 + static_cast<int>(r.outcome));
+  });
+  ASSERT_GT(claimant, 0);
+  // Meanwhile: "a" ends, "b" takes its slot and is offered.
+  ASSERT_TRUE(c.release(ref_a));
+  ASSERT_TRUE(submit(p, "b", "u").accepted());
+  ipc::ActiveRef ref_b;
+  ASSERT_EQ(take(c, &ref_b), "b");
+  ASSERT_EQ(ref_b.slot, ref_a.slot) << "the slot was not reused: the race is not there";
+  c.open_claims(ref_b, 1);
+  ::kill(claimant, SIGCONT);
+  int status = 0;
+  ::waitpid(claimant, &status, 0);
+  w.helpers.clear();
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 20 + static_cast<int>(ipc::ClaimOutcome::kNotFound))
+      << "exit " << WEXITSTATUS(status);
+  EXPECT_EQ(c.claim(ref_b, 1, 0).owner, 0u) << "the claim of 'a' took 'b'";
 }
 
 TEST(QueueCrashPoints, EveryCrashPointOfEveryOperationIsRecovered) {

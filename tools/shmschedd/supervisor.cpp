@@ -279,7 +279,8 @@ void Supervisor::carry_out(std::vector<core::Action>& actions) {
     } else if (auto* oc = std::get_if<core::action::OpenClaims>(&a)) {
       consumer_->open_claims(unpack(oc->slot), oc->attempt);
     } else if (auto* cs = std::get_if<core::action::ClaimInSegment>(&a)) {
-      const auto r = consumer_->claim(unpack(cs->slot), cs->attempt, cs->worker);
+      const auto r = cs->close ? consumer_->close_claims(unpack(cs->slot), cs->attempt)
+                               : consumer_->claim(unpack(cs->slot), cs->attempt, cs->worker);
       core_.handle(core::input::ClaimResult{cs->op, cs->execution_id, cs->attempt,
                                             static_cast<core::ClaimOutcome>(r.outcome), r.owner},
                    t, more);

@@ -5,6 +5,8 @@
 #include "queue_internals.h"
 #include "shmsched/core/stable_hash.h"
 #include "shmsched/ipc/queue.h"
+#include "slot_fields.h"
+#include "slot_text.h"
 
 namespace shmsched::ipc {
 
@@ -59,10 +61,18 @@ ClaimResult Producer::claim(std::string_view execution_id, std::uint32_t attempt
   if (!bracket) return {ClaimOutcome::kUnavailable, 0, 0};
   const auto index = DedupIndex{&v}.find(stable_hash(execution_id), execution_id);
   if (!index) return {ClaimOutcome::kNotFound, 0, 0};
+  CRASH_POINT("claim: look up the slot");
   Slot& s = v.slot(*index);
   const std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
   if (ctrl_state(c) != SlotState::kActive) return {ClaimOutcome::kNotFound, 0, 0};
-  // A word of another generation cannot match: a slot reused since the look-up is safe.
+  // The slot may have been released and reused between the look-up and the load above: the
+  // generation claimed must be one that holds this id (after the load, a reuse changes the
+  // generation and the word's compare-and-swap fails).
+  if (s.id_hash.load(std::memory_order_acquire) != stable_hash(execution_id) ||
+      !text_equals(s.id_words, load_field(s.id_len), execution_id) ||
+      s.ctrl.load(std::memory_order_acquire) != c) {
+    return {ClaimOutcome::kNotFound, 0, 0};
+  }
   return claim_in(s, ctrl_gen(c), attempt, worker);
 }
 
@@ -75,6 +85,21 @@ void Consumer::open_claims(ActiveRef ref, std::uint32_t attempt) {
   // Only this process changes the word other than by a claim, and a claim needs it open at this
   // attempt: a plain store cannot lose one.
   word.store(claim_open(ref.generation, attempt), std::memory_order_release);
+}
+
+ClaimResult Consumer::close_claims(ActiveRef ref, std::uint32_t attempt) {
+  if (ref.slot >= view_->geo->slot_count) return {ClaimOutcome::kNotFound, 0, 0};
+  Slot& s = view_->slot(ref.slot);
+  auto word = claim_word(s);
+  std::uint64_t w = word.load(std::memory_order_acquire);
+  for (;;) {
+    if (!claim_is_for(w, ref.generation, attempt)) return {ClaimOutcome::kNotCurrent, 0, 0};
+    if (claim_owner(w) != 0) return {ClaimOutcome::kLost, claim_owner(w), attempt};
+    CRASH_POINT("close claims of an attempt");
+    if (word.compare_exchange_weak(w, 0, std::memory_order_acq_rel, std::memory_order_acquire)) {
+      return {ClaimOutcome::kLost, 0, attempt};  // closed, nobody owns it
+    }
+  }
 }
 
 ClaimResult Consumer::claim(ActiveRef ref, std::uint32_t attempt, std::uint32_t worker) {

@@ -281,6 +281,9 @@ class Consumer : public QueueHandle {
   // Opens claims of a taken execution at `attempt` (no owner), unless they are open at that
   // attempt already (an owner stays).
   void open_claims(ActiveRef ref, std::uint32_t attempt);
+  // Closes claims of `attempt` unless someone owns it: kLost with owner 0 when closed, with the
+  // owner when owned, kNotCurrent when not open at that attempt.
+  ClaimResult close_claims(ActiveRef ref, std::uint32_t attempt);
   // The supervisor's claim for a worker (`worker` 0: only reads who owns it).
   ClaimResult claim(ActiveRef ref, std::uint32_t attempt, std::uint32_t worker);
 
