@@ -349,6 +349,63 @@ TEST(DaemonWorkers, ExampleWorkersRunEverythingAndAKilledWorkerLosesNothing) {
   }
 }
 
+// A worker registered from one local process is acted for from that process only: another local
+// process (here, this test) can neither claim, heartbeat, unregister nor report as it, nor take
+// its id (review: every worker operation but register acted for any worker id).
+TEST(DaemonWorkers, AWorkerIsActedForByTheProcessThatRegisteredItOnly) {
+  Fixture f("identity", {});
+  const pid_t worker = python_worker(f, "w1", "gpu", 1, f.dir + "/w1.log");
+  auto ev = f.events->next("WorkerRegistered", std::chrono::seconds(20));
+  ASSERT_TRUE(ev) << "the Python worker did not register";
+  ASSERT_EQ(ev->str("worker_id"), "w1");
+  auto as_w1 = [&](MapBuilder m) { return f.ingress->call(m.str("worker_id", "w1").finish()); };
+  EXPECT_EQ(as_w1(MapBuilder().str("op", "claim").str("execution_id", "x")).str("error"),
+            "unauthorized");
+  EXPECT_EQ(as_w1(MapBuilder().str("op", "heartbeat")).str("error"), "unauthorized");
+  EXPECT_EQ(as_w1(MapBuilder().str("op", "unregister_worker")).str("error"), "unauthorized");
+  EXPECT_EQ(as_w1(MapBuilder()
+                      .str("op", "report_blocker")
+                      .str("type", "t")
+                      .str("description", "d")
+                      .str("severity", "low"))
+                .str("error"),
+            "unauthorized");
+  EXPECT_EQ(as_w1(MapBuilder().str("op", "complete").str("execution_id", "x")).str("error"),
+            "unauthorized");
+  EXPECT_EQ(f.register_worker(*f.ingress, "w1", {"gpu"}).str("error"), "invalid");
+  // Its own process still acts for it: it is alive and registered.
+  const auto listing = f.ingress->call(MapBuilder().str("op", "workers").finish());
+  const auto* workers = ipc::find_field(listing.get(), "workers");
+  ASSERT_TRUE(workers && workers->type == msgpack::type::ARRAY);
+  EXPECT_EQ(workers->via.array.size, 1u);
+  ::kill(worker, SIGKILL);
+  ::waitpid(worker, nullptr, 0);
+  // Once its process is gone, the id is free.
+  auto gone = f.events->next("WorkerUnregistered", std::chrono::seconds(10));
+  ASSERT_TRUE(gone);
+  EXPECT_TRUE(f.register_worker(*f.ingress, "w1", {"gpu"}).ok());
+}
+
+// What a worker brings is bounded: its capabilities and metadata stay in memory while it lives,
+// and so do the workers (review: 16 MB registrations were accepted without bound).
+TEST(DaemonWorkers, WorkerRegistrationsAreBounded) {
+  Fixture f("bounds", {"--max-workers=3"});
+  std::vector<std::string> many(65, "c");
+  for (std::size_t i = 0; i < many.size(); ++i) many[i] += std::to_string(i);
+  auto r = f.register_worker(*f.ingress, "big", many);
+  EXPECT_EQ(r.str("error"), "invalid");
+  EXPECT_NE(r.str("message").find("more than 64"), std::string::npos) << r.str("message");
+  r = f.register_worker(*f.ingress, "long", {std::string(129, 'c')});
+  EXPECT_EQ(r.str("error"), "invalid");
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(f.register_worker(*f.ingress, "w" + std::to_string(i), {"a"}).ok());
+  }
+  r = f.register_worker(*f.ingress, "w3", {"a"});
+  EXPECT_EQ(r.str("error"), "invalid");
+  EXPECT_NE(r.str("message").find("max_workers"), std::string::npos) << r.str("message");
+  EXPECT_TRUE(f.register_worker(*f.ingress, "w0", {"a", "b"}).ok()) << "an update is no new one";
+}
+
 // A child process with its stdin and stdout on pipes, read and written a line at a time.
 class Piped {
  public:
@@ -437,7 +494,7 @@ TEST(DaemonWorkers, ClaimRacesOverSharedMemoryAndTheIngressHaveExactlyOneWinner)
     std::vector<std::string> answers;
     for (auto& r : racers) answers.push_back(r.process->receive());
     int winners = 0;
-    const Racer* winner = nullptr;
+    Racer* winner = nullptr;
     for (std::size_t i = 0; i < racers.size(); ++i) {
       std::istringstream in(answers[i]);
       std::string outcome, owner, reason;
@@ -463,12 +520,17 @@ TEST(DaemonWorkers, ClaimRacesOverSharedMemoryAndTheIngressHaveExactlyOneWinner)
         ASSERT_EQ(owner, winner->id) << "round " << round << ": " << answers[i];
       }
     }
+    // Only the winner may report it (each worker reports from its own process).
     if (round % 100 == 0) {
-      const Racer& loser = &racers[0] == winner ? racers[1] : racers[0];
-      ASSERT_EQ(f.complete_as(loser.id, id).str("error"), "not_owner") << "round " << round;
+      Racer& loser = &racers[0] == winner ? racers[1] : racers[0];
+      loser.process->send("complete " + id);
+      ASSERT_EQ(loser.process->receive(), "not_owner") << "round " << round;
     }
-    auto done = f.complete_as(winner->id, id);
-    ASSERT_TRUE(done.ok()) << "round " << round << ": " << done.str("message");
+    for (auto& r : racers) {
+      if (&r != winner) continue;
+      r.process->send("complete " + id);
+      ASSERT_EQ(r.process->receive(), "ok") << "round " << round;
+    }
   }
   std::printf("[ claims   ] %d rounds, one winner each; %d won through shared memory\n", rounds,
               shm_wins);

@@ -968,6 +968,12 @@ void Scheduler::on(const input::RegisterWorker& in, Time now, std::vector<Action
     answer(out, in.op, Reply::failure("invalid", "field 'worker_id' must not be empty"));
     return;
   }
+  if (!workers_.find(in.worker_id) && workers_.size() >= config_.max_workers) {
+    answer(out, in.op,
+           Reply::failure("invalid", std::to_string(workers_.size()) +
+                                         " workers are registered, the most max_workers allows"));
+    return;
+  }
   Worker w;
   w.id = in.worker_id;
   w.capabilities = in.capabilities;

@@ -36,7 +36,9 @@ WorkerRegistry::Registration WorkerRegistry::add(Worker w) {
   }
   ++room_epoch_;
   Worker& old = it->second;
-  if (!old.session.empty() && !w.session.empty() && old.session != w.session) {
+  // A live worker tied to a process stays that process's (a connection without one, over TCP,
+  // cannot take it over either).
+  if (!old.session.empty() && old.session != w.session) {
     return Registration::kTakenByAnotherSession;
   }
   w.load = old.load;

@@ -49,10 +49,26 @@ int main(int argc, char** argv) {
   std::printf("ready %u\n", number);
   std::fflush(stdout);
   std::string id;
-  std::uint32_t attempt = 0;
+  std::string attempt_text;
   std::mt19937 rng(static_cast<unsigned>(std::hash<std::string>{}(worker)));
   const int jitter = std::atoi(argv[5]);
-  while (std::cin >> id >> attempt) {
+  // "<execution_id> <attempt>" claims it; "complete <execution_id>" reports it done as this
+  // worker ("ok" or the error code).
+  while (std::cin >> id >> attempt_text) {
+    if (id == "complete") {
+      auto r = client.call(ipc::protocol::MapBuilder()
+                               .str("op", "complete")
+                               .str("execution_id", attempt_text)
+                               .str("worker_id", worker)
+                               .integer("exit_code", 0)
+                               .finish());
+      std::printf("%s\n", ipc::get_bool(r.get(), "ok").value_or(false)
+                              ? "ok"
+                              : ipc::get_string(r.get(), "error").value_or("?").c_str());
+      std::fflush(stdout);
+      continue;
+    }
+    const auto attempt = static_cast<std::uint32_t>(std::stoul(attempt_text));
     if (jitter > 0) {
       const auto until = std::chrono::steady_clock::now() +
                          std::chrono::microseconds(static_cast<int>(rng() % (jitter + 1)));

@@ -145,6 +145,8 @@ po::options_description describe(Config& c, Raw& raw) {
       "claim_timeout_ms",
       po::value<std::uint64_t>(&c.claim_timeout_ms)->default_value(c.claim_timeout_ms),
       "a TaskPush not claimed this long is offered to another worker, same attempt (0 = never)")(
+      "max_workers", po::value<std::uint64_t>(&c.max_workers)->default_value(c.max_workers),
+      "live workers at most; a registration beyond is refused")(
       "audit_dir", po::value<std::string>(&c.audit_dir)->default_value(c.audit_dir),
       "directory of the hash-chained audit log of every state change (empty = off; fixed at "
       "start)")("audit_fsync", po::value<std::string>(&c.audit_fsync)->default_value(c.audit_fsync),
@@ -269,6 +271,8 @@ void validate(Config& c, const Raw& raw) {
           "use 0 .. 86400000 (a day)");
   require(c.audit_fsync == "batch" || c.audit_fsync == "interval" || c.audit_fsync == "none",
           "audit_fsync", c.audit_fsync, "use batch, interval or none");
+  require(c.max_workers >= 1 && c.max_workers <= 1'000'000, "max_workers", c.max_workers,
+          "use 1 .. 1000000");
   require(c.audit_max_file_bytes >= 4096, "audit_max_file_bytes", c.audit_max_file_bytes,
           "use 4096 or more");
   require(c.idle_spin_us <= 10000, "idle_spin_us", c.idle_spin_us, "use 0 .. 10000");

@@ -47,6 +47,7 @@ struct Config {
   std::uint64_t finished_retention_seconds = 3600;
   std::uint64_t worker_timeout_ms = 30000;  // a worker not heard from this long is gone
   std::uint64_t claim_timeout_ms = 5000;    // a push not claimed this long goes to another worker
+  std::uint64_t max_workers = 10000;        // live workers at most
   // The audit log (docs/audit.md); fixed at start. Empty: off.
   std::string audit_dir;
   std::string audit_fsync = "batch";  // batch, interval or none

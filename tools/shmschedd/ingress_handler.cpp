@@ -80,6 +80,7 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
     }
   };
   AccessPolicy access(access_settings);
+  SessionCache sessions;
   auto handler = [&](const protocol::Request& req, std::uint64_t token, const ipc::Peer& peer) {
     std::string error;
     // Who the kernel says the client is decides what it may do; a refusal changes nothing.
@@ -207,20 +208,16 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
               .int_map("counters", counters)
               .finish());
     }
-    if (std::holds_alternative<protocol::RegisterWorkerOp>(req)) {
-      // A worker on the local socket is tied to its process: when that exits, so does the
-      // worker (the loop polls it), and another process cannot take its id meanwhile.
-      OpMessage m{req, ReplyTo{token, std::nullopt}, access.acting_for(peer)};
-      if (peer.local) {
-        m.session = session_of(peer.pid);
-        m.pid = peer.pid;
-      }
-      inbox_->post(std::move(m));
-      return std::optional<ipc::IngressServer::Reply>();
+    // cancel, complete, fail and the worker operations: the loop owns dispatch state and the
+    // workers; it replies through the server, and checks the owner where it acts (a check here
+    // would race with the loop). A local client names its process: a worker registered from one
+    // process is acted for from that process only.
+    OpMessage m{req, ReplyTo{token, std::nullopt}, access.acting_for(peer)};
+    if (peer.local && names_a_worker(req)) {
+      m.session = sessions.of(peer.pid);
+      m.pid = peer.pid;
     }
-    // cancel, complete, fail: the loop owns dispatch state; it replies through the server, and
-    // checks the owner where it acts (a check here would race with the loop).
-    inbox_->post(OpMessage{req, ReplyTo{token, std::nullopt}, access.acting_for(peer)});
+    inbox_->post(std::move(m));
     return std::optional<ipc::IngressServer::Reply>();
   };
   try {

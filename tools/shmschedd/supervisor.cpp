@@ -195,6 +195,7 @@ core::SchedulerConfig Supervisor::policy(const Config& c) const {
   p.max_taken = c.queue.max_active;
   p.worker_timeout_ms = c.worker_timeout_ms;
   p.claim_timeout_ms = c.claim_timeout_ms;
+  p.max_workers = c.max_workers;
   return p;
 }
 
@@ -356,6 +357,9 @@ void Supervisor::flush_outbound() {
 
 void Supervisor::do_publish(const core::action::Publish& p) {
   const core::Event& ev = p.event;
+  if (ev.type == core::EventType::kWorkerUnregistered && ev.worker_id) {
+    worker_session_.erase(*ev.worker_id);
+  }
   if (audit_) audit_->event(ev);
   std::optional<ipc::ExecutionView> view;
   if (ev.type == core::EventType::kCreatePodCommand || ev.type == core::EventType::kTaskPush) {
@@ -389,7 +393,31 @@ void Supervisor::do_take(const core::action::Take& t, core::Time time,
   core_.handle(core::input::TakeDone{t.level, t.count - taken}, time, more);
 }
 
+// A local process acting as a worker that another local process registered.
+std::optional<std::string> Supervisor::foreign_worker(const OpMessage& op) const {
+  if (op.session.empty()) return std::nullopt;  // not a local process (TCP, a transport)
+  std::optional<std::string> worker;
+  if (const auto* c = std::get_if<protocol::CompleteOp>(&op.request)) worker = c->worker_id;
+  if (const auto* f = std::get_if<protocol::FailOp>(&op.request)) worker = f->worker_id;
+  if (const auto* h = std::get_if<protocol::HeartbeatOp>(&op.request)) worker = h->worker_id;
+  if (const auto* u = std::get_if<protocol::UnregisterWorkerOp>(&op.request)) worker = u->worker_id;
+  if (const auto* c = std::get_if<protocol::ClaimOp>(&op.request)) worker = c->worker_id;
+  if (const auto* b = std::get_if<protocol::ReportBlockerOp>(&op.request)) worker = b->worker_id;
+  if (!worker) return std::nullopt;
+  auto it = worker_session_.find(*worker);
+  if (it == worker_session_.end() || it->second.empty() || it->second == op.session) {
+    return std::nullopt;
+  }
+  return "worker '" + *worker + "' was registered by another process (pid " +
+         it->second.substr(4, it->second.find(':', 4) - 4) +
+         "): a worker is acted for by the process that registered it only";
+}
+
 void Supervisor::do_answer(const core::action::Answer& a) {
+  if (auto r = registering_.find(a.op); r != registering_.end()) {
+    if (a.reply.ok) worker_session_[r->second.first] = r->second.second;
+    registering_.erase(r);
+  }
   // What `stats` shows includes what the answered operation did (a client that registered a
   // worker counts it at once).
   publish_counters();
@@ -499,6 +527,12 @@ void Supervisor::handle_op(OpMessage& op) {
     }
     return;
   }
+  if (auto why = foreign_worker(op)) {
+    counters_.rejected_unauthorized.fetch_add(1, std::memory_order_relaxed);
+    const auto reply = protocol::error_reply("unauthorized", *why);
+    if (op.reply_to.ingress_token && ingress_) ingress_->reply(op.reply_to.ingress_token, reply);
+    return;
+  }
   const core::OpId id = next_op_++;
   ops_[id] = op.reply_to;
 
@@ -520,6 +554,7 @@ void Supervisor::handle_op(OpMessage& op) {
     feed(core::input::Status{id, st->execution_id});
   } else if (auto* w = std::get_if<protocol::RegisterWorkerOp>(&op.request)) {
     sessions_.track(op.session, op.pid);
+    registering_[id] = {w->worker_id, op.session};
     feed(core::input::RegisterWorker{id, w->worker_id, w->capabilities, w->capacity, w->metadata,
                                      op.session});
   } else if (auto* h = std::get_if<protocol::HeartbeatOp>(&op.request)) {

@@ -167,6 +167,11 @@ class Supervisor {
   static constexpr auto kSessionCheck = std::chrono::milliseconds(50);
   WorkerSessions sessions_;
   std::unique_ptr<AuditTrail> audit_;  // null: off
+  // The process (session) each live worker was registered from, and registrations awaiting
+  // their answer: a local process may act only for workers it registered.
+  std::map<std::string, std::string> worker_session_;
+  std::map<core::OpId, std::pair<std::string, std::string>> registering_;
+  std::optional<std::string> foreign_worker(const OpMessage& op) const;
   Clock::time_point next_session_check_{};
   Clock::time_point next_watchdog_{};
   Clock::time_point next_status_{};

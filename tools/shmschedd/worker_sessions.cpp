@@ -32,6 +32,29 @@ std::string session_of(pid_t pid) {
   return "pid:" + std::to_string(pid) + ":" + std::to_string(*start);
 }
 
+bool names_a_worker(const ipc::protocol::Request& request) {
+  namespace protocol = ipc::protocol;
+  if (const auto* c = std::get_if<protocol::CompleteOp>(&request)) return c->worker_id.has_value();
+  if (const auto* f = std::get_if<protocol::FailOp>(&request)) return f->worker_id.has_value();
+  return std::holds_alternative<protocol::RegisterWorkerOp>(request) ||
+         std::holds_alternative<protocol::HeartbeatOp>(request) ||
+         std::holds_alternative<protocol::UnregisterWorkerOp>(request) ||
+         std::holds_alternative<protocol::ClaimOp>(request) ||
+         std::holds_alternative<protocol::ReportBlockerOp>(request);
+}
+
+std::string SessionCache::of(pid_t pid) {
+  const auto now = std::chrono::steady_clock::now();
+  auto it = entries_.find(pid);
+  if (it != entries_.end() && now - it->second.at < std::chrono::seconds(1)) {
+    return it->second.session;
+  }
+  if (entries_.size() > 4096) entries_.clear();  // bounded: many short-lived clients
+  Entry e{session_of(pid), now};
+  entries_[pid] = e;
+  return e.session;
+}
+
 void WorkerSessions::track(const std::string& session, pid_t pid) {
   if (session.empty() || sessions_.count(session)) return;
   const auto start = process_start_time(pid);

@@ -6,11 +6,14 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
 #include <vector>
+
+#include "shmsched/ipc/protocol.h"
 
 namespace shmsched::daemon {
 
@@ -20,6 +23,24 @@ std::optional<std::uint64_t> process_start_time(pid_t pid);
 
 // "pid:<pid>:<start time>", or "" when the process is already gone (or pid is 0).
 std::string session_of(pid_t pid);
+
+// Whether a request acts as a worker (and so must come from that worker's process).
+bool names_a_worker(const ipc::protocol::Request& request);
+
+// session_of() for the ingress thread, kept a second per pid: a claim does not read /proc each
+// time. (A pid reused within that second keeps the old session until the loop has noticed the
+// old process's exit and forgotten its workers.)
+class SessionCache {
+ public:
+  std::string of(pid_t pid);
+
+ private:
+  struct Entry {
+    std::string session;
+    std::chrono::steady_clock::time_point at;
+  };
+  std::map<pid_t, Entry> entries_;
+};
 
 class WorkerSessions {
  public:

@@ -104,27 +104,45 @@ struct Reader {
     return true;
   }
 
-  bool strings(std::string_view key, std::vector<std::string>& out) {
+  bool strings(std::string_view key, std::vector<std::string>& out,
+               std::size_t max_items = SIZE_MAX, std::size_t max_len = SIZE_MAX) {
     const object* o = field(map, key);
     if (!o || o->type == msgpack::type::NIL) return true;
     if (o->type != msgpack::type::ARRAY)
       return fail("field '" + std::string(key) + "' must be an array of strings");
+    if (o->via.array.size > max_items) {
+      return fail("field '" + std::string(key) + "' has more than " + std::to_string(max_items) +
+                  " entries");
+    }
     for (const auto& item : o->via.array) {
       if (item.type != msgpack::type::STR)
         return fail("field '" + std::string(key) + "' must be an array of strings");
+      if (item.via.str.size > max_len) {
+        return fail("an entry of field '" + std::string(key) + "' is longer than " +
+                    std::to_string(max_len) + " bytes");
+      }
       out.emplace_back(item.via.str.ptr, item.via.str.size);
     }
     return true;
   }
 
-  bool string_map(std::string_view key, Metadata& out) {
+  bool string_map(std::string_view key, Metadata& out, std::size_t max_items = SIZE_MAX,
+                  std::size_t max_len = SIZE_MAX) {
     const object* o = field(map, key);
     if (!o || o->type == msgpack::type::NIL) return true;
     if (o->type != msgpack::type::MAP)
       return fail("field '" + std::string(key) + "' must be a map of strings");
+    if (o->via.map.size > max_items) {
+      return fail("field '" + std::string(key) + "' has more than " + std::to_string(max_items) +
+                  " entries");
+    }
     for (const auto& kv : o->via.map) {
       if (kv.key.type != msgpack::type::STR || kv.val.type != msgpack::type::STR) {
         return fail("field '" + std::string(key) + "' must map strings to strings");
+      }
+      if (kv.key.via.str.size > max_len || kv.val.via.str.size > max_len) {
+        return fail("an entry of field '" + std::string(key) + "' is longer than " +
+                    std::to_string(max_len) + " bytes");
       }
       out.emplace_back(std::string(kv.key.via.str.ptr, kv.key.via.str.size),
                        std::string(kv.val.via.str.ptr, kv.val.via.str.size));
@@ -132,6 +150,10 @@ struct Reader {
     return true;
   }
 };
+
+// What one worker may bring: its capabilities and metadata stay in memory while it lives.
+constexpr std::size_t kMaxCapabilities = 64;
+constexpr std::size_t kMaxCapabilityBytes = 128;
 
 // `attempt` of complete/fail: optional; when given, 1 .. 2^32-1.
 void read_attempt(Reader& r, std::optional<std::uint32_t>& out) {
@@ -239,8 +261,9 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
   if (op == "register_worker") {
     RegisterWorkerOp w;
     r.string("worker_id", w.worker_id, true, 256);
-    r.strings("capabilities", w.capabilities);
-    r.string_map("metadata", w.metadata);
+    // Bounded: a worker is kept for as long as it lives.
+    r.strings("capabilities", w.capabilities, kMaxCapabilities, kMaxCapabilityBytes);
+    r.string_map("metadata", w.metadata, kMaxCapabilities, 1024);
     std::optional<std::int64_t> capacity;
     r.integer("capacity", capacity);
     if (capacity) {
@@ -274,9 +297,10 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
     ReportBlockerOp b;
     r.string("worker_id", b.worker_id, true, 256);
     r.string("type", b.type, true, 256);
-    r.string("description", b.description, true);
+    r.string("description", b.description, true, 65536);
     r.string("severity", b.severity, true, 64);
-    r.strings("required_capabilities", b.required_capabilities);
+    r.strings("required_capabilities", b.required_capabilities, kMaxCapabilities,
+              kMaxCapabilityBytes);
     r.string("execution_id", b.execution_id, false, 256);
     if (!r.error.empty()) return DecodeError{r.error};
     return Request{std::move(b)};

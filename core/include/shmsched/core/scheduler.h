@@ -58,6 +58,7 @@ struct SchedulerConfig {
   // A worker not heard from for this long is gone; a push not claimed in time goes to another.
   std::uint64_t worker_timeout_ms = 30000;
   std::uint64_t claim_timeout_ms = 5000;
+  std::uint64_t max_workers = 10000;  // live workers at most (each is kept in memory)
 };
 
 // Now, as the shell's clocks tell it: monotonic for timers, wall clock for enqueue times.
