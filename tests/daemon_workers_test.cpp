@@ -139,6 +139,14 @@ TEST(DaemonWorkers, CapabilitiesClaimsTimeoutsAndBlockersOverTheIngress) {
   const std::string winner = a_won ? "w1" : "w2";
   const std::string loser = a_won ? "w2" : "w1";
   EXPECT_EQ((a_won ? rb : ra).str("owner"), winner);
+  // Claimed: it runs on the winner (status and list say so).
+  auto st = f.ingress->op("status", "g1");
+  EXPECT_EQ(st.str("state"), "running");
+  EXPECT_EQ(st.str("worker_id"), winner);
+  auto running = f.ingress->call(MapBuilder().str("op", "list").str("state", "running").finish());
+  const auto* items = ipc::find_field(running.get(), "executions");
+  ASSERT_TRUE(items && items->type == msgpack::type::ARRAY);
+  EXPECT_EQ(items->via.array.size, 1u);
   // Only the owner reports.
   EXPECT_EQ(f.complete_as(loser, "g1").str("error"), "not_owner");
   EXPECT_TRUE(f.complete_as(winner, "g1").ok());

@@ -25,10 +25,15 @@ const char* state_of(const ipc::ExecutionRecord& r) {
     return core::final_state_name(static_cast<core::FinalState>((r.annotation >> 32) & 0xff))
         .data();
   }
-  return phase == core::Phase::kHeld || phase == core::Phase::kUnknown ? "queued" : "dispatched";
+  if (phase == core::Phase::kHeld || phase == core::Phase::kUnknown) return "queued";
+  // Claimed by a worker: it runs there.
+  return r.claimed_by != 0 ? "running" : "dispatched";
 }
 
-std::vector<std::byte> execution_map(const ipc::ExecutionRecord& r, bool ok_field) {
+}  // namespace
+
+std::vector<std::byte> Supervisor::execution_map(const ipc::ExecutionRecord& r,
+                                                 bool ok_field) const {
   MapBuilder m;
   if (ok_field) m.boolean("ok", true);
   m.str("execution_id", r.execution_id)
@@ -38,10 +43,17 @@ std::vector<std::byte> execution_map(const ipc::ExecutionRecord& r, bool ok_fiel
       .integer("attempt", r.attempt)
       .integer("enqueued_at", r.enqueued_at_ns);
   if (r.queue_position) m.integer("queue_position", static_cast<std::int64_t>(*r.queue_position));
+  if (r.claimed_by != 0 && r.state == ipc::ExecutionState::kActive) {
+    m.str("worker_id", worker_name(r.claimed_by));
+  }
   return m.finish();
 }
 
-}  // namespace
+std::string Supervisor::worker_name(std::uint32_t number) const {
+  std::lock_guard lock(worker_names_mutex_);
+  auto it = worker_names_.find(number);
+  return it != worker_names_.end() ? it->second : "#" + std::to_string(number);
+}
 
 void Supervisor::start_ingress() {
   std::vector<std::string> endpoints = {config_.ingress_endpoint()};

@@ -359,6 +359,8 @@ void Supervisor::do_publish(const core::action::Publish& p) {
   const core::Event& ev = p.event;
   if (ev.type == core::EventType::kWorkerUnregistered && ev.worker_id) {
     worker_session_.erase(*ev.worker_id);
+    std::lock_guard lock(worker_names_mutex_);
+    worker_names_.erase(core::worker_number(*ev.worker_id));
   }
   if (audit_) audit_->event(ev);
   std::optional<ipc::ExecutionView> view;
@@ -415,7 +417,11 @@ std::optional<std::string> Supervisor::foreign_worker(const OpMessage& op) const
 
 void Supervisor::do_answer(const core::action::Answer& a) {
   if (auto r = registering_.find(a.op); r != registering_.end()) {
-    if (a.reply.ok) worker_session_[r->second.first] = r->second.second;
+    if (a.reply.ok) {
+      worker_session_[r->second.first] = r->second.second;
+      std::lock_guard lock(worker_names_mutex_);
+      worker_names_[core::worker_number(r->second.first)] = r->second.first;
+    }
     registering_.erase(r);
   }
   // What `stats` shows includes what the answered operation did (a client that registered a

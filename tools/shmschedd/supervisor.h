@@ -9,6 +9,7 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -172,6 +173,11 @@ class Supervisor {
   std::map<std::string, std::string> worker_session_;
   std::map<core::OpId, std::pair<std::string, std::string>> registering_;
   std::optional<std::string> foreign_worker(const OpMessage& op) const;
+  // Worker numbers (claim words) to ids, for the ingress thread's status and list.
+  mutable std::mutex worker_names_mutex_;
+  std::map<std::uint32_t, std::string> worker_names_;
+  std::string worker_name(std::uint32_t number) const;
+  std::vector<std::byte> execution_map(const ipc::ExecutionRecord& r, bool ok_field) const;
   Clock::time_point next_session_check_{};
   Clock::time_point next_watchdog_{};
   Clock::time_point next_status_{};

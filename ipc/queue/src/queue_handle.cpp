@@ -5,6 +5,7 @@
 #include <chrono>
 #include <thread>
 
+#include "claim_word.h"
 #include "crash_point.h"
 #include "futex.h"
 #include "identity.h"
@@ -464,6 +465,8 @@ bool snapshot(const SegmentView& v, std::uint32_t index, ExecutionRecord& out) {
   std::vector<std::byte> data(plen + elen);
   load_data(v.slot_data(index), data);
   out.annotation = st == SlotState::kActive ? load_field(s.reserved[0]) : 0;
+  const std::uint64_t claim = st == SlotState::kActive ? load_field(s.reserved[1]) : 0;
+  out.claimed_by = claim_is_for(claim, ctrl_gen(c), load_field(s.attempt)) ? claim_owner(claim) : 0;
   if (s.ctrl.load(std::memory_order_acquire) != c) return false;
   // Consistent: decode only now (extras of a mixed read could be anything).
   out.payload.assign(data.begin(), data.begin() + plen);

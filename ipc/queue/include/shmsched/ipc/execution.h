@@ -55,6 +55,8 @@ struct ExecutionRecord {
   Metadata metadata;
   std::optional<std::uint64_t> queue_position;  // when queued
   std::uint64_t annotation = 0;  // the owner's word (Consumer::annotate), active only
+  // The worker number that claimed its current attempt (0: nobody), active only.
+  std::uint32_t claimed_by = 0;
 };
 
 }  // namespace shmsched::ipc
