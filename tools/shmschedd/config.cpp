@@ -161,6 +161,10 @@ po::options_description describe(Config& c, Raw& raw) {
       "audit_max_files",
       po::value<std::uint32_t>(&c.audit_max_files)->default_value(c.audit_max_files),
       "audit log files kept, the current one included (0 = all)")(
+      "audit_max_pending",
+      po::value<std::uint64_t>(&c.audit_max_pending)->default_value(c.audit_max_pending),
+      "audit records handed to the writer and not yet written, at most: beyond, the loop "
+      "waits (a sync in progress is absorbed up to this)")(
       "reap_interval_ms",
       po::value<std::uint64_t>(&c.reap_interval_ms)->default_value(c.reap_interval_ms),
       "how often dead producers are looked for")(
@@ -273,6 +277,8 @@ void validate(Config& c, const Raw& raw) {
           "audit_fsync", c.audit_fsync, "use batch, interval or none");
   require(c.max_workers >= 1 && c.max_workers <= 1'000'000, "max_workers", c.max_workers,
           "use 1 .. 1000000");
+  require(c.audit_max_pending >= 1024 && c.audit_max_pending <= 16'777'216, "audit_max_pending",
+          c.audit_max_pending, "use 1024 .. 16777216");
   require(c.audit_max_file_bytes >= 4096, "audit_max_file_bytes", c.audit_max_file_bytes,
           "use 4096 or more");
   require(c.idle_spin_us <= 10000, "idle_spin_us", c.idle_spin_us, "use 0 .. 10000");

@@ -117,6 +117,7 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
     o.fsync_interval = std::chrono::milliseconds(config_.audit_fsync_interval_ms);
     o.max_file_bytes = config_.audit_max_file_bytes;
     o.max_files = config_.audit_max_files;
+    o.max_pending = config_.audit_max_pending;
     audit_ = std::make_unique<AuditTrail>(std::move(o));
   }
   counters_.max_active = config_.max_active_executions;
@@ -901,13 +902,15 @@ void Supervisor::reload() {
     if (next.audit_dir != config_.audit_dir || next.audit_fsync != config_.audit_fsync ||
         next.audit_fsync_interval_ms != config_.audit_fsync_interval_ms ||
         next.audit_max_file_bytes != config_.audit_max_file_bytes ||
-        next.audit_max_files != config_.audit_max_files) {
+        next.audit_max_files != config_.audit_max_files ||
+        next.audit_max_pending != config_.audit_max_pending) {
       spdlog::warn("the audit log's settings are fixed at start; they change with a restart");
       next.audit_dir = config_.audit_dir;
       next.audit_fsync = config_.audit_fsync;
       next.audit_fsync_interval_ms = config_.audit_fsync_interval_ms;
       next.audit_max_file_bytes = config_.audit_max_file_bytes;
       next.audit_max_files = config_.audit_max_files;
+      next.audit_max_pending = config_.audit_max_pending;
     }
     if (next.max_active_executions > fixed.max_active) {
       throw ipc::ConfigError(
