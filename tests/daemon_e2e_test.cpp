@@ -14,28 +14,7 @@ namespace {
 using ::testing::HasSubstr;
 using ::testing::Not;
 
-struct Fixture {
-  std::string dir;
-  std::string segment;
-  std::unique_ptr<Daemon> daemon;
-  std::unique_ptr<Ingress> ingress;
-  std::unique_ptr<Events> events;
-
-  Fixture(const std::string& tag, std::vector<std::string> args)
-      : dir(temp_dir(tag)), segment(segment_name(tag)) {
-    ipc::Segment::remove(segment);
-    daemon = std::make_unique<Daemon>(dir, segment, std::move(args));
-    daemon->start();
-    ingress = std::make_unique<Ingress>(daemon->endpoint());
-    events = std::make_unique<Events>(daemon->events_endpoint());
-    events->sync(*ingress);
-  }
-  ~Fixture() {
-    daemon.reset();
-    ipc::Segment::remove(segment);
-    std::filesystem::remove_all(dir);
-  }
-};
+using Fixture = DaemonFixture;
 
 TEST(DaemonE2E, SubmitThroughZeromqAndSharedMemoryDispatchesAndCompletes) {
   Fixture f("basic", {});

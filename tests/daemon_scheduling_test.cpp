@@ -17,29 +17,8 @@ namespace {
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
-struct Fixture {
-  std::string dir;
-  std::string segment;
-  std::unique_ptr<Daemon> daemon;
-  std::unique_ptr<Ingress> ingress;
-  std::unique_ptr<Events> events;
-
-  Fixture(const std::string& tag, std::vector<std::string> args,
-          std::map<std::string, std::string> env = {})
-      : dir(temp_dir(tag)), segment(segment_name(tag)) {
-    ipc::Segment::remove(segment);
-    daemon = std::make_unique<Daemon>(dir, segment, std::move(args));
-    daemon->env() = std::move(env);
-    daemon->start();
-    ingress = std::make_unique<Ingress>(daemon->endpoint());
-    events = std::make_unique<Events>(daemon->events_endpoint());
-    events->sync(*ingress);
-  }
-  ~Fixture() {
-    daemon.reset();
-    ipc::Segment::remove(segment);
-    std::filesystem::remove_all(dir);
-  }
+struct Fixture : DaemonFixture {
+  using DaemonFixture::DaemonFixture;
   std::int64_t counter(const std::string& name) {
     auto st = ingress->call(MapBuilder().str("op", "stats").finish());
     return ipc::get_int(*ipc::find_field(st.get(), "counters"), name).value_or(-1);

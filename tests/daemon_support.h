@@ -321,4 +321,37 @@ class Ingress {
   std::unique_ptr<ipc::Client> client_;
 };
 
+// A shmschedd of its own for one test: a temporary runtime directory and segment, a client on its
+// ingress, and a subscriber on its events that has seen a sync (nothing published before the
+// test started is waiting in it). "{dir}" in an argument stands for the runtime directory.
+struct DaemonFixture {
+  std::string dir;
+  std::string segment;
+  std::unique_ptr<Daemon> daemon;
+  std::unique_ptr<Ingress> ingress;
+  std::unique_ptr<Events> events;
+
+  DaemonFixture(const std::string& tag, std::vector<std::string> args,
+                std::map<std::string, std::string> env = {})
+      : dir(temp_dir(tag)), segment(segment_name(tag)) {
+    ipc::Segment::remove(segment);
+    for (auto& a : args) {
+      if (const auto at = a.find("{dir}"); at != std::string::npos) a.replace(at, 5, dir);
+    }
+    daemon = std::make_unique<Daemon>(dir, segment, std::move(args));
+    daemon->env() = std::move(env);
+    daemon->start();
+    ingress = std::make_unique<Ingress>(daemon->endpoint());
+    events = std::make_unique<Events>(daemon->events_endpoint());
+    events->sync(*ingress);
+  }
+  ~DaemonFixture() {
+    daemon.reset();
+    ipc::Segment::remove(segment);
+    std::filesystem::remove_all(dir);
+  }
+  DaemonFixture(const DaemonFixture&) = delete;
+  DaemonFixture& operator=(const DaemonFixture&) = delete;
+};
+
 }  // namespace shmsched::test

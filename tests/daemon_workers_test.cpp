@@ -14,27 +14,13 @@
 namespace shmsched::test {
 namespace {
 
-struct Fixture {
-  std::string dir;
-  std::string segment;
-  std::unique_ptr<Daemon> daemon;
-  std::unique_ptr<Ingress> ingress;
-  std::unique_ptr<Events> events;
-
+struct Fixture : DaemonFixture {
+  // Every run keeps an audit log (checked where a test reads it).
   Fixture(const std::string& tag, std::vector<std::string> args)
-      : dir(temp_dir(tag)), segment(segment_name(tag)) {
-    ipc::Segment::remove(segment);
-    args.push_back("--audit-dir=" + dir + "/audit");
-    daemon = std::make_unique<Daemon>(dir, segment, std::move(args));
-    daemon->start();
-    ingress = std::make_unique<Ingress>(daemon->endpoint());
-    events = std::make_unique<Events>(daemon->events_endpoint());
-    events->sync(*ingress);
-  }
-  ~Fixture() {
-    daemon.reset();
-    ipc::Segment::remove(segment);
-    std::filesystem::remove_all(dir);
+      : DaemonFixture(tag, with_audit(std::move(args))) {}
+  static std::vector<std::string> with_audit(std::vector<std::string> args) {
+    args.push_back("--audit-dir={dir}/audit");
+    return args;
   }
 
   Map register_worker(Ingress& in, const std::string& id, std::vector<std::string> caps,
@@ -242,41 +228,40 @@ TEST(DaemonWorkers, CapabilitiesClaimsTimeoutsAndBlockersOverTheIngress) {
   }
 }
 
-// Runs the example Python worker; returns its pid.
-pid_t python_worker(const Fixture& f, const std::string& id, const std::string& caps, int capacity,
-                    const std::string& log) {
+// Runs `argv` with its output in `log`; returns its pid.
+pid_t spawn_logged(std::vector<std::string> argv, const std::string& log) {
   const pid_t pid = ::fork();
   if (pid == 0) {
     const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
-    const std::string cap = std::to_string(capacity);
-    // Debian's interpreter, which has python3-zmq and python3-msgpack (not whatever is first on
-    // PATH).
-    ::execl("/usr/bin/python3", "python3",
-            SHMSCHED_SOURCE_DIR "/examples/workers/python/shmsched_worker.py", "--worker-id",
-            id.c_str(), "--capabilities", caps.c_str(), "--capacity", cap.c_str(), "--ingress",
-            f.daemon->endpoint().c_str(), "--events", f.daemon->events_endpoint().c_str(), nullptr);
+    std::vector<char*> c;
+    for (auto& a : argv) c.push_back(a.data());
+    c.push_back(nullptr);
+    ::execv(c[0], c.data());
     ::_exit(127);
   }
   return pid;
 }
 
+// Runs the example Python worker; returns its pid. Debian's interpreter, which has python3-zmq
+// and python3-msgpack (not whatever is first on PATH).
+pid_t python_worker(const Fixture& f, const std::string& id, const std::string& caps, int capacity,
+                    const std::string& log) {
+  return spawn_logged(
+      {"/usr/bin/python3", SHMSCHED_SOURCE_DIR "/examples/workers/python/shmsched_worker.py",
+       "--worker-id", id, "--capabilities", caps, "--capacity", std::to_string(capacity),
+       "--ingress", f.daemon->endpoint(), "--events", f.daemon->events_endpoint()},
+      log);
+}
+
 // Runs the example C++ worker (examples/workers/cpp); returns its pid.
 pid_t cpp_worker(const Fixture& f, const std::string& id, const std::string& caps, int capacity,
                  const std::string& log) {
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    const int fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    ::dup2(fd, 1);
-    ::dup2(fd, 2);
-    const std::string cap = std::to_string(capacity);
-    ::execl(SHMSCHED_BIN_DIR "/shmsched_worker", "shmsched_worker", "--worker-id", id.c_str(),
-            "--capabilities", caps.c_str(), "--capacity", cap.c_str(), "--runtime-dir",
-            f.dir.c_str(), "--segment", f.segment.c_str(), nullptr);
-    ::_exit(127);
-  }
-  return pid;
+  return spawn_logged(
+      {SHMSCHED_BIN_DIR "/shmsched_worker", "--worker-id", id, "--capabilities", caps, "--capacity",
+       std::to_string(capacity), "--runtime-dir", f.dir, "--segment", f.segment},
+      log);
 }
 
 // The example workers, Python (over the ingress) and C++ (claiming through shared memory), run a
