@@ -967,8 +967,10 @@ void World::apply_step(const Step& s) {
       open_ops_[op] = OpKind::kWorker;
       const auto caps = caps_of(s.c);
       auto known = workers_.find(id);
+      // A live worker tied to a process stays that process's (a connection without one cannot
+      // take it over either).
       const bool taken = known != workers_.end() && !known->second.session.empty() &&
-                         !session.empty() && known->second.session != session;
+                         known->second.session != session;
       if (!taken) workers_[id] = ModelWorker{normalized(caps), session};
       feed(input::RegisterWorker{op, id, caps, 1 + (s.c >> 2) % 2, {}, session});
       break;
