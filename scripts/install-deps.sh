@@ -17,7 +17,7 @@ packages=(
   dpkg-dev file systemd
   redis-server libhiredis-dev
   etcd-server etcd-client libcurl4-openssl-dev nlohmann-json3-dev
-  python3 python3-zmq python3-msgpack
+  python3 python3-zmq python3-msgpack python3-pytest
 )
 
 missing=()
