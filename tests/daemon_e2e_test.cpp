@@ -117,6 +117,44 @@ TEST(DaemonE2E, ActiveCapQueuePositionsAndReactiveDispatch) {
   EXPECT_EQ(ipc::get_int(*depth, "normal").value_or(-1), 2);
 }
 
+// Review of issue 11: `stats` read the oldest waits only through the ingress's own queue
+// registration, made by its first submit, status or list; entries submitted straight into shared
+// memory showed an oldest wait of 0 however long they waited.
+TEST(DaemonE2E, StatsShowsTheOldestWaitOfEntriesSubmittedThroughSharedMemory) {
+  // No fixture: its events sync submits through the ingress, which registers it.
+  const auto dir = temp_dir("oldest");
+  const auto segment = segment_name("oldest");
+  Daemon daemon(dir, segment, {"--max-active-executions=1"});
+  daemon.start();
+  ipc::ClientOptions o;
+  o.segment = segment;
+  o.endpoint = daemon.endpoint();
+  ipc::Client client(o);
+  for (int i = 0; i < 3; ++i) {
+    ipc::protocol::SubmitOp op;
+    op.user_id = "bob";
+    op.execution_id = "shm-wait-" + std::to_string(i);
+    ASSERT_TRUE(client.submit(op).via_shared_memory);
+  }
+  Ingress ingress(daemon.endpoint());
+  // Two wait behind the one dispatched; their wait grows past 0 ms within a moment.
+  std::int64_t waited = 0;
+  const auto deadline = Clock::now() + std::chrono::seconds(5);
+  while (waited <= 0 && Clock::now() < deadline) {
+    auto stats = ingress.call(MapBuilder().str("op", "stats").finish());
+    const auto* depth = ipc::find_field(stats.get(), "queue_depth");
+    ASSERT_NE(depth, nullptr);
+    if (ipc::get_int(*depth, "normal").value_or(-1) != 2) continue;  // not yet dispatched
+    const auto* waits = ipc::find_field(stats.get(), "oldest_wait_ms");
+    ASSERT_NE(waits, nullptr);
+    waited = ipc::get_int(*waits, "normal").value_or(-1);
+  }
+  EXPECT_GT(waited, 0) << "two executions queued for seconds, and stats says nobody waits";
+  daemon.signal(SIGTERM);
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(DaemonE2E, RejectionsAreExactAndPublished) {
   Fixture f("reject", {"--max-queue-size=3", "--max-executions-per-user=2",
                        "--max-payload-bytes=16", "--max-active-executions=1"});

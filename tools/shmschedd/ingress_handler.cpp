@@ -122,11 +122,13 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
       inbox_->post(RejectedMessage{id, s->user_id, reason, res.message});
       return std::optional<ipc::IngressServer::Reply>(protocol::error_reply(reason, res.message));
     }
-    // Reads need a registration too (a bracket), except stats, which makes do without the
-    // oldest waits; cancel, complete and fail go to the loop.
+    // Reads need a registration too (a bracket); stats too for the oldest waits, though it
+    // makes do without them when every participant entry is taken. Cancel, complete and fail go
+    // to the loop.
     const bool reads = std::holds_alternative<protocol::StatusOp>(req) ||
                        std::holds_alternative<protocol::ListOp>(req);
-    ipc::Producer* producer = reads ? producer_or_error(error) : registered.get();
+    const bool stats = std::holds_alternative<protocol::StatsOp>(req);
+    ipc::Producer* producer = reads || stats ? producer_or_error(error) : registered.get();
     if (!producer && reads) {
       return std::optional<ipc::IngressServer::Reply>(protocol::error_reply("queue_full", error));
     }
