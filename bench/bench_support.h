@@ -109,6 +109,10 @@ inline void start_daemon(Daemon& d, const std::string& bin, const std::string& p
                                    "--zeromq.sndhwm=10000000",
                                    "--log-level=warn"};
   args.insert(args.end(), g_daemon_args.begin(), g_daemon_args.end());
+  if (std::none_of(g_daemon_args.begin(), g_daemon_args.end(),
+                   [](const std::string& a) { return a.rfind("--metrics-listen", 0) == 0; })) {
+    args.push_back("--metrics-listen=off");  // off unless asked for (--daemon-arg)
+  }
   d.pid = ::fork();
   if (d.pid == 0) {
     std::vector<char*> argv;

@@ -67,6 +67,7 @@ int main(int argc, char** argv) {
                                    "--segment=" + segment,
                                    "--plugin-dir=" SHMSCHED_PLUGIN_DIR,
                                    "--transports=kafka",
+                                   "--metrics-listen=off",
                                    "--kafka.brokers=" + mock.bootstrap(),
                                    "--kafka.group_id=bench-" + std::to_string(::getpid()),
                                    "--kafka.rdkafka.linger.ms=" + linger,

@@ -18,6 +18,7 @@ packages=(
   redis-server libhiredis-dev
   etcd-server etcd-client libcurl4-openssl-dev nlohmann-json3-dev
   python3 python3-zmq python3-msgpack python3-pytest
+  python3-prometheus-client python3-selenium chromium chromium-driver
 )
 
 missing=()

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -100,6 +101,12 @@ class Daemon {
                                      "--idle-spin-us=0",
                                      "--log-level=debug"};
     argv.insert(argv.end(), args_.begin(), args_.end());
+    // The HTTP endpoint is off unless a test asks for it: tests run in parallel, and its
+    // default port would be taken by the first.
+    if (std::none_of(args_.begin(), args_.end(),
+                     [](const std::string& a) { return a.rfind("--metrics-listen", 0) == 0; })) {
+      argv.push_back("--metrics-listen=off");
+    }
     argv.insert(argv.begin(), prefix_.begin(), prefix_.end());
     log_ = runtime_dir_ + "/shmschedd-" + std::to_string(starts_++) + ".log";
     pid_ = ::fork();

@@ -11,6 +11,7 @@
 #include <set>
 #include <sstream>
 
+#include "http_server.h"
 #include "shmsched/ipc/client.h"
 
 extern char** environ;
@@ -165,6 +166,9 @@ po::options_description describe(Config& c, Raw& raw) {
       po::value<std::uint64_t>(&c.audit_max_pending)->default_value(c.audit_max_pending),
       "audit records handed to the writer and not yet written, at most: beyond, the loop "
       "waits (a sync in progress is absorbed up to this)")(
+      "metrics_listen", po::value<std::string>(&c.metrics_listen)->default_value(c.metrics_listen),
+      "host:port of the HTTP endpoint: /metrics (Prometheus), /healthz and the dashboard (off or "
+      "empty = none; fixed at start)")(
       "reap_interval_ms",
       po::value<std::uint64_t>(&c.reap_interval_ms)->default_value(c.reap_interval_ms),
       "how often dead producers are looked for")(
@@ -281,6 +285,14 @@ void validate(Config& c, const Raw& raw) {
           c.audit_max_pending, "use 1024 .. 16777216");
   require(c.audit_max_file_bytes >= 4096, "audit_max_file_bytes", c.audit_max_file_bytes,
           "use 4096 or more");
+  if (c.metrics_listen == "off") c.metrics_listen.clear();
+  if (!c.metrics_listen.empty()) {
+    try {
+      split_host_port(c.metrics_listen);
+    } catch (const std::invalid_argument& e) {
+      throw ConfigError(std::string("metrics_listen: ") + e.what() + " (off turns it off)");
+    }
+  }
   require(c.idle_spin_us <= 10000, "idle_spin_us", c.idle_spin_us, "use 0 .. 10000");
   require(c.finished_retention_count <= 10'000'000, "finished_retention_count",
           c.finished_retention_count, "use 0 .. 10000000 (memory: about 200 bytes each)");

@@ -122,13 +122,11 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
       inbox_->post(RejectedMessage{id, s->user_id, reason, res.message});
       return std::optional<ipc::IngressServer::Reply>(protocol::error_reply(reason, res.message));
     }
-    // Reads need a registration too (a bracket); stats too for the oldest waits, though it
-    // makes do without them when every participant entry is taken. Cancel, complete and fail go
-    // to the loop.
+    // Reads need a registration too (a bracket), except stats, which reads the segment's
+    // counters and the oldest waits the loop publishes; cancel, complete and fail go to the loop.
     const bool reads = std::holds_alternative<protocol::StatusOp>(req) ||
                        std::holds_alternative<protocol::ListOp>(req);
-    const bool stats = std::holds_alternative<protocol::StatsOp>(req);
-    ipc::Producer* producer = reads || stats ? producer_or_error(error) : registered.get();
+    ipc::Producer* producer = reads ? producer_or_error(error) : registered.get();
     if (!producer && reads) {
       return std::optional<ipc::IngressServer::Reply>(protocol::error_reply("queue_full", error));
     }
@@ -163,52 +161,15 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
       const auto st = ipc::queue_stats(*segment_);
       std::vector<std::pair<std::string, std::int64_t>> depth;
       std::vector<std::pair<std::string, std::int64_t>> waits;
-      const std::int64_t now = ipc::events::now_ns();
+      const auto oldest = observability_.oldest_waits_ns(ipc::events::now_ns());
       for (std::size_t l = 0; l < kPriorityLevels; ++l) {
         depth.emplace_back(std::string(kPriorityNames[l]), static_cast<std::int64_t>(st.depth[l]));
-        const auto oldest =
-            producer ? producer->head_enqueued_at(static_cast<Priority>(l)) : std::nullopt;
-        waits.emplace_back(std::string(kPriorityNames[l]),
-                           oldest ? std::max<std::int64_t>(0, (now - *oldest) / 1'000'000) : 0);
+        waits.emplace_back(std::string(kPriorityNames[l]), oldest[l] / 1'000'000);
       }
       auto c = [](const std::atomic<std::uint64_t>& a) {
         return static_cast<std::int64_t>(a.load(std::memory_order_relaxed));
       };
-      std::vector<std::pair<std::string, std::int64_t>> counters = {
-          {"submitted", static_cast<std::int64_t>(st.enqueued)},
-          {"rejected_queue_full", static_cast<std::int64_t>(st.rejected_queue_full)},
-          {"rejected_user_limit", static_cast<std::int64_t>(st.rejected_user_limit)},
-          {"rejected_duplicate", static_cast<std::int64_t>(st.rejected_duplicate)},
-          {"rejected_payload_too_large", static_cast<std::int64_t>(st.rejected_payload_too_large)},
-          {"rejected_invalid", static_cast<std::int64_t>(st.rejected_invalid)},
-          {"dispatched", c(counters_.dispatched)},
-          {"completed", c(counters_.completed)},
-          {"failed", c(counters_.failed)},
-          {"retried", c(counters_.retried)},
-          {"cancelled", c(counters_.cancelled)},
-          {"expired", c(counters_.expired)},
-          {"publish_failures", c(counters_.publish_failures)},
-          {"aged", c(counters_.aged)},
-          {"timed_out", c(counters_.timed_out)},
-          {"stale_reports", c(counters_.stale_reports)},
-          {"held", c(counters_.held)},
-          {"rejected_no_participant_entry", c(counters_.rejected_no_participant_entry)},
-          {"maintenance_deferred", c(counters_.maintenance_deferred)},
-          {"rejected_unauthorized", c(counters_.rejected_unauthorized)},
-          {"pushed", c(counters_.pushed)},
-          {"claims_won", c(counters_.claims_won)},
-          {"claims_lost", c(counters_.claims_lost)},
-          {"claim_timeouts", c(counters_.claim_timeouts)},
-          {"workers_lost", c(counters_.workers_lost)},
-          {"worker_lost_executions", c(counters_.worker_lost_executions)},
-          {"blockers", c(counters_.blockers)},
-          {"queued", static_cast<std::int64_t>(st.queued)},
-          {"held_in_segment", static_cast<std::int64_t>(st.active)},
-          {"maintenance_runs", static_cast<std::int64_t>(st.maintenance_runs)},
-          {"reaped_participants", static_cast<std::int64_t>(st.reaped_participants)},
-          {"ingress_requests", static_cast<std::int64_t>(ingress_->requests())},
-          {"ingress_invalid", static_cast<std::int64_t>(ingress_->invalid_requests())},
-      };
+      const auto counters = stats_counters(st);
       return std::optional<ipc::IngressServer::Reply>(
           MapBuilder()
               .boolean("ok", true)

@@ -132,6 +132,7 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
   loop_thread_ = std::this_thread::get_id();
   callbacks_.delivery = [this](std::uint64_t instance, const std::string& name, std::uint64_t token,
                                bool ok, const std::string& error) {
+    if (!ok) observability_.publish_failed(name);
     if (std::this_thread::get_id() == loop_thread_) {
       local_deliveries_.push_back(DeliveryMessage{instance, name, token, ok, error});
     } else {
@@ -173,9 +174,11 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
   }
   recover_active();
   start_ingress();
+  start_http();
 }
 
 Supervisor::~Supervisor() {
+  stop_http();
   ingress_stop_ = true;
   if (ingress_thread_.joinable()) ingress_thread_.join();
 }
@@ -364,9 +367,13 @@ void Supervisor::do_publish(const core::action::Publish& p) {
     worker_names_.erase(core::worker_number(*ev.worker_id));
   }
   if (audit_) audit_->event(ev);
+  observe_event(ev);
   std::optional<ipc::ExecutionView> view;
   if (ev.type == core::EventType::kCreatePodCommand || ev.type == core::EventType::kTaskPush) {
     view = consumer_->view(unpack(ev.slot));
+    if (view && ev.attempt == 1) {
+      observability_.submit_to_dispatch.observe_ns(ipc::events::now_ns() - view->enqueued_at_ns);
+    }
   }
   outbound_.add(ev, view ? &*view : nullptr, ipc::events::now_ns(),
                 std::span<const core::TransportId>(p.to.data(), p.to.size()), p.token);
@@ -376,6 +383,7 @@ void Supervisor::do_take(const core::action::Take& t, core::Time time,
                          std::vector<core::Action>& more) {
   const auto level = static_cast<Priority>(t.level);
   std::uint32_t taken = 0;
+  const std::int64_t taken_at = ipc::events::now_ns();
   while (taken < t.count) {
     std::uint64_t pos = 0;
     const auto ref = consumer_->dequeue(level, &pos);
@@ -383,6 +391,7 @@ void Supervisor::do_take(const core::action::Take& t, core::Time time,
     const auto view = consumer_->view(*ref);
     if (!view) continue;
     ++taken;
+    observability_.queue_wait.observe_ns(taken_at - view->enqueued_at_ns);
     core::ExecutionInfo info = info_of(*view);
     if (pos >= consumer_->announce_cursor(level)) {
       // Queued after this round's announcements: announced (ExecutionAccepted, ahead of its
@@ -810,6 +819,7 @@ void Supervisor::recover_active() {
 
 void Supervisor::timers() {
   const auto now = Clock::now();
+  observe(now);
   if (now >= next_reap_ || (consumer_->maintenance_requested() && !repair_blocked_)) {
     next_reap_ = now + std::chrono::milliseconds(config_.reap_interval_ms);
     const auto deferred_before = consumer_->stats().maintenance_deferred;
@@ -974,6 +984,7 @@ void Supervisor::notify_status() {
 
 void Supervisor::shutdown() {
   sd_notify(0, "STOPPING=1");
+  observability_.ready = false;
   spdlog::info("stopping: no new work is taken; flushing transports");
   ingress_stop_ = true;
   if (ingress_thread_.joinable()) ingress_thread_.join();
@@ -1022,6 +1033,7 @@ int Supervisor::run() {
   if (sd_watchdog_enabled(0, &usec) > 0) watchdog_interval_ = std::chrono::microseconds(usec / 2);
   // READY only now: the segment is attached, the transports started, the ingress bound.
   sd_notify(0, "READY=1");
+  observability_.ready = true;
   notify_status();
   if (!config_.ingress_tcp.empty() && config_.check_identity) {
     spdlog::warn(

@@ -19,7 +19,9 @@
 #include "action_lists.h"
 #include "audit_trail.h"
 #include "config.h"
+#include "http_server.h"
 #include "inbox.h"
+#include "observability.h"
 #include "outbound.h"
 #include "shmsched/core/scheduler.h"
 #include "shmsched/ipc/ingress_server.h"
@@ -187,6 +189,29 @@ class Supervisor {
   std::atomic<bool> stop_{false};
   std::atomic<bool> reload_{false};
   SupervisorCounters counters_;
+
+  // Metrics and the dashboard (observer.cpp): the HTTP thread reads the counters above, the
+  // segment and what the loop publishes in observability_.
+  std::vector<std::pair<std::string, std::int64_t>> stats_counters(const ipc::QueueStats& st) const;
+  void start_http();
+  void stop_http();
+  void observe(Clock::time_point now);        // loop: pulse, and the observations now and then
+  void observe_event(const core::Event& ev);  // loop: the recent-events list
+  HttpResponse serve_http(const HttpRequest& r);
+  std::string prometheus_text();
+  std::string dashboard_state();
+  std::string dashboard_history();
+  ipc::Producer* http_producer();
+  Observability observability_;
+  Clock::time_point next_observe_{};
+  Clock::time_point next_history_{};
+  Clock::time_point next_heads_{};
+  // HTTP thread only.
+  std::unique_ptr<ipc::Producer> http_producer_;
+  std::string dashboard_cache_;
+  std::int64_t dashboard_cached_at_ = 0;
+  // Last: stopped (its thread joined) before anything it reads goes.
+  std::unique_ptr<HttpServer> http_;
 };
 
 }  // namespace shmsched::daemon

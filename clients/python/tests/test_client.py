@@ -24,7 +24,8 @@ def daemon():
     log = open(os.path.join(run_dir, "shmschedd.log"), "w")
     proc = subprocess.Popen(
         [os.path.join(bin_dir, "shmschedd"), "--runtime-dir=" + run_dir, "--segment=" + segment,
-         "--plugin-dir=" + plugin_dir, "--max-payload-bytes=1024", "--idle-spin-us=0"],
+         "--plugin-dir=" + plugin_dir, "--max-payload-bytes=1024", "--idle-spin-us=0",
+         "--metrics-listen=off"],
         stdout=log, stderr=subprocess.STDOUT)
     ingress = f"ipc://{run_dir}/ingress.sock"
     events = f"ipc://{run_dir}/events.sock"

@@ -1,0 +1,275 @@
+#include "http_server.h"
+
+#include <boost/asio.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <cstring>
+#include <optional>
+#include <stdexcept>
+
+namespace shmsched::daemon {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+std::pair<std::string, std::uint16_t> split_host_port(const std::string& listen) {
+  const auto colon = listen.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == listen.size()) {
+    throw std::invalid_argument("'" + listen + "' is not host:port, such as 127.0.0.1:9464");
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);  // [::1]:9464
+  }
+  std::size_t used = 0;
+  unsigned long port = 0;
+  try {
+    port = std::stoul(listen.substr(colon + 1), &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != listen.size() - colon - 1 || port > 65535) {
+    throw std::invalid_argument("'" + listen + "' has no valid port (0 .. 65535)");
+  }
+  return {host, static_cast<std::uint16_t>(port)};
+}
+
+namespace {
+
+class Session;
+
+}  // namespace
+
+struct HttpServer::Impl {
+  // Declared before the io_context: sessions still pending when it is destroyed count down here.
+  std::size_t connections = 0;  // io thread only
+  Handler handler;
+  Stream stream;
+  Limits limits;
+  asio::io_context io{1};
+  tcp::acceptor acceptor{io};
+
+  void accept();
+};
+
+namespace {
+
+void copy_endpoint(const tcp::endpoint& e, sockaddr_storage& out) {
+  std::memset(&out, 0, sizeof out);
+  std::memcpy(&out, e.data(), std::min<std::size_t>(e.size(), sizeof out));
+}
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  Session(tcp::socket socket, HttpServer::Impl& server)
+      : stream_(std::move(socket)), server_(server), timer_(server.io) {
+    ++server_.connections;
+  }
+  ~Session() { --server_.connections; }
+
+  void run() { read(); }
+
+ private:
+  void read() {
+    parser_.emplace();
+    parser_->body_limit(server_.limits.max_body_bytes);
+    parser_->header_limit(16 * 1024);
+    stream_.expires_after(server_.limits.idle_timeout);
+    http::async_read(
+        stream_, buffer_, *parser_,
+        [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
+  }
+
+  void on_read(beast::error_code ec) {
+    if (ec == http::error::body_limit || ec == http::error::header_limit) {
+      respond(HttpResponse{413, "text/plain; charset=utf-8", "request too large\n", {}}, false);
+      return;
+    }
+    if (ec) return close();  // end of stream, timeout, garbage: the connection ends
+    const auto& req = parser_->get();
+    HttpRequest r;
+    r.method = std::string(req.method_string());
+    r.target = std::string(req.target());
+    r.body = req.body();
+    if (auto it = req.find(http::field::content_type); it != req.end()) {
+      r.content_type = std::string(it->value());
+    }
+    if (auto it = req.find(http::field::origin); it != req.end())
+      r.origin = std::string(it->value());
+    beast::error_code ignored;
+    copy_endpoint(stream_.socket().remote_endpoint(ignored), r.peer);
+    copy_endpoint(stream_.socket().local_endpoint(ignored), r.local);
+    const auto path = r.target.substr(0, r.target.find('?'));
+    if (req.method() == http::verb::get && path == server_.stream.path && server_.stream.next) {
+      start_stream();
+      return;
+    }
+    HttpResponse out;
+    try {
+      out = server_.handler(r);
+    } catch (const std::exception& e) {
+      out = HttpResponse{500, "text/plain; charset=utf-8", std::string(e.what()) + "\n", {}};
+    }
+    respond(std::move(out), req.keep_alive());
+  }
+
+  void respond(HttpResponse out, bool keep_alive) {
+    res_ = {};
+    res_.version(11);
+    res_.result(out.status);
+    res_.set(http::field::server, "shmschedd");
+    res_.set(http::field::content_type, out.content_type);
+    res_.set(http::field::cache_control, "no-store");
+    for (auto& [k, v] : out.headers) res_.set(k, v);
+    res_.body() = std::move(out.body);
+    res_.keep_alive(keep_alive);
+    res_.prepare_payload();
+    stream_.expires_after(server_.limits.idle_timeout);
+    http::async_write(stream_, res_,
+                      [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                        if (ec || !self->res_.keep_alive()) return self->close();
+                        self->read();
+                      });
+  }
+
+  // Server-sent events: the header once, then one event per interval until the client goes.
+  void start_stream() {
+    sse_ =
+        "HTTP/1.1 200 OK\r\nServer: shmschedd\r\nContent-Type: text/event-stream\r\n"
+        "Cache-Control: no-store\r\nConnection: close\r\n\r\n";
+    append_event();
+    write_event();
+  }
+
+  void append_event() {
+    std::string data;
+    try {
+      data = server_.stream.next();
+    } catch (const std::exception& e) {
+      sse_ += "event: error\ndata: ";
+      data = e.what();
+    }
+    // One data line per line of text: a newline inside would end the field.
+    std::size_t from = 0;
+    for (;;) {
+      const auto nl = data.find('\n', from);
+      sse_ += "data: ";
+      sse_.append(data, from, nl == std::string::npos ? std::string::npos : nl - from);
+      sse_ += '\n';
+      if (nl == std::string::npos) break;
+      from = nl + 1;
+    }
+    sse_ += '\n';
+  }
+
+  void write_event() {
+    // A client that stops reading is dropped after the idle timeout, not buffered for.
+    stream_.expires_after(server_.limits.idle_timeout);
+    asio::async_write(stream_, asio::buffer(sse_),
+                      [self = shared_from_this()](beast::error_code ec, std::size_t) {
+                        if (ec) return self->close();
+                        self->timer_.expires_after(self->server_.stream.interval);
+                        self->timer_.async_wait([self](beast::error_code ec2) {
+                          if (ec2) return;
+                          self->sse_.clear();
+                          self->append_event();
+                          self->write_event();
+                        });
+                      });
+  }
+
+  void close() {
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.close();
+  }
+
+  beast::tcp_stream stream_;
+  HttpServer::Impl& server_;
+  asio::steady_timer timer_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  http::response<http::string_body> res_;
+  std::string sse_;
+};
+
+}  // namespace
+
+void HttpServer::Impl::accept() {
+  acceptor.async_accept([this](beast::error_code ec, tcp::socket socket) {
+    if (ec == asio::error::operation_aborted) return;  // stopping
+    if (!ec) {
+      if (connections >= limits.max_connections) {
+        // Over the limit: refused at once, so that the limit holds and the client learns why.
+        static const std::string busy =
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+        beast::error_code ignored;
+        asio::write(socket, asio::buffer(busy), ignored);
+        socket.close(ignored);
+      } else {
+        std::make_shared<Session>(std::move(socket), *this)->run();
+      }
+    }
+    accept();
+  });
+}
+
+HttpServer::HttpServer(const std::string& listen, Handler handler, Stream stream, Limits limits)
+    : impl_(std::make_shared<Impl>()) {
+  impl_->handler = std::move(handler);
+  impl_->stream = std::move(stream);
+  impl_->limits = limits;
+  const auto [host, port] = split_host_port(listen);
+  beast::error_code ec;
+  const auto address = asio::ip::make_address(host, ec);
+  if (ec) {
+    throw std::runtime_error("metrics_listen = " + listen + ": '" + host +
+                             "' is not an IP address (use 127.0.0.1, ::1 or 0.0.0.0)");
+  }
+  const tcp::endpoint endpoint(address, port);
+  auto& a = impl_->acceptor;
+  a.open(endpoint.protocol(), ec);
+  if (!ec) a.set_option(asio::socket_base::reuse_address(true), ec);
+  if (!ec) a.bind(endpoint, ec);
+  if (!ec) a.listen(asio::socket_base::max_listen_connections, ec);
+  if (ec) {
+    throw std::runtime_error("metrics_listen = " + listen + ": cannot listen: " + ec.message() +
+                             " (choose another address, or metrics_listen = off to turn the HTTP "
+                             "endpoint off)");
+  }
+}
+
+HttpServer::~HttpServer() {
+  stop();
+}
+
+void HttpServer::start() {
+  impl_->accept();
+  thread_ = std::thread([impl = impl_] { impl->io.run(); });
+}
+
+void HttpServer::stop() {
+  if (!thread_.joinable()) return;
+  asio::post(impl_->io, [impl = impl_.get()] {
+    beast::error_code ignored;
+    impl->acceptor.close(ignored);
+    impl->io.stop();
+  });
+  thread_.join();
+}
+
+std::uint16_t HttpServer::port() const {
+  beast::error_code ec;
+  return impl_->acceptor.local_endpoint(ec).port();
+}
+
+std::string HttpServer::address() const {
+  beast::error_code ec;
+  const auto e = impl_->acceptor.local_endpoint(ec);
+  const auto host = e.address().to_string();
+  return (e.address().is_v6() ? "[" + host + "]" : host) + ":" + std::to_string(e.port());
+}
+
+}  // namespace shmsched::daemon

@@ -1,0 +1,399 @@
+// The HTTP endpoint (docs/operations.md, "Metrics and the dashboard"): /metrics in Prometheus'
+// text format, /healthz, the dashboard page and its live state. Served on the HTTP thread from
+// what the loop already keeps: the segment's counters, the loop's atomics and the observations it
+// publishes twice a second. Nothing here waits for the loop.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+
+#include "dashboard_page.h"
+#include "prometheus_text.h"
+#include "shmsched/ipc/events.h"
+#include "supervisor.h"
+
+namespace shmsched::daemon {
+
+namespace {
+
+constexpr auto kObserveInterval = std::chrono::milliseconds(500);
+// The heads' enqueue times (oldest waits) are this fresh: a head dispatched a moment ago may
+// still count for this long.
+constexpr auto kHeadsInterval = std::chrono::milliseconds(50);
+// The loop passes at least every 100 ms; silent this long, it is stuck.
+constexpr std::int64_t kLoopStuckNs = 5'000'000'000;
+// The per-user top reads this many executions of the segment at most.
+constexpr std::size_t kTopScan = 100'000;
+
+std::int64_t steady_now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+HttpResponse text(unsigned status, std::string body) {
+  return HttpResponse{status, "text/plain; charset=utf-8", std::move(body), {}};
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string, std::int64_t>> Supervisor::stats_counters(
+    const ipc::QueueStats& st) const {
+  auto c = [](const std::atomic<std::uint64_t>& a) {
+    return static_cast<std::int64_t>(a.load(std::memory_order_relaxed));
+  };
+  auto i = [](std::uint64_t v) { return static_cast<std::int64_t>(v); };
+  return {
+      {"submitted", i(st.enqueued)},
+      {"rejected_queue_full", i(st.rejected_queue_full)},
+      {"rejected_user_limit", i(st.rejected_user_limit)},
+      {"rejected_duplicate", i(st.rejected_duplicate)},
+      {"rejected_payload_too_large", i(st.rejected_payload_too_large)},
+      {"rejected_invalid", i(st.rejected_invalid)},
+      {"dispatched", c(counters_.dispatched)},
+      {"completed", c(counters_.completed)},
+      {"failed", c(counters_.failed)},
+      {"retried", c(counters_.retried)},
+      {"cancelled", c(counters_.cancelled)},
+      {"expired", c(counters_.expired)},
+      {"publish_failures", c(counters_.publish_failures)},
+      {"aged", c(counters_.aged)},
+      {"timed_out", c(counters_.timed_out)},
+      {"stale_reports", c(counters_.stale_reports)},
+      {"held", c(counters_.held)},
+      {"rejected_no_participant_entry", c(counters_.rejected_no_participant_entry)},
+      {"maintenance_deferred", c(counters_.maintenance_deferred)},
+      {"rejected_unauthorized", c(counters_.rejected_unauthorized)},
+      {"pushed", c(counters_.pushed)},
+      {"claims_won", c(counters_.claims_won)},
+      {"claims_lost", c(counters_.claims_lost)},
+      {"claim_timeouts", c(counters_.claim_timeouts)},
+      {"workers_lost", c(counters_.workers_lost)},
+      {"worker_lost_executions", c(counters_.worker_lost_executions)},
+      {"blockers", c(counters_.blockers)},
+      {"queued", i(st.queued)},
+      {"held_in_segment", i(st.active)},
+      {"maintenance_runs", i(st.maintenance_runs)},
+      {"reaped_participants", i(st.reaped_participants)},
+      {"ingress_requests", i(ingress_ ? ingress_->requests() : 0)},
+      {"ingress_invalid", i(ingress_ ? ingress_->invalid_requests() : 0)},
+  };
+}
+
+// ---- The loop's side ---------------------------------------------------------------------------
+
+void Supervisor::observe_event(const core::Event& ev) {
+  if (!http_) return;
+  RecentEvent& r = observability_.remember();
+  r.at_ns = ipc::events::now_ns();
+  r.type = core::event_name(ev.type);
+  r.execution_id = ev.execution_id;
+  r.user_id = ev.user_id;
+  if (ev.worker_id) {
+    r.detail = *ev.worker_id;
+  } else if (ev.error) {
+    r.detail = *ev.error;
+  } else {
+    r.detail = ev.reason;
+  }
+}
+
+void Supervisor::observe(Clock::time_point now) {
+  observability_.loop_pulse_ns.store(steady_now_ns(), std::memory_order_relaxed);
+  if (now >= next_heads_) {
+    next_heads_ = now + kHeadsInterval;
+    for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+      const auto level = static_cast<Priority>(l);
+      const auto at =
+          consumer_->depth(level) > 0 ? consumer_->head_enqueued_at(level) : std::nullopt;
+      observability_.head_enqueued_at_ns[l].store(at.value_or(0), std::memory_order_relaxed);
+    }
+  }
+  if (!http_ || now < next_observe_) return;
+  next_observe_ = now + kObserveInterval;
+  if (now >= next_history_) {
+    next_history_ = now + std::chrono::seconds(1);
+    HistoryPoint p;
+    p.at_ms = ipc::events::now_ns() / 1'000'000;
+    for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+      p.depth[l] = consumer_->depth(static_cast<Priority>(l));
+    }
+    p.active = core_.dispatched_now();
+    p.capacity = config_.max_active_executions;
+    p.submitted = consumer_->stats().enqueued;
+    const auto& c = core_.counters();
+    p.dispatched = c.dispatched;
+    p.completed = c.completed;
+    p.failed = c.failed;
+    observability_.record(p);
+  }
+  LoopObservations o;
+  o.published_at_ns = ipc::events::now_ns();
+  for (const auto& [id, w] : core_.workers().all()) {
+    o.workers.push_back(
+        WorkerObservation{w.id, w.capabilities, w.capacity, w.load, w.last_heartbeat_ns});
+  }
+  o.waiting_by_capabilities = core_.waiting_by_capabilities();
+  observability_.publish(std::move(o));
+}
+
+// ---- The HTTP thread's side --------------------------------------------------------------------
+
+void Supervisor::start_http() {
+  if (config_.metrics_listen.empty()) return;
+  try {
+    http_ = std::make_unique<HttpServer>(
+        config_.metrics_listen, [this](const HttpRequest& r) { return serve_http(r); },
+        HttpServer::Stream{"/api/stream", std::chrono::milliseconds(1000),
+                           [this] { return dashboard_state(); }});
+  } catch (const std::exception& e) {
+    // Scheduling matters more than its figures: the supervisor runs on without them.
+    spdlog::error("{}; the supervisor runs without metrics and dashboard", e.what());
+    return;
+  }
+  http_->start();
+  spdlog::info("metrics on http://{}/metrics, dashboard on http://{}/", http_->address(),
+               http_->address());
+}
+
+void Supervisor::stop_http() {
+  if (http_) http_->stop();
+}
+
+ipc::Producer* Supervisor::http_producer() {
+  if (http_producer_) return http_producer_.get();
+  try {
+    ipc::ProducerOptions bounded;
+    bounded.wait = std::chrono::seconds(1);
+    bounded.ask_consumer_in_process = true;
+    http_producer_ = std::make_unique<ipc::Producer>(segment_, bounded);
+  } catch (const ipc::SegmentError& e) {
+    spdlog::debug("metrics: no participant entry for reading the queue: {}", e.what());
+  }
+  return http_producer_.get();
+}
+
+HttpResponse Supervisor::serve_http(const HttpRequest& r) {
+  const auto path = r.target.substr(0, r.target.find('?'));
+  if (r.method != "GET" && r.method != "HEAD") {
+    auto res = text(405, "read-only: only GET is served\n");
+    res.headers.emplace_back("Allow", "GET, HEAD");
+    return res;
+  }
+  if (path == "/metrics") {
+    return HttpResponse{200, "text/plain; version=0.0.4; charset=utf-8", prometheus_text(), {}};
+  }
+  if (path == "/healthz") {
+    if (!observability_.ready.load(std::memory_order_relaxed))
+      return text(503, "not ready: starting or stopping\n");
+    const auto silent = steady_now_ns() - observability_.loop_pulse_ns.load();
+    if (silent > kLoopStuckNs) {
+      return text(503, "the scheduling loop has not passed for " +
+                           std::to_string(silent / 1'000'000) + " ms\n");
+    }
+    return text(200, "ok\n");
+  }
+  if (path == "/api/state") {
+    return HttpResponse{200, "application/json", dashboard_state(), {}};
+  }
+  if (path == "/api/history") {
+    return HttpResponse{200, "application/json", dashboard_history(), {}};
+  }
+  if (path == "/" || path == "/index.html") {
+    return HttpResponse{200, "text/html; charset=utf-8", std::string(kDashboardPage), {}};
+  }
+  return text(404, "not found: try /metrics, /healthz or / (the dashboard)\n");
+}
+
+std::string Supervisor::prometheus_text() {
+  const auto st = ipc::queue_stats(*segment_);
+  const auto waits = observability_.oldest_waits_ns(ipc::events::now_ns());
+  const auto seen = observability_.latest();
+  auto c = [](const std::atomic<std::uint64_t>& a) {
+    return static_cast<double>(a.load(std::memory_order_relaxed));
+  };
+  PrometheusText t;
+  t.family("shmsched_build_info", "gauge", "The running shmschedd's version.");
+  t.sample({{"version", SHMSCHED_VERSION}}, 1);
+  t.family("shmsched_submissions_total", "counter", "Executions accepted into the queue.");
+  t.sample({}, static_cast<double>(st.enqueued));
+  t.family("shmsched_submissions_rejected_total", "counter",
+           "Submissions refused, by reason (docs/protocol.md's error codes).");
+  t.sample({{"reason", "queue_full"}}, static_cast<double>(st.rejected_queue_full));
+  t.sample({{"reason", "user_limit"}}, static_cast<double>(st.rejected_user_limit));
+  t.sample({{"reason", "duplicate"}}, static_cast<double>(st.rejected_duplicate));
+  t.sample({{"reason", "payload_too_large"}}, static_cast<double>(st.rejected_payload_too_large));
+  t.sample({{"reason", "invalid"}}, static_cast<double>(st.rejected_invalid));
+  t.sample({{"reason", "no_participant_entry"}}, c(counters_.rejected_no_participant_entry));
+  t.family("shmsched_requests_unauthorized_total", "counter",
+           "Requests refused because the client may not act for that user or worker.");
+  t.sample({}, c(counters_.rejected_unauthorized));
+  const std::pair<const char*, const std::atomic<std::uint64_t>*> outcomes[] = {
+      {"dispatched", &counters_.dispatched}, {"completed", &counters_.completed},
+      {"failed", &counters_.failed},         {"retried", &counters_.retried},
+      {"cancelled", &counters_.cancelled},   {"expired", &counters_.expired},
+      {"timed_out", &counters_.timed_out},   {"aged", &counters_.aged}};
+  for (const auto& [name, counter] : outcomes) {
+    t.family(std::string("shmsched_executions_") + name + "_total", "counter",
+             std::string("Executions ") + name + " (docs/operations.md, Metrics).");
+    t.sample({}, c(*counter));
+  }
+  t.family("shmsched_stale_reports_total", "counter",
+           "Completions and failures for an attempt that was no longer current.");
+  t.sample({}, c(counters_.stale_reports));
+  t.family("shmsched_publish_failures_total", "counter",
+           "Events and commands a transport could not deliver, by transport.");
+  for (const auto& [name, count] : observability_.publish_failures()) {
+    t.sample({{"transport", name}}, static_cast<double>(count));
+  }
+  t.family("shmsched_task_pushes_total", "counter", "TaskPushes sent to workers.");
+  t.sample({}, c(counters_.pushed));
+  t.family("shmsched_claims_total", "counter", "Claims of pushed executions, by outcome.");
+  t.sample({{"outcome", "won"}}, c(counters_.claims_won));
+  t.sample({{"outcome", "lost"}}, c(counters_.claims_lost));
+  t.family("shmsched_claim_timeouts_total", "counter",
+           "Pushes not claimed in time and offered to another worker.");
+  t.sample({}, c(counters_.claim_timeouts));
+  t.family("shmsched_workers_lost_total", "counter",
+           "Workers gone without unregistering (heartbeat timeout, process exit).");
+  t.sample({}, c(counters_.workers_lost));
+  t.family("shmsched_blockers_total", "counter", "Blockers reported by workers.");
+  t.sample({}, c(counters_.blockers));
+
+  t.family("shmsched_queue_depth", "gauge", "Executions queued, by priority.");
+  for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+    t.sample({{"priority", std::string(kPriorityNames[l])}}, static_cast<double>(st.depth[l]));
+  }
+  t.family("shmsched_queue_oldest_wait_seconds", "gauge",
+           "How long the oldest queued execution of each priority has waited.");
+  for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+    t.sample({{"priority", std::string(kPriorityNames[l])}}, static_cast<double>(waits[l]) / 1e9);
+  }
+  t.family("shmsched_queue_capacity", "gauge", "Executions the queue holds at most.");
+  t.sample({}, static_cast<double>(st.capacity));
+  t.family("shmsched_active_executions", "gauge", "Executions dispatched and not finished.");
+  t.sample({}, c(counters_.active));
+  t.family("shmsched_max_active_executions", "gauge",
+           "The capacity: executions dispatched at once at most.");
+  t.sample({}, c(counters_.max_active));
+  t.family("shmsched_held_executions", "gauge",
+           "Executions taken from the queue and waiting for a retry or a transport.");
+  t.sample({}, c(counters_.held));
+  t.family("shmsched_workers", "gauge", "Live workers.");
+  t.sample({}, c(counters_.workers));
+  std::uint64_t load = 0, capacity = 0;
+  for (const auto& w : seen->workers) {
+    load += w.load;
+    capacity += w.capacity;
+  }
+  t.family("shmsched_workers_load", "gauge", "Executions pushed to or claimed by live workers.");
+  t.sample({}, static_cast<double>(load));
+  t.family("shmsched_workers_capacity", "gauge", "What live workers take at once, summed.");
+  t.sample({}, static_cast<double>(capacity));
+  t.family("shmsched_waiting_for_workers", "gauge",
+           "Executions waiting for a worker with the capabilities they need.");
+  t.sample({}, c(counters_.waiting_for_workers));
+  t.family("shmsched_ingress_requests_total", "counter", "Requests the ingress answered.");
+  t.sample({}, static_cast<double>(ingress_ ? ingress_->requests() : 0));
+  t.family("shmsched_ingress_invalid_requests_total", "counter",
+           "Requests the ingress could not decode.");
+  t.sample({}, static_cast<double>(ingress_ ? ingress_->invalid_requests() : 0));
+  t.family("shmsched_queue_repairs_total", "counter",
+           "Repairs of the queue after a process died inside an operation.");
+  t.sample({}, static_cast<double>(st.maintenance_runs));
+  t.family("shmsched_reaped_participants_total", "counter",
+           "Dead producers and consumers cleaned up.");
+  t.sample({}, static_cast<double>(st.reaped_participants));
+  t.histogram("shmsched_queue_wait_seconds",
+              "Time from acceptance until the scheduler takes the execution from the queue.",
+              observability_.queue_wait.read());
+  t.histogram("shmsched_submit_to_dispatch_seconds",
+              "Time from acceptance until the first dispatch goes to the transports.",
+              observability_.submit_to_dispatch.read());
+  return t.finish();
+}
+
+// The charts' last five minutes, one point per second: [[at_ms, [depth per priority], active,
+// capacity, submitted, dispatched, completed, failed], ...], oldest first.
+std::string Supervisor::dashboard_history() {
+  nlohmann::json points = nlohmann::json::array();
+  for (const auto& p : observability_.latest()->history) {
+    points.push_back(nlohmann::json::array({p.at_ms, p.depth, p.active, p.capacity, p.submitted,
+                                            p.dispatched, p.completed, p.failed}));
+  }
+  return points.dump();
+}
+
+std::string Supervisor::dashboard_state() {
+  const auto now = steady_now_ns();
+  if (!dashboard_cache_.empty() && now - dashboard_cached_at_ < 250'000'000) {
+    return dashboard_cache_;  // several dashboards open: read the segment once
+  }
+  using nlohmann::json;
+  const auto st = ipc::queue_stats(*segment_);
+  const auto waits = observability_.oldest_waits_ns(ipc::events::now_ns());
+  const auto seen = observability_.latest();
+  json j;
+  j["time_ms"] = ipc::events::now_ns() / 1'000'000;
+  j["version"] = SHMSCHED_VERSION;
+  json depth = json::object(), oldest = json::object();
+  for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+    const std::string name(kPriorityNames[l]);
+    depth[name] = st.depth[l];
+    oldest[name] = waits[l] / 1'000'000;
+  }
+  j["queue_depth"] = depth;
+  j["oldest_wait_ms"] = oldest;
+  j["active"] = counters_.active.load(std::memory_order_relaxed);
+  j["capacity"] = counters_.max_active.load(std::memory_order_relaxed);
+  j["queue_capacity"] = st.capacity;
+  j["workers"] = counters_.workers.load(std::memory_order_relaxed);
+  j["waiting_for_workers"] = counters_.waiting_for_workers.load(std::memory_order_relaxed);
+  json counters = json::object();
+  for (const auto& [k, v] : stats_counters(st)) counters[k] = v;
+  j["counters"] = counters;
+  json workers = json::array();
+  for (const auto& w : seen->workers) {
+    workers.push_back({{"worker_id", w.id},
+                       {"capabilities", w.capabilities},
+                       {"capacity", w.capacity},
+                       {"load", w.load},
+                       {"last_heartbeat_ms", w.last_heartbeat_ns / 1'000'000}});
+  }
+  j["worker_list"] = workers;
+  j["waiting_by_capabilities"] = seen->waiting_by_capabilities;
+  json events = json::array();
+  for (const auto& e : seen->recent_events) {
+    events.push_back({{"at_ms", e.at_ns / 1'000'000},
+                      {"type", e.type},
+                      {"execution_id", e.execution_id},
+                      {"user_id", e.user_id},
+                      {"detail", e.detail}});
+  }
+  j["recent_events"] = events;
+  // The per-user top: queued and running executions per user, the ten with the most.
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> per_user;
+  if (auto* producer = http_producer()) {
+    for (const auto& rec : producer->list(std::nullopt, kTopScan)) {
+      auto& [queued, active] = per_user[rec.user_id];
+      (rec.state == ipc::ExecutionState::kQueued ? queued : active) += 1;
+    }
+  }
+  std::vector<std::pair<std::string, std::pair<std::uint64_t, std::uint64_t>>> top(per_user.begin(),
+                                                                                   per_user.end());
+  std::sort(top.begin(), top.end(), [](const auto& a, const auto& b) {
+    const auto ta = a.second.first + a.second.second, tb = b.second.first + b.second.second;
+    return ta != tb ? ta > tb : a.first < b.first;
+  });
+  if (top.size() > 10) top.resize(10);
+  json users = json::array();
+  for (const auto& [user, n] : top) {
+    users.push_back({{"user_id", user}, {"queued", n.first}, {"active", n.second}});
+  }
+  j["top_users"] = users;
+  dashboard_cache_ = j.dump();
+  dashboard_cached_at_ = now;
+  return dashboard_cache_;
+}
+
+}  // namespace shmsched::daemon
