@@ -23,9 +23,9 @@ import shmsched
 CAPACITY = 3
 
 
-@pytest.fixture()
-def daemon():
-    """shmschedd on a free port (metrics_listen ...:0); yields (ingress endpoint, base URL)."""
+def start_daemon(extra=()):
+    """shmschedd on a free port (metrics_listen ...:0): (process, ingress endpoint, base URL,
+    cleanup)."""
     bin_dir = os.environ["SHMSCHED_BIN_DIR"]
     plugin_dir = os.environ["SHMSCHED_PLUGIN_DIR"]
     run_dir = tempfile.mkdtemp(prefix="shmsched-obs-")
@@ -35,7 +35,7 @@ def daemon():
     proc = subprocess.Popen(
         [os.path.join(bin_dir, "shmschedd"), "--runtime-dir=" + run_dir, "--segment=" + segment,
          "--plugin-dir=" + plugin_dir, "--idle-spin-us=0", "--metrics-listen=127.0.0.1:0",
-         f"--max-active-executions={CAPACITY}"],
+         f"--max-active-executions={CAPACITY}", *extra],
         stdout=log, stderr=subprocess.STDOUT)
     # The bound port is in the start-up log.
     url = None
@@ -50,19 +50,36 @@ def daemon():
             time.sleep(0.05)
     ingress = f"ipc://{run_dir}/ingress.sock"
     wait_until(lambda: get(url + "/healthz")[0] == 200, "healthz to answer 200")
+
+    def cleanup():
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+        try:
+            os.unlink("/dev/shm/" + segment)
+        except FileNotFoundError:
+            pass
+    return ingress, url, cleanup
+
+
+@pytest.fixture()
+def daemon():
+    """Yields (ingress endpoint, base URL) of a shmschedd with the defaults (read-only)."""
+    ingress, url, cleanup = start_daemon()
     yield ingress, url
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=30)
-    log.close()
-    shutil.rmtree(run_dir, ignore_errors=True)
-    try:
-        os.unlink("/dev/shm/" + segment)
-    except FileNotFoundError:
-        pass
+    cleanup()
 
 
-def get(url, method="GET"):
-    request = urllib.request.Request(url, method=method)
+@pytest.fixture()
+def daemon_with_cancel():
+    ingress, url, cleanup = start_daemon(["--dashboard-cancel=true"])
+    yield ingress, url
+    cleanup()
+
+
+def get(url, method="GET", body=None, headers=None):
+    request = urllib.request.Request(url, method=method, data=body, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, r.read().decode(), r.headers.get("Content-Type", "")
@@ -143,7 +160,8 @@ def test_metrics_after_a_known_workload(daemon):
     # The oldest waits are as fresh as the loop's last look at the heads (within 0.15 s).
     wait_until(lambda: value(scrape(url), "shmsched_queue_oldest_wait_seconds",
                              priority="normal") > 0, "the oldest normal wait")
-    assert value(m, "shmsched_queue_oldest_wait_seconds", priority="high") == 0
+    wait_until(lambda: value(scrape(url), "shmsched_queue_oldest_wait_seconds",
+                             priority="high") == 0, "no high wait (none queued)")
     for histogram in ["shmsched_queue_wait_seconds", "shmsched_submit_to_dispatch_seconds"]:
         assert m[histogram][0] == "histogram"
         assert value(m, histogram, histogram + "_count") == 5, histogram
@@ -241,3 +259,81 @@ def test_dashboard_in_headless_chromium(daemon):
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     finally:
         browser.quit()
+
+
+CANCEL = """
+import json, sys, urllib.error, urllib.request
+request = urllib.request.Request(sys.argv[1] + "/api/cancel", method="POST",
+    data=json.dumps({"execution_id": sys.argv[2]}).encode(),
+    headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(request, timeout=10) as r:
+        print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"""
+
+
+def cancel_as(user, url, execution_id):
+    """POSTs a cancel from a process of `user` (None: this one): (status, reply)."""
+    command = ["/usr/bin/python3", "-c", CANCEL, url, execution_id]
+    if user:
+        command = ["runuser", "-u", user, "--"] + command
+    out = subprocess.run(command, capture_output=True, text=True, timeout=30, check=True).stdout
+    status, body = out.split(" ", 1)
+    return int(status), json.loads(body)
+
+
+def test_the_dashboard_is_read_only_by_default(daemon):
+    ingress, url = daemon
+    client = shmsched.Client(ingress)
+    client.submit("alice", b"x", priority="low", execution_id="ro-1")
+    assert cancel_as(None, url, "ro-1")[0] == 403
+    assert json.loads(get(url + "/api/state")[1])["cancel_enabled"] is False
+    assert client.status("ro-1")["state"] in ("queued", "dispatched")
+
+
+@pytest.fixture()
+def local_user():
+    """A throwaway account, as another local user of the host would be."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to create a throwaway user")
+    name = "shmsched-t-" + uuid.uuid4().hex[:6]
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    name], check=True)
+    yield name
+    subprocess.run(["userdel", name], check=False)
+
+
+def test_cancel_from_the_dashboard_follows_the_ingress_identity_rules(daemon_with_cancel,
+                                                                       local_user):
+    ingress, url = daemon_with_cancel
+    client = shmsched.Client(ingress)
+    # Fill the capacity, so that what follows stays queued.
+    for i in range(CAPACITY):
+        client.submit("filler", b"x", execution_id=f"fill-{i}")
+    client.submit("bob", b"x", execution_id="bobs")
+    client.submit(local_user, b"x", execution_id="mine")
+    # Another local user may cancel only its own executions, as on the ingress.
+    status, reply = cancel_as(local_user, url, "bobs")
+    assert (status, reply["error"]) == (403, "unauthorized"), reply
+    assert client.status("bobs")["state"] == "queued"
+    status, reply = cancel_as(local_user, url, "mine")
+    assert (status, reply) == (200, {"ok": True})
+    assert client.status("mine")["state"] == "cancelled"
+    # Root is trusted: it cancels anyone's.
+    assert cancel_as(None, url, "bobs") == (200, {"ok": True})
+    assert client.status("bobs")["state"] == "cancelled"
+    assert cancel_as(None, url, "nobody-has-this")[0] == 404
+    # What a page of another origin could make a browser send is refused.
+    form = get(url + "/api/cancel", method="POST", body=b"execution_id=fill-0",
+               headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert form[0] == 415
+    foreign = get(url + "/api/cancel", method="POST", body=b'{"execution_id": "fill-0"}',
+                  headers={"Content-Type": "application/json", "Origin": "http://evil.example"})
+    assert foreign[0] == 403
+    assert get(url + "/api/cancel", method="POST", body=b"{not json",
+               headers={"Content-Type": "application/json"})[0] == 400
+    assert get(url + "/api/cancel")[0] == 405
+    assert client.status("fill-0")["state"] == "dispatched"
+    assert json.loads(get(url + "/api/state")[1])["cancel_enabled"] is True

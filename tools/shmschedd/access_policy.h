@@ -2,7 +2,7 @@
 // uid, gid and pid, through libzmq's Peer-Address); a client acts for itself only, unless it is
 // trusted: root, shmschedd's own user, or a member of the trusted group. Worker operations need
 // the worker group. TCP clients carry no credentials: a TCP ingress is for a trusted network
-// (docs/operations.md). Used by the ingress thread only.
+// (docs/operations.md). Not thread-safe: one instance per thread (the ingress, the HTTP endpoint).
 #pragma once
 
 #include <sys/types.h>
@@ -42,6 +42,7 @@ class AccessPolicy {
   // The user `peer` acts for when it may not act for others (cancel, complete and fail are
   // checked by the loop against the execution's owner); nullopt: it may act for anyone.
   std::optional<std::string> acting_for(const ipc::Peer& peer);
+  bool checks_identity() const { return settings_.check_identity; }
 
  private:
   struct Who {

@@ -43,6 +43,7 @@ std::vector<std::string> normalise_flags(int argc, const char* const* argv) {
 
 struct Raw {
   std::string check_identity = "true";
+  std::string dashboard_cancel = "false";
   std::string mode = "0660";
   std::string transports = "zeromq";
   std::string optional_transports;
@@ -169,6 +170,10 @@ po::options_description describe(Config& c, Raw& raw) {
       "metrics_listen", po::value<std::string>(&c.metrics_listen)->default_value(c.metrics_listen),
       "host:port of the HTTP endpoint: /metrics (Prometheus), /healthz and the dashboard (off or "
       "empty = none; fixed at start)")(
+      "dashboard_cancel",
+      po::value<std::string>(&raw.dashboard_cancel)->default_value(raw.dashboard_cancel),
+      "the dashboard may cancel executions, for local users by the ingress's identity rules "
+      "(true, false; fixed at start)")(
       "reap_interval_ms",
       po::value<std::uint64_t>(&c.reap_interval_ms)->default_value(c.reap_interval_ms),
       "how often dead producers are looked for")(
@@ -326,6 +331,9 @@ void validate(Config& c, const Raw& raw) {
   require(raw.check_identity == "true" || raw.check_identity == "false", "check_identity",
           raw.check_identity, "true or false");
   c.check_identity = raw.check_identity == "true";
+  require(raw.dashboard_cancel == "true" || raw.dashboard_cancel == "false", "dashboard_cancel",
+          raw.dashboard_cancel, "true or false");
+  c.dashboard_cancel = raw.dashboard_cancel == "true";
   auto group = [](std::string& name, unsigned& gid, const char* key) {
     std::vector<char> buf(16384);
     group_entry_t g{};

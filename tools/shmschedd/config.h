@@ -57,6 +57,8 @@ struct Config {
   std::uint64_t audit_max_pending = 16384;  // records handed over, not yet written
   // The HTTP endpoint of metrics and the dashboard (docs/operations.md). "off" or empty: none.
   std::string metrics_listen = "127.0.0.1:9464";
+  // The dashboard may cancel (for local users, by the ingress's identity rules); else read-only.
+  bool dashboard_cancel = false;
   std::uint64_t reap_interval_ms = 100;
   std::uint64_t idle_spin_us = 200;  // spin this long after work before sleeping
   std::uint64_t flush_timeout_ms = 5000;

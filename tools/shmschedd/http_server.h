@@ -24,6 +24,7 @@ struct HttpRequest {
   std::string body;
   std::string content_type;
   std::string origin;  // the Origin header, when sent (browsers send it on POST)
+  std::string host;    // the Host header
   // The TCP connection, as the kernel names it: what the peer's identity is looked up by.
   sockaddr_storage peer{};
   sockaddr_storage local{};

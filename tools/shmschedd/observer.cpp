@@ -2,13 +2,18 @@
 // text format, /healthz, the dashboard page and its live state. Served on the HTTP thread from
 // what the loop already keeps: the segment's counters, the loop's atomics and the observations it
 // publishes twice a second. Nothing here waits for the loop.
+#include <pwd.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <condition_variable>
+#include <msgpack.hpp>
 #include <nlohmann/json.hpp>
 
 #include "dashboard_page.h"
+#include "peer_uid.h"
 #include "prometheus_text.h"
+#include "shmsched/ipc/client.h"
 #include "shmsched/ipc/events.h"
 #include "supervisor.h"
 
@@ -33,6 +38,44 @@ std::int64_t steady_now_ns() {
 
 HttpResponse text(unsigned status, std::string body) {
   return HttpResponse{status, "text/plain; charset=utf-8", std::move(body), {}};
+}
+
+HttpResponse json_reply(unsigned status, const nlohmann::json& body) {
+  return HttpResponse{status, "application/json", body.dump(), {}};
+}
+
+HttpResponse json_error(unsigned status, const std::string& code, const std::string& message) {
+  return json_reply(status, {{"ok", false}, {"error", code}, {"message", message}});
+}
+
+// A cancel from the dashboard waits for the loop's answer like a transport's operation: the
+// answer arrives through reply(), and ack() frees the handle (a loop that never answers leaks
+// one small handle rather than touching freed memory).
+struct PendingAnswer {
+  std::mutex mutex;
+  std::condition_variable answered;
+  std::optional<std::vector<std::uint8_t>> body;
+};
+
+void answer_pending(void* ctx, const std::uint8_t* body, std::size_t len) {
+  auto& p = **static_cast<std::shared_ptr<PendingAnswer>*>(ctx);
+  {
+    std::lock_guard lock(p.mutex);
+    p.body.emplace(body, body + len);
+  }
+  p.answered.notify_all();
+}
+
+void release_pending(void* ctx) {
+  delete static_cast<std::shared_ptr<PendingAnswer>*>(ctx);
+}
+
+std::uint32_t primary_gid(uid_t uid) {
+  std::vector<char> buf(16384);
+  passwd pw{};
+  passwd* found = nullptr;
+  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &found) == 0 && found) return found->pw_gid;
+  return static_cast<std::uint32_t>(-1);  // no account: no group
 }
 
 }  // namespace
@@ -141,6 +184,11 @@ void Supervisor::observe(Clock::time_point now) {
 
 void Supervisor::start_http() {
   if (config_.metrics_listen.empty()) return;
+  // The HTTP thread never reads config_ (a reload writes it on the loop's thread).
+  http_cancel_ = config_.dashboard_cancel;
+  http_access_ = std::make_unique<AccessPolicy>(
+      AccessPolicy::Settings{config_.check_identity, config_.trusted_gid, config_.trusted_group,
+                             config_.worker_gid, config_.worker_group});
   try {
     http_ = std::make_unique<HttpServer>(
         config_.metrics_listen, [this](const HttpRequest& r) { return serve_http(r); },
@@ -175,6 +223,14 @@ ipc::Producer* Supervisor::http_producer() {
 
 HttpResponse Supervisor::serve_http(const HttpRequest& r) {
   const auto path = r.target.substr(0, r.target.find('?'));
+  if (path == "/api/cancel") {
+    if (r.method != "POST") {
+      auto res = json_error(405, "invalid", "POST a JSON body {\"execution_id\": ...}");
+      res.headers.emplace_back("Allow", "POST");
+      return res;
+    }
+    return http_cancel(r);
+  }
   if (r.method != "GET" && r.method != "HEAD") {
     auto res = text(405, "read-only: only GET is served\n");
     res.headers.emplace_back("Allow", "GET, HEAD");
@@ -313,6 +369,67 @@ std::string Supervisor::prometheus_text() {
   return t.finish();
 }
 
+// A cancel from the dashboard: the ingress's rules, with the kernel naming the local user behind
+// the connection (a browser on this host). Only when dashboard_cancel = true.
+HttpResponse Supervisor::http_cancel(const HttpRequest& r) {
+  if (!http_cancel_) {
+    return json_error(403, "read_only",
+                      "the dashboard is read-only: set dashboard_cancel = true to allow cancels");
+  }
+  // A page of another origin cannot send this through a visitor's browser: a JSON body needs a
+  // CORS preflight, which is never granted, and a browser names the page's origin.
+  if (r.content_type.rfind("application/json", 0) != 0) {
+    return json_error(415, "invalid", "send the cancel as Content-Type: application/json");
+  }
+  if (!r.origin.empty() && r.origin != "http://" + r.host) {
+    return json_error(403, "unauthorized", "cancels from pages of another origin are refused");
+  }
+  ipc::protocol::CancelOp op;
+  try {
+    const auto body = nlohmann::json::parse(r.body);
+    op.execution_id = body.at("execution_id").get<std::string>();
+    if (body.contains("reason")) op.reason = body.at("reason").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    return json_error(
+        400, "invalid",
+        std::string("expected {\"execution_id\": string, \"reason\": string}: ") + e.what());
+  }
+  if (op.execution_id.empty() || op.execution_id.size() > 64) {
+    return json_error(400, "invalid", "execution_id must be 1 to 64 bytes");
+  }
+  if (op.reason.empty()) op.reason = "cancelled from the dashboard";
+  std::optional<std::string> as_user;
+  std::string who = "anyone (check_identity = false)";
+  if (http_access_->checks_identity()) {
+    std::string why;
+    const auto uid = loopback_peer_uid(r.peer, r.local, why);
+    if (!uid) {
+      return json_error(403, "unauthorized",
+                        "cannot tell which local user is asking (" + why +
+                            "): cancels from the dashboard are for users of this host");
+    }
+    as_user = http_access_->acting_for(ipc::Peer{true, *uid, primary_gid(*uid), 0});
+    who = as_user ? "user " + *as_user : "a trusted user";
+  }
+  auto pending = std::make_shared<PendingAnswer>();
+  shmsched_inbound_done done{answer_pending, release_pending,
+                             new std::shared_ptr<PendingAnswer>(pending)};
+  spdlog::info("dashboard: cancel of {} asked by {}", op.execution_id, who);
+  inbox_->post(OpMessage{std::move(op), ReplyTo{0, done}, as_user});
+  std::unique_lock lock(pending->mutex);
+  if (!pending->answered.wait_for(lock, std::chrono::seconds(5),
+                                  [&] { return pending->body.has_value(); })) {
+    return json_error(503, "unavailable", "the supervisor did not answer within 5 s");
+  }
+  const auto handle =
+      msgpack::unpack(reinterpret_cast<const char*>(pending->body->data()), pending->body->size());
+  const auto& reply = handle.get();
+  if (ipc::get_bool(reply, "ok").value_or(false)) return json_reply(200, {{"ok", true}});
+  const auto code = ipc::get_string(reply, "error").value_or("internal");
+  const unsigned status = code == "unauthorized" ? 403 : code == "not_found" ? 404 : 409;
+  return json_error(status, code, ipc::get_string(reply, "message").value_or(""));
+}
+
 // The charts' last five minutes, one point per second: [[at_ms, [depth per priority], active,
 // capacity, submitted, dispatched, completed, failed], ...], oldest first.
 std::string Supervisor::dashboard_history() {
@@ -336,6 +453,7 @@ std::string Supervisor::dashboard_state() {
   json j;
   j["time_ms"] = ipc::events::now_ns() / 1'000'000;
   j["version"] = SHMSCHED_VERSION;
+  j["cancel_enabled"] = http_cancel_;
   json depth = json::object(), oldest = json::object();
   for (std::size_t l = 0; l < kPriorityLevels; ++l) {
     const std::string name(kPriorityNames[l]);

@@ -198,6 +198,7 @@ class Supervisor {
   void observe(Clock::time_point now);        // loop: pulse, and the observations now and then
   void observe_event(const core::Event& ev);  // loop: the recent-events list
   HttpResponse serve_http(const HttpRequest& r);
+  HttpResponse http_cancel(const HttpRequest& r);
   std::string prometheus_text();
   std::string dashboard_state();
   std::string dashboard_history();
@@ -206,7 +207,9 @@ class Supervisor {
   Clock::time_point next_observe_{};
   Clock::time_point next_history_{};
   Clock::time_point next_heads_{};
-  // HTTP thread only.
+  // HTTP thread only (set before it starts).
+  bool http_cancel_ = false;
+  std::unique_ptr<AccessPolicy> http_access_;
   std::unique_ptr<ipc::Producer> http_producer_;
   std::string dashboard_cache_;
   std::int64_t dashboard_cached_at_ = 0;
