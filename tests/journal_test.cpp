@@ -219,6 +219,7 @@ TEST(Writer, RoundTripAndReopen) {
     }
     EXPECT_TRUE(w->wait_durable(50).ok());
     EXPECT_EQ(w->durable_lsn(), 50u);
+    EXPECT_EQ(w->stats().records, 50u);
     EXPECT_TRUE(w->health().ok);
   }
   auto rec = recover_all(dir.path());

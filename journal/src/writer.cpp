@@ -415,6 +415,7 @@ void Writer::publish(Lsn durable) {
   std::vector<std::function<void(const Status&)>> ready;
   {
     std::lock_guard lk(mu_);
+    stats_.records += durable - durable_lsn_;
     durable_lsn_ = durable;
     stats_.durable_lsn = durable;
     ++stats_.batches;

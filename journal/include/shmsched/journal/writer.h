@@ -71,9 +71,9 @@ struct Health {
 };
 
 struct WriterStats {
-  Lsn appended_lsn = 0;  // the last LSN handed out
-  Lsn durable_lsn = 0;   // everything up to here is on the disk
-  std::uint64_t records = 0;
+  Lsn appended_lsn = 0;       // the last LSN handed out
+  Lsn durable_lsn = 0;        // everything up to here is on the disk
+  std::uint64_t records = 0;  // made durable since the open (snapshot records included)
   std::uint64_t batches = 0;  // = fdatasync calls for batches
   std::uint64_t bytes = 0;    // written, headers included
   std::uint64_t rotations = 0;
