@@ -2,8 +2,9 @@
 # The whole test suite: installs dependencies, then builds and runs ctest four times:
 #   build/       Release (-O3, as most people build it), every test except the long label
 #   build-asan/  ASan + UBSan, every test (except the long kill storm)
-#   build-tsan/  TSan: threads racing on the queue, and the supervisor end to end
-#   build-fuzz/  clang + libFuzzer: smoke runs of the request decoder and the audit record decoder
+#   build-tsan/  TSan: the queue's and the journal's threads racing, the supervisor end to end
+#   build-fuzz/  clang + libFuzzer: smoke runs of the request decoder, the audit record decoder and
+#                the journal's record decoder
 # Usage: scripts/test.sh [--quick]   (--quick: only the first build)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,7 +43,7 @@ if ((quick == 0)); then
   # The claim race runs 10,000 rounds in the first build; 1,000 under the sanitizers.
   SHMSCHED_SIM_SEEDS=1000 SHMSCHED_CLAIM_ROUNDS=1000 run_suite build-asan address all -LE "long|package"
   SHMSCHED_CLAIM_ROUNDS=1000 run_suite build-tsan thread \
-    "queue_concurrency_test daemon_e2e_test daemon_robustness_test daemon_workers_test claim_racer audit_log_test shmschedctl" \
-    -L "tsan|e2e|audit"
-  CXX=clang++ EXTRA_CMAKE_ARGS=-DSHMSCHED_FUZZ=ON run_suite build-fuzz "" "request_decoder_fuzz audit_record_fuzz" -L fuzz
+    "queue_concurrency_test daemon_e2e_test daemon_robustness_test daemon_workers_test claim_racer audit_log_test shmschedctl journal_test" \
+    -L "tsan|e2e|audit|journal"
+  CXX=clang++ EXTRA_CMAKE_ARGS=-DSHMSCHED_FUZZ=ON run_suite build-fuzz "" "request_decoder_fuzz audit_record_fuzz journal_record_fuzz" -L fuzz
 fi
