@@ -123,42 +123,6 @@ Percentiles futex_wake(int n) {
 
 // ---- shmschedd --------------------------------------------------------------------------------
 
-// Receives CreatePodCommands and records each one's publish timestamp by execution id.
-class Commands {
- public:
-  Commands(zmq::context_t& ctx, const std::string& ep) : sub_(ctx, zmq::socket_type::sub) {
-    sub_.set(zmq::sockopt::subscribe, "CreatePodCommand");
-    sub_.set(zmq::sockopt::rcvhwm, 0);
-    sub_.set(zmq::sockopt::rcvtimeo, 5000);
-    sub_.connect(ep);
-  }
-  // Waits for the command of `id`; returns its publish timestamp (0 on timeout).
-  std::int64_t wait_for(const std::string& id) {
-    for (;;) {
-      zmq::message_t topic, body;
-      if (!sub_.recv(topic) || !sub_.recv(body)) return 0;
-      auto oh = msgpack::unpack(static_cast<const char*>(body.data()), body.size());
-      if (ipc::get_string(oh.get(), "execution_id").value_or("") == id) {
-        return ipc::get_int(oh.get(), "timestamp").value_or(0);
-      }
-    }
-  }
-  // Counts commands until `n` arrived; returns false on a 5 s silence.
-  bool count(std::uint64_t n) {
-    for (std::uint64_t i = 0; i < n; ++i) {
-      zmq::message_t topic, body;
-      if (!sub_.recv(topic) || !sub_.recv(body)) return false;
-      body_size_ = body.size();
-    }
-    return true;
-  }
-  std::size_t body_size() const { return body_size_; }
-
- private:
-  zmq::socket_t sub_;
-  std::size_t body_size_ = 200;
-};
-
 std::vector<std::byte> submit_request(const std::string& id) {
   static const std::vector<std::byte> payload(64, std::byte{'x'});
   return MapBuilder()
