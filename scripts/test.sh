@@ -47,3 +47,4 @@ if ((quick == 0)); then
     -L "tsan|e2e|audit|journal"
   CXX=clang++ EXTRA_CMAKE_ARGS=-DSHMSCHED_FUZZ=ON run_suite build-fuzz "" "request_decoder_fuzz audit_record_fuzz journal_record_fuzz" -L fuzz
 fi
+echo "test.sh: all suites passed; the dashboard's screenshot from the browser test: build/artifacts/dashboard.png"
