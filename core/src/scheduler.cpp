@@ -166,6 +166,7 @@ Scheduler::Exec& Scheduler::admit(const std::string& id) {
   e.publish_failed = false;
   e.acked.clear();
   e.dispatched_at = 0;
+  e.dispatched_once = false;
   e.timeout_seq = 0;
   e.worker.clear();
   e.owner.clear();
@@ -317,6 +318,8 @@ void Scheduler::on(const input::Recovered& in, Time now, std::vector<Action>& ou
   // worker registers again).
   // (The phase word may have moved on to a newer attempt than the claim word's.)
   e.claims_open = in.claims_open_at == e.info.attempt ? e.info.attempt : 0;
+  // A previous supervisor sent it (or was sending it): not a first dispatch again.
+  e.dispatched_once = phase == Phase::kDispatched || phase == Phase::kDispatching;
   if (e.claims_open != 0 && in.owner != 0) adopt_owner(e, in.owner, now, false, out);
   if (phase == Phase::kDispatched) {
     // Every transport had it. Its timeout starts again now (the time it was dispatched died
@@ -770,6 +773,8 @@ void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
   p.event.priority = e.info.priority;
   p.event.slot = e.slot;
   p.event.attempt = e.info.attempt;
+  p.event.first_dispatch = !e.dispatched_once && e.info.attempt == 1;
+  e.dispatched_once = true;
   p.token = e.token;
   for (const auto& [id, name] : transports_) {
     if (std::find(e.acked.begin(), e.acked.end(), name) != e.acked.end()) {

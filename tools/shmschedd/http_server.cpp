@@ -1,5 +1,6 @@
 #include "http_server.h"
 
+#include <spdlog/spdlog.h>
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
@@ -33,23 +34,42 @@ std::pair<std::string, std::uint16_t> split_host_port(const std::string& listen)
   if (used != listen.size() - colon - 1 || port > 65535) {
     throw std::invalid_argument("'" + listen + "' has no valid port (0 .. 65535)");
   }
+  if (host == "localhost") host = "127.0.0.1";
+  beast::error_code ec;
+  asio::ip::make_address(host, ec);
+  if (ec) {
+    throw std::invalid_argument(
+        "'" + host + "' is not an IP address (use 127.0.0.1, ::1, 0.0.0.0 or localhost)");
+  }
   return {host, static_cast<std::uint16_t>(port)};
 }
 
-namespace {
-
-class Session;
-
-}  // namespace
+bool addressed_by_ip_or_localhost(std::string_view host) {
+  if (!host.empty() && host.front() == '[') {
+    const auto close = host.find(']');
+    if (close == std::string_view::npos) return false;
+    beast::error_code ec;
+    asio::ip::make_address_v6(std::string(host.substr(1, close - 1)), ec);
+    return !ec && (close + 1 == host.size() || host[close + 1] == ':');
+  }
+  const auto name = host.substr(0, host.find(':'));
+  if (beast::iequals(beast::string_view(name.data(), name.size()), "localhost")) return true;
+  beast::error_code ec;
+  asio::ip::make_address_v4(std::string(name), ec);
+  return !ec;
+}
 
 struct HttpServer::Impl {
   // Declared before the io_context: sessions still pending when it is destroyed count down here.
   std::size_t connections = 0;  // io thread only
+  std::size_t streams = 0;      // io thread only
   Handler handler;
   Stream stream;
   Limits limits;
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
+  asio::steady_timer accept_pause{io};
+  std::chrono::steady_clock::time_point next_accept_log{};
 
   void accept();
 };
@@ -67,7 +87,10 @@ class Session : public std::enable_shared_from_this<Session> {
       : stream_(std::move(socket)), server_(server), timer_(server.io) {
     ++server_.connections;
   }
-  ~Session() { --server_.connections; }
+  ~Session() {
+    --server_.connections;
+    if (stream_counted_) --server_.streams;
+  }
 
   void run() { read(); }
 
@@ -89,6 +112,19 @@ class Session : public std::enable_shared_from_this<Session> {
     }
     if (ec) return close();  // end of stream, timeout, garbage: the connection ends
     const auto& req = parser_->get();
+    head_ = req.method() == http::verb::head;
+    // DNS rebinding: a web page whose name was pointed at 127.0.0.1 reaches this port with its
+    // own name as Host. Only an address or localhost is this server's name.
+    const auto host_it = req.find(http::field::host);
+    if (host_it == req.end() || !addressed_by_ip_or_localhost(std::string_view(
+                                    host_it->value().data(), host_it->value().size()))) {
+      respond(HttpResponse{421,
+                           "text/plain; charset=utf-8",
+                           "misdirected: address this server by its IP address or localhost\n",
+                           {}},
+              false);
+      return;
+    }
     HttpRequest r;
     r.method = std::string(req.method_string());
     r.target = std::string(req.target());
@@ -103,6 +139,18 @@ class Session : public std::enable_shared_from_this<Session> {
     copy_endpoint(stream_.socket().local_endpoint(ignored), r.local);
     const auto path = r.target.substr(0, r.target.find('?'));
     if (req.method() == http::verb::get && path == server_.stream.path && server_.stream.next) {
+      // Streams never end: they get a share of the connections, so that scrapes and health
+      // probes always find room.
+      if (server_.streams >= server_.limits.max_streams) {
+        respond(HttpResponse{503,
+                             "text/plain; charset=utf-8",
+                             "too many live streams open (" +
+                                 std::to_string(server_.limits.max_streams) +
+                                 "): close a dashboard\n",
+                             {{"Retry-After", "5"}}},
+                false);
+        return;
+      }
       start_stream();
       return;
     }
@@ -126,6 +174,12 @@ class Session : public std::enable_shared_from_this<Session> {
     res_.body() = std::move(out.body);
     res_.keep_alive(keep_alive);
     res_.prepare_payload();
+    if (head_) {
+      // HEAD: the GET's headers, no body (a body would be read as the next response).
+      const auto length = res_.body().size();
+      res_.body().clear();
+      res_.content_length(length);
+    }
     stream_.expires_after(server_.limits.idle_timeout);
     http::async_write(stream_, res_,
                       [self = shared_from_this()](beast::error_code ec, std::size_t) {
@@ -136,6 +190,8 @@ class Session : public std::enable_shared_from_this<Session> {
 
   // Server-sent events: the header once, then one event per interval until the client goes.
   void start_stream() {
+    stream_counted_ = true;
+    ++server_.streams;
     sse_ =
         "HTTP/1.1 200 OK\r\nServer: shmschedd\r\nContent-Type: text/event-stream\r\n"
         "Cache-Control: no-store\r\nConnection: close\r\n\r\n";
@@ -148,7 +204,7 @@ class Session : public std::enable_shared_from_this<Session> {
     try {
       data = server_.stream.next();
     } catch (const std::exception& e) {
-      sse_ += "event: error\ndata: ";
+      sse_ += "event: error\n";
       data = e.what();
     }
     // One data line per line of text: a newline inside would end the field.
@@ -193,6 +249,8 @@ class Session : public std::enable_shared_from_this<Session> {
   std::optional<http::request_parser<http::string_body>> parser_;
   http::response<http::string_body> res_;
   std::string sse_;
+  bool head_ = false;
+  bool stream_counted_ = false;
 };
 
 }  // namespace
@@ -200,17 +258,29 @@ class Session : public std::enable_shared_from_this<Session> {
 void HttpServer::Impl::accept() {
   acceptor.async_accept([this](beast::error_code ec, tcp::socket socket) {
     if (ec == asio::error::operation_aborted) return;  // stopping
-    if (!ec) {
-      if (connections >= limits.max_connections) {
-        // Over the limit: refused at once, so that the limit holds and the client learns why.
-        static const std::string busy =
-            "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-        beast::error_code ignored;
-        asio::write(socket, asio::buffer(busy), ignored);
-        socket.close(ignored);
-      } else {
-        std::make_shared<Session>(std::move(socket), *this)->run();
+    if (ec) {
+      // Out of descriptors (EMFILE), say: the connection stays in the backlog and accepting
+      // again at once would fail again at once. Pause, so as not to spin a core.
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= next_accept_log) {
+        next_accept_log = now + std::chrono::seconds(10);
+        spdlog::warn("metrics: cannot accept a connection: {} (pausing 100 ms)", ec.message());
       }
+      accept_pause.expires_after(std::chrono::milliseconds(100));
+      accept_pause.async_wait([this](beast::error_code e) {
+        if (!e) accept();
+      });
+      return;
+    }
+    if (connections >= limits.max_connections) {
+      // Over the limit: refused at once, so that the limit holds and the client learns why.
+      static const std::string busy =
+          "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+      beast::error_code ignored;
+      asio::write(socket, asio::buffer(busy), ignored);
+      socket.close(ignored);
+    } else {
+      std::make_shared<Session>(std::move(socket), *this)->run();
     }
     accept();
   });
@@ -255,6 +325,7 @@ void HttpServer::stop() {
   asio::post(impl_->io, [impl = impl_.get()] {
     beast::error_code ignored;
     impl->acceptor.close(ignored);
+    impl->accept_pause.cancel();
     impl->io.stop();
   });
   thread_.join();

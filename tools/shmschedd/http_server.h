@@ -12,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -47,9 +48,10 @@ class HttpServer {
     std::function<std::string()> next;
   };
   struct Limits {
-    std::size_t max_connections = 64;
+    std::size_t max_connections = 128;
+    std::size_t max_streams = 16;  // of the connections: the rest stay for scrapes and probes
     std::size_t max_body_bytes = 64 * 1024;
-    std::chrono::seconds idle_timeout{30};
+    std::chrono::seconds idle_timeout{10};  // for a request to arrive, a response to be read
   };
 
   // Binds `listen` ("host:port"; port 0 picks one) at once: throws with the address and the
@@ -73,7 +75,12 @@ class HttpServer {
   std::thread thread_;
 };
 
-// "host:port" -> (host, port); throws with the text and the expected form.
+// "host:port" -> (host, port); throws with the text and the expected form. The host must be an
+// IP address ("[::1]" for IPv6) or localhost (which stands for 127.0.0.1).
 std::pair<std::string, std::uint16_t> split_host_port(const std::string& listen);
+
+// Whether a Host header names this server by an IP address or as localhost (with or without a
+// port): anything else is a name that a web page pointed here (DNS rebinding).
+bool addressed_by_ip_or_localhost(std::string_view host);
 
 }  // namespace shmsched::daemon

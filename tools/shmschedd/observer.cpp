@@ -27,8 +27,13 @@ constexpr auto kObserveInterval = std::chrono::milliseconds(500);
 constexpr auto kHeadsInterval = std::chrono::milliseconds(50);
 // The loop passes at least every 100 ms; silent this long, it is stuck.
 constexpr std::int64_t kLoopStuckNs = 5'000'000'000;
-// The per-user top reads this many executions of the segment at most.
-constexpr std::size_t kTopScan = 100'000;
+// The per-user top reads every slot of the segment: at most this often.
+constexpr std::int64_t kTopEveryNs = 1'000'000'000;
+
+// Ids are the clients' bytes, not necessarily UTF-8: shown with U+FFFD where they are not.
+std::string dump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
 
 std::int64_t steady_now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -41,7 +46,7 @@ HttpResponse text(unsigned status, std::string body) {
 }
 
 HttpResponse json_reply(unsigned status, const nlohmann::json& body) {
-  return HttpResponse{status, "application/json", body.dump(), {}};
+  return HttpResponse{status, "application/json", dump(body), {}};
 }
 
 HttpResponse json_error(unsigned status, const std::string& code, const std::string& message) {
@@ -206,19 +211,6 @@ void Supervisor::start_http() {
 
 void Supervisor::stop_http() {
   if (http_) http_->stop();
-}
-
-ipc::Producer* Supervisor::http_producer() {
-  if (http_producer_) return http_producer_.get();
-  try {
-    ipc::ProducerOptions bounded;
-    bounded.wait = std::chrono::seconds(1);
-    bounded.ask_consumer_in_process = true;
-    http_producer_ = std::make_unique<ipc::Producer>(segment_, bounded);
-  } catch (const ipc::SegmentError& e) {
-    spdlog::debug("metrics: no participant entry for reading the queue: {}", e.what());
-  }
-  return http_producer_.get();
 }
 
 HttpResponse Supervisor::serve_http(const HttpRequest& r) {
@@ -438,7 +430,7 @@ std::string Supervisor::dashboard_history() {
     points.push_back(nlohmann::json::array({p.at_ms, p.depth, p.active, p.capacity, p.submitted,
                                             p.dispatched, p.completed, p.failed}));
   }
-  return points.dump();
+  return dump(points);
 }
 
 std::string Supervisor::dashboard_state() {
@@ -490,26 +482,26 @@ std::string Supervisor::dashboard_state() {
   }
   j["recent_events"] = events;
   // The per-user top: queued and running executions per user, the ten with the most.
-  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> per_user;
-  if (auto* producer = http_producer()) {
-    for (const auto& rec : producer->list(std::nullopt, kTopScan)) {
-      auto& [queued, active] = per_user[rec.user_id];
-      (rec.state == ipc::ExecutionState::kQueued ? queued : active) += 1;
-    }
+  if (now - top_users_at_ >= kTopEveryNs) {
+    top_users_at_ = now;
+    std::vector<std::pair<std::string, ipc::UserTally>> top;
+    for (auto& [user, t] : ipc::tally_by_user(*segment_)) top.emplace_back(user, t);
+    const auto more = [](const auto& a, const auto& b) {
+      const auto ta = a.second.queued + a.second.active, tb = b.second.queued + b.second.active;
+      return ta != tb ? ta > tb : a.first < b.first;
+    };
+    const std::size_t keep = std::min<std::size_t>(top.size(), 10);
+    std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(keep), top.end(),
+                      more);
+    top.resize(keep);
+    top_users_ = std::move(top);
   }
-  std::vector<std::pair<std::string, std::pair<std::uint64_t, std::uint64_t>>> top(per_user.begin(),
-                                                                                   per_user.end());
-  std::sort(top.begin(), top.end(), [](const auto& a, const auto& b) {
-    const auto ta = a.second.first + a.second.second, tb = b.second.first + b.second.second;
-    return ta != tb ? ta > tb : a.first < b.first;
-  });
-  if (top.size() > 10) top.resize(10);
   json users = json::array();
-  for (const auto& [user, n] : top) {
-    users.push_back({{"user_id", user}, {"queued", n.first}, {"active", n.second}});
+  for (const auto& [user, t] : top_users_) {
+    users.push_back({{"user_id", user}, {"queued", t.queued}, {"active", t.active}});
   }
   j["top_users"] = users;
-  dashboard_cache_ = j.dump();
+  dashboard_cache_ = dump(j);
   dashboard_cached_at_ = now;
   return dashboard_cache_;
 }

@@ -371,7 +371,7 @@ void Supervisor::do_publish(const core::action::Publish& p) {
   std::optional<ipc::ExecutionView> view;
   if (ev.type == core::EventType::kCreatePodCommand || ev.type == core::EventType::kTaskPush) {
     view = consumer_->view(unpack(ev.slot));
-    if (view && ev.attempt == 1) {
+    if (view && ev.first_dispatch) {
       observability_.submit_to_dispatch.observe_ns(ipc::events::now_ns() - view->enqueued_at_ns);
     }
   }

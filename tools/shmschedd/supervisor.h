@@ -202,7 +202,6 @@ class Supervisor {
   std::string prometheus_text();
   std::string dashboard_state();
   std::string dashboard_history();
-  ipc::Producer* http_producer();
   Observability observability_;
   Clock::time_point next_observe_{};
   Clock::time_point next_history_{};
@@ -210,7 +209,9 @@ class Supervisor {
   // HTTP thread only (set before it starts).
   bool http_cancel_ = false;
   std::unique_ptr<AccessPolicy> http_access_;
-  std::unique_ptr<ipc::Producer> http_producer_;
+  // The per-user top, refreshed at most once a second.
+  std::vector<std::pair<std::string, ipc::UserTally>> top_users_;
+  std::int64_t top_users_at_ = INT64_MIN / 2;
   std::string dashboard_cache_;
   std::int64_t dashboard_cached_at_ = 0;
   // Last: stopped (its thread joined) before anything it reads goes.

@@ -545,9 +545,40 @@ std::optional<std::int64_t> QueueHandle::head_enqueued_at(Priority level) {
   Bracket bracket(*this);
   if (!bracket) return std::nullopt;
   RingRef ring = ring_of(v, priority_index(level) % kLevels);
-  const auto index = ring.peek();
-  if (!index) return std::nullopt;
-  return load_field(v.slot(*index).enqueued_at_ns);  // may be taken and reused meanwhile
+  std::uint64_t pos = 0;
+  auto index = ring.peek(&pos);
+  // Cancelled entries stay in the ring as tombstones until the consumer passes them: the oldest
+  // wait is that of the first entry still queued at its place (a slot reused since sits
+  // elsewhere). A long run of tombstones is looked through this far.
+  for (int step = 0; index && step < 1024; ++step, ++pos) {
+    Slot& s = v.slot(*index);
+    const std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
+    if (ctrl_state(c) == SlotState::kQueued && s.ring_pos.load(std::memory_order_acquire) == pos) {
+      const std::int64_t at = load_field(s.enqueued_at_ns);
+      if (s.ctrl.load(std::memory_order_acquire) == c) return at;
+    }
+    const std::uint64_t next = ring.cells[(pos + 1) & ring.mask].load(std::memory_order_acquire);
+    if (RingRef::cell_lap(next) != ring.lap(pos + 1) || RingRef::cell_index1(next) == 0) break;
+    index = RingRef::cell_index1(next) - 1;
+  }
+  return std::nullopt;
+}
+
+std::map<std::string, UserTally, std::less<>> tally_by_user(const Segment& segment) {
+  const SegmentView& v = view_of(segment);
+  std::map<std::string, UserTally, std::less<>> out;
+  const std::uint64_t used = std::min(v.hdr->fresh_next.load(), v.geo->slot_count);
+  for (std::uint32_t i = 0; i < used; ++i) {
+    Slot& s = v.slot(i);
+    const std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
+    const SlotState st = ctrl_state(c);
+    if (st != SlotState::kQueued && st != SlotState::kActive) continue;
+    std::string user = load_text(s.user_words, load_field(s.user_len));
+    if (s.ctrl.load(std::memory_order_acquire) != c) continue;  // reused while read
+    auto& t = out[user];
+    ++(st == SlotState::kActive ? t.active : t.queued);
+  }
+  return out;
 }
 
 QueueStats queue_stats(const Segment& segment) {

@@ -45,6 +45,9 @@ struct Event {
   std::string message;               // kRejected
   SlotRef slot = 0;                  // kCreatePodCommand: the body is read from the segment
   std::uint32_t attempt = 0;         // kCreatePodCommand, kFailed
+  // kCreatePodCommand, kTaskPush: the execution's first dispatch (not a retry, a re-offer, a
+  // republish after a transport's failure, or one a previous supervisor had sent).
+  bool first_dispatch = false;
   std::optional<std::string> worker_id;
   std::optional<std::int64_t> exit_code;
   std::optional<std::string> error;

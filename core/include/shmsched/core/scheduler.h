@@ -446,6 +446,7 @@ class Scheduler {
     boost::container::small_vector<std::string, 2>
         acked;  // transports (by name) that have this attempt
     std::int64_t dispatched_at = 0;
+    bool dispatched_once = false;   // a dispatch went out already (Event::first_dispatch)
     std::uint64_t timeout_seq = 0;  // invalidates older entries of the timeout heap
     // Workers (executions with required capabilities): pushed to `worker`, claimed by `owner`;
     // `load_on` is the one whose load counts it; `avoid` the one it last failed on.

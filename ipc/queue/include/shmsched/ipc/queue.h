@@ -12,6 +12,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -340,6 +341,15 @@ class Consumer : public QueueHandle {
 
 // The queue's counts and counters, read without registering (plain atomic loads).
 QueueStats queue_stats(const Segment& segment);
+
+// Queued and active executions per user, read without registering: only each slot's state and
+// user id, each read checked against the slot's control word (a slot reused meanwhile is skipped;
+// the counts are a moment's picture, not a transaction).
+struct UserTally {
+  std::uint64_t queued = 0;
+  std::uint64_t active = 0;
+};
+std::map<std::string, UserTally, std::less<>> tally_by_user(const Segment& segment);
 
 // Wakes the consumer from sleep_unless() / wait_for_work() if it sleeps (or is about to); callable
 // from any thread of any attached process, after handing it work with a sequentially consistent
