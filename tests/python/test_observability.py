@@ -23,12 +23,14 @@ import shmsched
 CAPACITY = 3
 
 
-def start_daemon(extra=()):
-    """shmschedd on a free port (metrics_listen ...:0): (process, ingress endpoint, base URL,
-    cleanup)."""
+def start_daemon(extra=(), open_to_all=False):
+    """shmschedd on a free port (metrics_listen ...:0): (ingress endpoint, base URL, cleanup).
+    open_to_all: every local user may reach the ingress socket (identity alone decides)."""
     bin_dir = os.environ["SHMSCHED_BIN_DIR"]
     plugin_dir = os.environ["SHMSCHED_PLUGIN_DIR"]
     run_dir = tempfile.mkdtemp(prefix="shmsched-obs-")
+    if open_to_all:
+        os.chmod(run_dir, 0o755)
     segment = "shmsched-obs-" + uuid.uuid4().hex[:12]
     log_path = os.path.join(run_dir, "shmschedd.log")
     log = open(log_path, "w")
@@ -36,7 +38,8 @@ def start_daemon(extra=()):
         [os.path.join(bin_dir, "shmschedd"), "--runtime-dir=" + run_dir, "--segment=" + segment,
          "--plugin-dir=" + plugin_dir, "--idle-spin-us=0", "--metrics-listen=127.0.0.1:0",
          f"--max-active-executions={CAPACITY}", *extra],
-        stdout=log, stderr=subprocess.STDOUT)
+        stdout=log, stderr=subprocess.STDOUT,
+        preexec_fn=(lambda: os.umask(0)) if open_to_all else None)
     # The bound port is in the start-up log.
     url = None
     deadline = time.monotonic() + 20
@@ -73,7 +76,7 @@ def daemon():
 
 @pytest.fixture()
 def daemon_with_cancel():
-    ingress, url, cleanup = start_daemon(["--dashboard-cancel=true"])
+    ingress, url, cleanup = start_daemon(["--dashboard-cancel=true"], open_to_all=True)
     yield ingress, url
     cleanup()
 

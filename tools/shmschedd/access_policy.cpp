@@ -2,9 +2,11 @@
 
 #include <grp.h>
 #include <pwd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <vector>
 
 namespace shmsched::daemon {
@@ -43,7 +45,36 @@ const AccessPolicy::Who& AccessPolicy::who(const ipc::Peer& peer) {
   auto member = [&](gid_t g) { return std::find(groups.begin(), groups.end(), g) != groups.end(); };
   w.trusted = peer.uid == 0 || peer.uid == ::geteuid() || member(settings_.trusted_gid);
   w.worker = w.trusted || member(settings_.worker_gid);
+  w.groups = std::move(groups);
   return cache_[peer.uid] = std::move(w);
+}
+
+std::optional<std::string> AccessPolicy::cannot_reach(const ipc::Peer& peer,
+                                                      const std::string& path) {
+  if (peer.uid == 0) return std::nullopt;
+  const Who& w = who(peer);
+  // May `peer` do `want` (S_IXOTH-style bits: 1 search, 2 write) to what `st` describes?
+  auto allowed = [&](const struct stat& st, unsigned want) {
+    unsigned bits = st.st_mode & 07;
+    if (st.st_uid == peer.uid) {
+      bits = (st.st_mode >> 6) & 07;
+    } else if (std::find(w.groups.begin(), w.groups.end(), st.st_gid) != w.groups.end()) {
+      bits = (st.st_mode >> 3) & 07;
+    }
+    return (bits & want) == want;
+  };
+  const std::filesystem::path target(path);
+  std::filesystem::path at = target.root_path();
+  for (const auto& part : target.relative_path()) {
+    struct stat st {};
+    if (::stat(at.c_str(), &st) != 0) return "cannot look at " + at.string();
+    if (!allowed(st, 1)) return describe(peer, w) + " may not enter " + at.string();
+    at /= part;
+  }
+  struct stat st {};
+  if (::stat(target.c_str(), &st) != 0) return "cannot look at " + path;
+  if (!allowed(st, 2)) return describe(peer, w) + " may not connect to " + path;
+  return std::nullopt;
 }
 
 std::string AccessPolicy::describe(const ipc::Peer& peer, const Who& w) const {

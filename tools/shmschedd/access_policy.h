@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "shmsched/ipc/ingress_server.h"
 #include "shmsched/ipc/protocol.h"
@@ -43,12 +44,17 @@ class AccessPolicy {
   // checked by the loop against the execution's owner); nullopt: it may act for anyone.
   std::optional<std::string> acting_for(const ipc::Peer& peer);
   bool checks_identity() const { return settings_.check_identity; }
+  // Why `peer` could not connect to the local socket at `path` (search permission on every
+  // directory above it, write permission on it, by its uid and groups), or nullopt if it could.
+  // The dashboard's cancel reaches no further than the ingress does.
+  std::optional<std::string> cannot_reach(const ipc::Peer& peer, const std::string& path);
 
  private:
   struct Who {
     std::string name;  // the user name, or the uid in decimal when it has none
     bool trusted = false;
     bool worker = false;
+    std::vector<gid_t> groups;
     std::chrono::steady_clock::time_point looked_up;
   };
   const Who& who(const ipc::Peer& peer);

@@ -4,7 +4,9 @@
 #include <boost/asio.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <condition_variable>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 
@@ -66,6 +68,24 @@ struct HttpServer::Impl {
   Handler handler;
   Stream stream;
   Limits limits;
+  // Actions (POST) run on threads of their own; stop() waits for them, as they use the handler.
+  std::mutex actions_mutex;
+  std::condition_variable actions_done;
+  std::size_t actions = 0;
+  bool stopping = false;
+  static constexpr std::size_t kMaxActions = 4;
+  bool begin_action() {
+    std::lock_guard lock(actions_mutex);
+    if (stopping || actions >= kMaxActions) return false;
+    ++actions;
+    return true;
+  }
+  void end_action() {
+    std::lock_guard lock(actions_mutex);
+    --actions;
+    actions_done.notify_all();
+  }
+
   asio::io_context io{1};
   tcp::acceptor acceptor{io};
   asio::steady_timer accept_pause{io};
@@ -132,8 +152,10 @@ class Session : public std::enable_shared_from_this<Session> {
     if (auto it = req.find(http::field::content_type); it != req.end()) {
       r.content_type = std::string(it->value());
     }
-    if (auto it = req.find(http::field::origin); it != req.end())
+    if (auto it = req.find(http::field::origin); it != req.end()) {
       r.origin = std::string(it->value());
+    }
+    r.host = std::string(host_it->value());
     beast::error_code ignored;
     copy_endpoint(stream_.socket().remote_endpoint(ignored), r.peer);
     copy_endpoint(stream_.socket().local_endpoint(ignored), r.local);
@@ -142,25 +164,50 @@ class Session : public std::enable_shared_from_this<Session> {
       // Streams never end: they get a share of the connections, so that scrapes and health
       // probes always find room.
       if (server_.streams >= server_.limits.max_streams) {
-        respond(HttpResponse{503,
-                             "text/plain; charset=utf-8",
-                             "too many live streams open (" +
-                                 std::to_string(server_.limits.max_streams) +
-                                 "): close a dashboard\n",
-                             {{"Retry-After", "5"}}},
-                false);
+        respond(
+            HttpResponse{503,
+                         "text/plain; charset=utf-8",
+                         "too many live streams open (" +
+                             std::to_string(server_.limits.max_streams) + "): close a dashboard\n",
+                         {{"Retry-After", "5"}}},
+            false);
         return;
       }
       start_stream();
       return;
     }
-    HttpResponse out;
-    try {
-      out = server_.handler(r);
-    } catch (const std::exception& e) {
-      out = HttpResponse{500, "text/plain; charset=utf-8", std::string(e.what()) + "\n", {}};
+    const bool keep_alive = req.keep_alive();
+    if (req.method() == http::verb::post) {
+      // An action waits for the scheduling loop's answer: on a thread of its own, so that the
+      // io thread (scrapes, health probes, streams) never waits for the loop.
+      if (!server_.begin_action()) {
+        respond(HttpResponse{503,
+                             "text/plain; charset=utf-8",
+                             "too many actions in progress: try again\n",
+                             {{"Retry-After", "1"}}},
+                false);
+        return;
+      }
+      std::thread([self = shared_from_this(), r = std::move(r), keep_alive]() mutable {
+        auto out = self->serve(r);
+        // The session goes back to the io thread whole: its last reference must not drop here.
+        HttpServer::Impl& server = self->server_;
+        asio::post(server.io, [self = std::move(self), out = std::move(out), keep_alive]() mutable {
+          self->respond(std::move(out), keep_alive);
+        });
+        server.end_action();
+      }).detach();
+      return;
     }
-    respond(std::move(out), req.keep_alive());
+    respond(serve(r), keep_alive);
+  }
+
+  HttpResponse serve(const HttpRequest& r) {
+    try {
+      return server_.handler(r);
+    } catch (const std::exception& e) {
+      return HttpResponse{500, "text/plain; charset=utf-8", std::string(e.what()) + "\n", {}};
+    }
   }
 
   void respond(HttpResponse out, bool keep_alive) {
@@ -322,6 +369,11 @@ void HttpServer::start() {
 
 void HttpServer::stop() {
   if (!thread_.joinable()) return;
+  {
+    std::unique_lock lock(impl_->actions_mutex);
+    impl_->stopping = true;
+    impl_->actions_done.wait(lock, [&] { return impl_->actions == 0; });
+  }
   asio::post(impl_->io, [impl = impl_.get()] {
     beast::error_code ignored;
     impl->acceptor.close(ignored);

@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cctype>
 #include <condition_variable>
 #include <msgpack.hpp>
 #include <nlohmann/json.hpp>
@@ -73,6 +74,17 @@ void answer_pending(void* ctx, const std::uint8_t* body, std::size_t len) {
 
 void release_pending(void* ctx) {
   delete static_cast<std::shared_ptr<PendingAnswer>*>(ctx);
+}
+
+// The page's own origin: http:// and the Host it was served under (host names are not case
+// sensitive).
+bool same_origin(const std::string& origin, const std::string& host) {
+  const std::string expected = "http://" + host;
+  return origin.size() == expected.size() &&
+         std::equal(origin.begin(), origin.end(), expected.begin(), [](char a, char b) {
+           return std::tolower(static_cast<unsigned char>(a)) ==
+                  std::tolower(static_cast<unsigned char>(b));
+         });
 }
 
 std::uint32_t primary_gid(uid_t uid) {
@@ -191,6 +203,7 @@ void Supervisor::start_http() {
   if (config_.metrics_listen.empty()) return;
   // The HTTP thread never reads config_ (a reload writes it on the loop's thread).
   http_cancel_ = config_.dashboard_cancel;
+  http_ingress_socket_ = config_.runtime_dir + "/ingress.sock";
   http_access_ = std::make_unique<AccessPolicy>(
       AccessPolicy::Settings{config_.check_identity, config_.trusted_gid, config_.trusted_group,
                              config_.worker_gid, config_.worker_group});
@@ -373,7 +386,7 @@ HttpResponse Supervisor::http_cancel(const HttpRequest& r) {
   if (r.content_type.rfind("application/json", 0) != 0) {
     return json_error(415, "invalid", "send the cancel as Content-Type: application/json");
   }
-  if (!r.origin.empty() && r.origin != "http://" + r.host) {
+  if (!r.origin.empty() && !same_origin(r.origin, r.host)) {
     return json_error(403, "unauthorized", "cancels from pages of another origin are refused");
   }
   ipc::protocol::CancelOp op;
@@ -400,7 +413,14 @@ HttpResponse Supervisor::http_cancel(const HttpRequest& r) {
                         "cannot tell which local user is asking (" + why +
                             "): cancels from the dashboard are for users of this host");
     }
-    as_user = http_access_->acting_for(ipc::Peer{true, *uid, primary_gid(*uid), 0});
+    const ipc::Peer peer{true, *uid, primary_gid(*uid), 0};
+    std::lock_guard lock(http_access_mutex_);  // actions run on threads of their own
+    // Only who may use the ingress: the HTTP port is open to every local account.
+    if (auto refused = http_access_->cannot_reach(peer, http_ingress_socket_)) {
+      return json_error(403, "unauthorized",
+                        *refused + ": cancels from the dashboard are for users of the ingress");
+    }
+    as_user = http_access_->acting_for(peer);
     who = as_user ? "user " + *as_user : "a trusted user";
   }
   auto pending = std::make_shared<PendingAnswer>();

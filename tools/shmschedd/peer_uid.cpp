@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 
 namespace shmsched::daemon {
@@ -41,6 +42,13 @@ void put(const sockaddr_storage& a, __be32 (&addr)[4], __be16& port) {
     port = in6.sin6_port;
   }
 }
+
+// TCP states of a socket a process holds (the kernel's numbering, include/net/tcp_states.h).
+constexpr unsigned kTcpEstablished = 1, kTcpFinWait1 = 4, kTcpFinWait2 = 5, kTcpCloseWait = 8,
+                   kTcpLastAck = 9, kTcpClosing = 11;
+constexpr std::uint32_t kOwnedStates = 1u << kTcpEstablished | 1u << kTcpFinWait1 |
+                                       1u << kTcpFinWait2 | 1u << kTcpCloseWait |
+                                       1u << kTcpLastAck | 1u << kTcpClosing;
 
 // ::ffff:a.b.c.d -> a.b.c.d: a dual-stack listener sees IPv4 clients so, while their own sockets
 // are IPv4 ones in the kernel's table.
@@ -88,7 +96,9 @@ std::optional<uid_t> loopback_peer_uid(const sockaddr_storage& peer_address,
   message.header.nlmsg_flags = NLM_F_REQUEST;
   message.request.sdiag_family = static_cast<__u8>(peer.ss_family);
   message.request.sdiag_protocol = IPPROTO_TCP;
-  message.request.idiag_states = ~0u;
+  // Only sockets a process still owns. A client that closed at once leaves a time-wait socket,
+  // which the kernel reports as uid 0: it must never pass for root.
+  message.request.idiag_states = kOwnedStates;
   // The peer's own socket: its source is the peer's address, its destination ours.
   put(peer, message.request.id.idiag_src, message.request.id.idiag_sport);
   put(local, message.request.id.idiag_dst, message.request.id.idiag_dport);
@@ -118,7 +128,16 @@ std::optional<uid_t> loopback_peer_uid(const sockaddr_storage& peer_address,
     }
     if (h->nlmsg_type == SOCK_DIAG_BY_FAMILY &&
         h->nlmsg_len >= NLMSG_LENGTH(sizeof(inet_diag_msg))) {
-      return static_cast<const inet_diag_msg*>(NLMSG_DATA(h))->idiag_uid;
+      const auto* m = static_cast<const inet_diag_msg*>(NLMSG_DATA(h));
+      // Exactly the peer's socket, alive and owned by a process (an inode): not a listener the
+      // lookup fell back to, not a time-wait remnant.
+      const bool owned = m->idiag_state < 32 && ((1u << m->idiag_state) & kOwnedStates) != 0;
+      if (!owned || m->idiag_inode == 0 || m->id.idiag_sport != message.request.id.idiag_sport ||
+          m->id.idiag_dport != message.request.id.idiag_dport) {
+        why = "the client's connection is gone or not owned by a process (closed already?)";
+        return std::nullopt;
+      }
+      return m->idiag_uid;
     }
   }
   why = "no answer from sock_diag";

@@ -206,8 +206,10 @@ class Supervisor {
   Clock::time_point next_observe_{};
   Clock::time_point next_history_{};
   Clock::time_point next_heads_{};
-  // HTTP thread only (set before it starts).
+  // HTTP thread only (set before it starts), and its action threads (cancel).
   bool http_cancel_ = false;
+  std::string http_ingress_socket_;
+  std::mutex http_access_mutex_;
   std::unique_ptr<AccessPolicy> http_access_;
   // The per-user top, refreshed at most once a second.
   std::vector<std::pair<std::string, ipc::UserTally>> top_users_;
