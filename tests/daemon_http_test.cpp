@@ -390,6 +390,60 @@ TEST(DaemonHttp, AcceptDoesNotSpinWhenOutOfDescriptors) {
   EXPECT_LT(used, 40) << "CPU ticks in 2 s, idle but for the HTTP thread";
 }
 
+// Cancels from the dashboard run on threads of their own while the io thread serves scrapes
+// and streams (under TSan: the action threads, the loop and the io thread together).
+TEST(DaemonHttp, CancelsRunBesideScrapesAndEachIsAnswered) {
+  DaemonFixture f("http-cancel",
+                  with_http({"--dashboard-cancel=true", "--max-active-executions=1"}));
+  const auto port = http_port(*f.daemon);
+  ASSERT_TRUE(f.ingress->submit("running", "u").ok());
+  constexpr int kQueued = 24;
+  for (int i = 0; i < kQueued; ++i) {
+    ASSERT_TRUE(f.ingress->submit("q" + std::to_string(i), "u").ok());
+  }
+  Conn stream(port);
+  stream.send("GET /api/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+  ASSERT_THAT(stream.read_until("\n\n"), HasSubstr("text/event-stream"));
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad_scrapes{0};
+  std::thread scraper([&] {
+    while (!stop) {
+      if (get(port, "/metrics").status != 200) ++bad_scrapes;
+    }
+  });
+  std::vector<std::thread> cancellers;
+  std::atomic<int> cancelled{0}, busy{0};
+  for (int t = 0; t < 3; ++t) {
+    cancellers.emplace_back([&, t] {
+      for (int i = t; i < kQueued; i += 3) {
+        const std::string body = "{\"execution_id\": \"q" + std::to_string(i) + "\"}";
+        for (;;) {
+          Conn c(port, 10s);
+          c.send(
+              "POST /api/cancel HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+              "Content-Type: application/json\r\nContent-Length: " +
+              std::to_string(body.size()) + "\r\n\r\n" + body);
+          const std::string reply = c.read_until();
+          if (reply.rfind("HTTP/1.1 503", 0) == 0) {  // four at a time: try again
+            ++busy;
+            continue;
+          }
+          if (reply.rfind("HTTP/1.1 200", 0) == 0) ++cancelled;
+          break;
+        }
+      }
+    });
+  }
+  for (auto& c : cancellers) c.join();
+  stop = true;
+  scraper.join();
+  EXPECT_EQ(cancelled, kQueued);
+  EXPECT_EQ(bad_scrapes, 0);
+  for (int i = 0; i < kQueued; ++i) {
+    EXPECT_EQ(f.ingress->op("status", "q" + std::to_string(i)).str("state"), "cancelled") << i;
+  }
+}
+
 // ---- Found sound (pass) ----------------------------------------------------------------------
 
 // SIGTERM with dashboard streams open, a scrape mid-flight, a client that never reads and one
