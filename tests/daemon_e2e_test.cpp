@@ -155,6 +155,36 @@ TEST(DaemonE2E, StatsShowsTheOldestWaitOfEntriesSubmittedThroughSharedMemory) {
   std::filesystem::remove_all(dir);
 }
 
+// `list` over the ingress copied every queued execution out of the segment, payloads included,
+// to pick the few it answers with (found beside the dashboard's per-user top, which did the
+// same): with 4,000 queued 16 KiB payloads, one list of 10 raised the peak RSS by ~130 MB.
+TEST(DaemonE2E, AListCopiesNoPayloads) {
+  Fixture f("list-mem", {"--max-active-executions=1", "--max-executions-per-user=100000"});
+  auto seg = ipc::Segment::attach(f.segment);
+  {
+    ipc::Producer p(seg);
+    ipc::protocol::SubmitOp op;
+    op.user_id = "bulk";
+    op.payload.assign(16 * 1024 - 16, std::byte{'x'});
+    for (int i = 0; i < 4000; ++i) {
+      ASSERT_TRUE(
+          p.submit(ipc::protocol::to_submit_request(op, "m" + std::to_string(i))).accepted())
+          << i;
+    }
+  }
+  // The announcements of the 4,000 are out before we measure.
+  ASSERT_EQ(f.ingress->op("status", "m3999").str("state"), "queued");
+  const long before = peak_rss_kb(f.daemon->pid());
+  const auto list = f.ingress->call(
+      MapBuilder().str("op", "list").str("state", "queued").integer("limit", 10).finish());
+  const auto* items = ipc::find_field(list.get(), "executions");
+  ASSERT_NE(items, nullptr);
+  EXPECT_EQ(items->via.array.size, 10u);
+  const long grew = peak_rss_kb(f.daemon->pid()) - before;
+  EXPECT_LT(grew, 24 * 1024) << "one list of 10 raised the peak RSS by " << grew / 1024 << " MB";
+  seg.reset();
+}
+
 TEST(DaemonE2E, RejectionsAreExactAndPublished) {
   Fixture f("reject", {"--max-queue-size=3", "--max-executions-per-user=2",
                        "--max-payload-bytes=16", "--max-active-executions=1"});

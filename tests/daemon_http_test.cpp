@@ -277,20 +277,12 @@ TEST(DaemonHttp, DashboardPollDoesNotCopyThePayloads) {
           << i;
     }
   }
-  auto hwm_kb = [&] {
-    std::ifstream in("/proc/" + std::to_string(f.daemon->pid()) + "/status");
-    std::string line;
-    while (std::getline(in, line)) {
-      if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
-    }
-    return 0L;
-  };
   std::this_thread::sleep_for(500ms);
-  const long before = hwm_kb();
+  const long before = peak_rss_kb(f.daemon->pid());
   const auto t0 = Clock::now();
   ASSERT_EQ(get(port, "/api/state").status, 200);
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0).count();
-  const long after = hwm_kb();
+  const long after = peak_rss_kb(f.daemon->pid());
   std::cerr << "/api/state: " << ms << " ms, peak RSS " << before / 1024 << " -> " << after / 1024
             << " MB\n";
   EXPECT_LT(after - before, 32 * 1024)

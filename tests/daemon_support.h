@@ -54,6 +54,16 @@ inline long cpu_ticks(pid_t pid) {
   return utime + stime;
 }
 
+// The peak resident set of a process so far (VmHWM), in KiB.
+inline long peak_rss_kb(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return 0;
+}
+
 // A segment name of its own for each test (tests run in parallel).
 inline std::string segment_name(const std::string& tag) {
   static int n = 0;

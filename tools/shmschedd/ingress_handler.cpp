@@ -149,7 +149,9 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
       std::optional<std::string_view> user;
       if (l->user_id) user = *l->user_id;
       std::vector<std::vector<std::byte>> items;
-      for (const auto& rec : producer->list(user, SIZE_MAX)) {
+      // Without payloads; and without a state to filter by, only as many as answered.
+      const std::size_t scan = l->state ? SIZE_MAX : l->limit;
+      for (const auto& rec : producer->list(user, scan, false)) {
         if (items.size() >= l->limit) break;
         if (l->state && *l->state != state_of(rec)) continue;
         items.push_back(execution_map(rec, false));

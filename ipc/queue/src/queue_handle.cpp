@@ -440,7 +440,8 @@ namespace {
 
 // Copies a live slot out; false if it changed under us (then the caller looks again). A sequence
 // lock read: every field is an acquire load (slot_fields.h), then the control word is read again.
-bool snapshot(const SegmentView& v, std::uint32_t index, ExecutionRecord& out) {
+bool snapshot(const SegmentView& v, std::uint32_t index, ExecutionRecord& out,
+              bool with_data = true) {
   Slot& s = v.slot(index);
   const std::uint64_t c = s.ctrl.load(std::memory_order_acquire);
   const SlotState st = ctrl_state(c);
@@ -459,11 +460,11 @@ bool snapshot(const SegmentView& v, std::uint32_t index, ExecutionRecord& out) {
   out.attempt = load_field(s.attempt);
   out.timeout_seconds = load_field(s.timeout_seconds);
   const std::uint32_t plen =
-      std::min<std::uint32_t>(load_field(s.payload_len), v.geo->max_payload_bytes);
+      with_data ? std::min<std::uint32_t>(load_field(s.payload_len), v.geo->max_payload_bytes) : 0;
   const std::uint32_t elen =
-      std::min<std::uint32_t>(load_field(s.extras_len), v.geo->max_extras_bytes);
+      with_data ? std::min<std::uint32_t>(load_field(s.extras_len), v.geo->max_extras_bytes) : 0;
   std::vector<std::byte> data(plen + elen);
-  load_data(v.slot_data(index), data);
+  if (with_data) load_data(v.slot_data(index), data);
   out.annotation = st == SlotState::kActive ? load_field(s.reserved[0]) : 0;
   const std::uint64_t claim = st == SlotState::kActive ? load_field(s.reserved[1]) : 0;
   out.claimed_by = claim_is_for(claim, ctrl_gen(c), load_field(s.attempt)) ? claim_owner(claim) : 0;
@@ -507,7 +508,7 @@ std::optional<ExecutionRecord> QueueHandle::status(std::string_view execution_id
 }
 
 std::vector<ExecutionRecord> QueueHandle::list(std::optional<std::string_view> user_id,
-                                               std::size_t limit) {
+                                               std::size_t limit, bool with_data) {
   const SegmentView& v = *view_;
   std::vector<ExecutionRecord> out;
   const std::uint64_t used = std::min(v.hdr->fresh_next.load(), v.geo->slot_count);
@@ -519,7 +520,7 @@ std::vector<ExecutionRecord> QueueHandle::list(std::optional<std::string_view> u
     {
       Bracket bracket(*this);
       if (!bracket) break;
-      ok = snapshot(v, i, rec);
+      ok = snapshot(v, i, rec, with_data);
     }
     if (!ok || (user_id && rec.user_id != *user_id)) continue;
     out.push_back(std::move(rec));

@@ -86,8 +86,10 @@ class QueueHandle {
   // The current rank of a queued execution: how many entries will be dequeued before it.
   std::optional<std::uint64_t> queue_position(std::string_view execution_id);
 
-  // Queued and active executions, optionally only those of one user, at most `limit`.
-  std::vector<ExecutionRecord> list(std::optional<std::string_view> user_id, std::size_t limit);
+  // Queued and active executions, optionally only those of one user, at most `limit`. Without
+  // `with_data`, payloads, capabilities and metadata stay empty (a listing needs none of them).
+  std::vector<ExecutionRecord> list(std::optional<std::string_view> user_id, std::size_t limit,
+                                    bool with_data = true);
 
   // Current per-user count (queued + active) of `user_id`.
   std::uint64_t user_count(std::string_view user_id);
