@@ -201,25 +201,33 @@ def test_http_answers_and_refusals(daemon):
     assert get(url + "/metrics", method="DELETE")[0] == 405
 
 
-def test_dashboard_in_headless_chromium(daemon):
+def headless_chromium():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    ingress, url = daemon
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for a in ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
               "--window-size=1400,1150"]:
         options.add_argument(a)
-    browser = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def page_text(browser, element_id):
+    """An element's text, read through script: the page rebuilds its tables every second, and an
+    element found a moment ago may be gone."""
+    return browser.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.textContent : null;",
+        element_id)
+
+
+def test_dashboard_in_headless_chromium(daemon):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ingress, url = daemon
+    browser = headless_chromium()
     try:
         browser.get(url + "/")
-        # Read through script: the page rebuilds its tables every second, and an element found
-        # a moment ago may be gone.
-        text = lambda element_id: browser.execute_script(
-            "const e = document.getElementById(arguments[0]); return e ? e.textContent : null;",
-            element_id)
+        text = lambda element_id: page_text(browser, element_id)
         WebDriverWait(browser, 20).until(lambda b: text("conn") == "live")
         # A workload while the page is open: it must follow live.
         client = shmsched.Client(ingress)
@@ -340,3 +348,28 @@ def test_cancel_from_the_dashboard_follows_the_ingress_identity_rules(daemon_wit
     assert get(url + "/api/cancel")[0] == 405
     assert client.status("fill-0")["state"] == "dispatched"
     assert json.loads(get(url + "/api/state")[1])["cancel_enabled"] is True
+
+
+def test_cancel_button_in_headless_chromium(daemon_with_cancel):
+    """The page's own form, as a browser sends it (with the page's Origin)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    ingress, url = daemon_with_cancel
+    client = shmsched.Client(ingress)
+    for i in range(CAPACITY):
+        client.submit("filler", b"x", execution_id=f"fill-{i}")
+    client.submit("bob", b"x", execution_id="from-the-page")
+    browser = headless_chromium()
+    try:
+        browser.get(url + "/")
+        WebDriverWait(browser, 20).until(
+            lambda b: page_text(b, "conn") == "live" and
+            b.find_element(By.ID, "cancel-panel").is_displayed())
+        browser.find_element(By.ID, "cancel-id").send_keys("from-the-page")
+        browser.find_element(By.CSS_SELECTOR, "#cancel-form button").click()
+        WebDriverWait(browser, 20).until(lambda b: page_text(b, "cancel-result") != "")
+        assert page_text(browser, "cancel-result") == "cancelled from-the-page"
+        assert client.status("from-the-page")["state"] == "cancelled"
+    finally:
+        browser.quit()
