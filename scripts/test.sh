@@ -20,8 +20,13 @@ jobs=$(nproc)
 run_suite() {
   local dir=$1 sanitize=$2 targets=$3 ctest_args=("${@:4}")
   echo "=== ${dir} (sanitizer: ${sanitize:-none}, ${BUILD_TYPE:-RelWithDebInfo}) ==="
+  # Sanitizer builds: -O1 -g1 (line tables for the reports' stack traces) compile about a third
+  # faster than -O2 -g, and -O1 is what the sanitizers' own documentation suggests.
+  local flags=()
+  [[ -n $sanitize ]] && flags=(-DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG"
+    -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG")
   cmake -S . -B "$dir" -DSHMSCHED_SANITIZE="$sanitize" -DCMAKE_BUILD_TYPE="${BUILD_TYPE:-RelWithDebInfo}" -DSHMSCHED_WERROR=ON \
-    ${EXTRA_CMAKE_ARGS:-} >/dev/null
+    "${flags[@]}" ${EXTRA_CMAKE_ARGS:-} >/dev/null
   if [[ $targets == all ]]; then
     cmake --build "$dir" -j "$jobs"
   else
