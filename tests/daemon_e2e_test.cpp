@@ -558,6 +558,8 @@ TEST(DaemonE2E, ShmschedctlForPeopleAndScripts) {
   EXPECT_THAT(run_ctl(f, "list --state queued --json"), Not(HasSubstr("\"c1\"")));
   EXPECT_THAT(run_ctl(f, "top --iterations 1"), HasSubstr("oldest wait"));
   EXPECT_THAT(run_ctl(f, "--json stats"), HasSubstr("\"queue_depth\""));
+  // Keys longer than the column ran into their values ("waiting_for_workers0").
+  EXPECT_THAT(run_ctl(f, "stats"), HasSubstr("waiting_for_workers 0"));
   EXPECT_THAT(run_ctl(f, "cancel c2 --reason test"), Not(HasSubstr("error")));
   EXPECT_THAT(run_ctl(f, "complete c1 --exit-code 0", &rc), Not(HasSubstr("error")));
   EXPECT_EQ(rc, 0);

@@ -5,6 +5,7 @@
 //   shmschedctl complete ID [--exit-code 0] | fail ID --error text [--retry]
 //   shmschedctl audit [--dir DIR] [--execution ID] [--worker W] [--type T] [--follow]
 //   shmschedctl audit verify [--dir DIR]
+#include <algorithm>
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cstdio>
@@ -152,10 +153,13 @@ int print_reply(const Globals& g, const msgpack::object& r, const std::string& w
     std::cerr << what << ": " << ipc::get_string(r, "error").value_or("error") << ": "
               << ipc::get_string(r, "message").value_or("") << "\n";
   } else {
+    // Keys in a column as wide as the longest, with a space after it.
+    std::size_t width = 0;
+    for (const auto& kv : r.via.map) width = std::max(width, text(kv.key).size() + 1);
     for (const auto& kv : r.via.map) {
       const std::string key = text(kv.key);
       if (key == "ok") continue;
-      std::cout << std::left << std::setw(16) << key << text(kv.val) << "\n";
+      std::cout << std::left << std::setw(static_cast<int>(width)) << key << text(kv.val) << "\n";
     }
   }
   return ok ? 0 : 1;
