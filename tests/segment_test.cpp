@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "queue_test_support.h"
@@ -105,6 +106,34 @@ TEST(Segment, OnlyOneLiveConsumer) {
   ipc::Consumer first(seg.segment());
   EXPECT_THAT(error_of([&] { ipc::Consumer second(seg.segment()); }),
               HasSubstr("already has a live consumer"));
+}
+
+// A supervisor killed by SIGKILL releases its lock file as its files close, a moment before the
+// kernel has it gone: a standby that takes the lock then found the consumer still "live" and
+// refused to start (CI, DaemonE2E.KilledSupervisorIsReplacedByAStandby). A consumer that is on
+// its way out is waited for, as long as takeover_wait.
+TEST(Segment, AConsumerOnItsWayOutIsWaitedFor) {
+  TempSegment seg;
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t child = ::fork();
+  if (child == 0) {
+    ipc::Consumer dying(seg.segment());
+    (void)!::write(ready[1], "r", 1);
+    ::usleep(300'000);
+    ::_exit(0);  // without deregistering, as a killed process
+  }
+  char c = 0;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  ipc::ConsumerOptions o;
+  o.takeover_wait = std::chrono::seconds(10);
+  const auto t0 = std::chrono::steady_clock::now();
+  std::unique_ptr<ipc::Consumer> next;
+  EXPECT_NO_THROW(next = std::make_unique<ipc::Consumer>(seg.segment(), o));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  ::waitpid(child, nullptr, 0);
+  ::close(ready[0]);
+  ::close(ready[1]);
 }
 
 TEST(Segment, ParticipantTableFullIsReported) {

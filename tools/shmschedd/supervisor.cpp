@@ -108,7 +108,12 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
     : config_(std::move(config)), argc_(argc), argv_(argv), core_(policy(config_)) {
   segment_ = ipc::Segment::open_or_create(config_.segment, config_.queue);
   segment_->set_max_executions_per_user(config_.queue.max_executions_per_user);
-  consumer_ = std::make_unique<ipc::Consumer>(segment_);
+  // We hold the lock: a consumer still registered and alive is a supervisor that was killed a
+  // moment ago (its lock went with its files, the process a little later), or one that ignores
+  // the lock (another runtime_dir): the first is waited for, the second refused after the wait.
+  ipc::ConsumerOptions consumer_options;
+  consumer_options.takeover_wait = std::chrono::seconds(5);
+  consumer_ = std::make_unique<ipc::Consumer>(segment_, consumer_options);
   inbox_ = std::make_unique<Inbox>(segment_);
   if (!config_.audit_dir.empty()) {
     audit::AuditWriterOptions o;

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include <thread>
+
 #include "crash_point.h"
 #include "futex.h"
 #include "identity.h"
@@ -77,9 +79,14 @@ Consumer::Consumer(std::shared_ptr<Segment> segment, ConsumerOptions options)
                   options.start_wait, true) {
   const SegmentView& v = *view_;
   auto& consumer = v.hdr->consumer;
+  const auto takeover_until = std::chrono::steady_clock::now() + options.takeover_wait;
   for (;;) {
     std::uint64_t current = consumer.load(std::memory_order_seq_cst);
     if (current != 0 && identity_alive(current)) {
+      if (std::chrono::steady_clock::now() < takeover_until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));  // dying, perhaps
+        continue;
+      }
       throw SegmentError("shared memory segment /dev/shm/" + segment_->name() +
                          " already has a live consumer (pid " +
                          std::to_string(identity_pid(current)) +

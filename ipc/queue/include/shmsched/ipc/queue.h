@@ -233,6 +233,10 @@ struct ConsumerOptions {
   std::chrono::milliseconds start_wait{5000};
   // How long one repair waits for busy participants before it is deferred (see reap_dead()).
   std::chrono::milliseconds maintenance_wait{50};
+  // How long a registered consumer that is still alive is waited for before the constructor
+  // throws: a supervisor killed a moment ago (its lock released as its files closed) is gone a
+  // moment later. 0: at once.
+  std::chrono::milliseconds takeover_wait{0};
 };
 
 class Consumer : public QueueHandle {
