@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <msgpack.hpp>
 #include <stdexcept>
 #include <string>
@@ -171,6 +172,29 @@ inline void start_daemon(Daemon& d, const std::string& bin, const std::string& p
     }
   }
   throw std::runtime_error("shmschedd did not start (see --bin-dir)");
+}
+
+// A shared-memory client of the supervisor `d`, with the submit the load generators send (user
+// "bench", a 64-byte payload), warmed up: 50 submits, each waited for as a command.
+struct ShmLoad {
+  std::unique_ptr<ipc::Client> client;
+  ipc::protocol::SubmitOp op;
+};
+
+inline ShmLoad warmed_shm_load(const Daemon& d, Commands& commands) {
+  ShmLoad load;
+  ipc::ClientOptions o;
+  o.segment = d.segment;
+  o.endpoint = "ipc://" + d.dir + "/ingress.sock";
+  load.client = std::make_unique<ipc::Client>(o);
+  load.op.user_id = "bench";
+  load.op.payload.assign(64, std::byte{'x'});
+  for (int i = 0; i < 50; ++i) {
+    load.op.execution_id = "warm-" + std::to_string(i);
+    load.client->submit(load.op);
+    commands.wait_for(load.op.execution_id);
+  }
+  return load;
 }
 
 }  // namespace shmsched::bench

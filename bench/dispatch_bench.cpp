@@ -378,18 +378,9 @@ int main(int argc, char** argv) {
     start_daemon(d, bin, plugins, n_throughput + 100);
     zmq::context_t ctx;
     Commands commands(ctx, "ipc://" + dir + "/events.sock");
-    ipc::ClientOptions o;
-    o.segment = d.segment;
-    o.endpoint = "ipc://" + dir + "/ingress.sock";
-    ipc::Client client(o);
-    ipc::protocol::SubmitOp op;
-    op.user_id = "bench";
-    op.payload.assign(64, std::byte{'x'});
-    for (int i = 0; i < 50; ++i) {
-      op.execution_id = "warm-" + std::to_string(i);
-      client.submit(op);
-      commands.wait_for(op.execution_id);
-    }
+    auto load = warmed_shm_load(d, commands);
+    ipc::Client& client = *load.client;
+    ipc::protocol::SubmitOp& op = load.op;
     const auto t0 = Clock::now();
     for (std::uint64_t i = 0; i < n_throughput; ++i) {
       op.execution_id = "ts-" + std::to_string(i);

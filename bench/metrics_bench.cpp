@@ -88,18 +88,9 @@ double round_throughput(const std::string& dir, std::uint64_t n, double scrape_h
   start_daemon(d, SHMSCHED_BIN_DIR, SHMSCHED_PLUGIN_DIR, n + 100);
   zmq::context_t ctx;
   Commands commands(ctx, "ipc://" + dir + "/events.sock");
-  ipc::ClientOptions o;
-  o.segment = d.segment;
-  o.endpoint = "ipc://" + dir + "/ingress.sock";
-  ipc::Client client(o);
-  ipc::protocol::SubmitOp op;
-  op.user_id = "bench";
-  op.payload.assign(64, std::byte{'x'});
-  for (int i = 0; i < 50; ++i) {
-    op.execution_id = "warm-" + std::to_string(i);
-    client.submit(op);
-    commands.wait_for(op.execution_id);
-  }
+  auto load = warmed_shm_load(d, commands);
+  ipc::Client& client = *load.client;
+  ipc::protocol::SubmitOp& op = load.op;
   std::thread scraping;
   if (scraper) {
     scraper->stop = false;

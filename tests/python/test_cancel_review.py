@@ -117,18 +117,6 @@ def open_daemon_with_cancel():
     d.stop()
 
 
-@pytest.fixture()
-def local_user():
-    """A throwaway account, as another local user of the host would be (in no group)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a throwaway user")
-    name = "shmsched-r-" + uuid.uuid4().hex[:6]
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                    name], check=True)
-    yield name
-    subprocess.run(["userdel", name], check=False)
-
-
 def fill_and_queue(client, *ids_and_users):
     """Fills the capacity, then queues the given (execution_id, user) pairs behind it."""
     for i in range(CAPACITY):

@@ -304,18 +304,6 @@ def test_the_dashboard_is_read_only_by_default(daemon):
     assert client.status("ro-1")["state"] in ("queued", "dispatched")
 
 
-@pytest.fixture()
-def local_user():
-    """A throwaway account, as another local user of the host would be."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root to create a throwaway user")
-    name = "shmsched-t-" + uuid.uuid4().hex[:6]
-    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                    name], check=True)
-    yield name
-    subprocess.run(["userdel", name], check=False)
-
-
 def test_cancel_from_the_dashboard_follows_the_ingress_identity_rules(daemon_with_cancel,
                                                                        local_user):
     ingress, url = daemon_with_cancel
