@@ -42,30 +42,42 @@ struct DedupIndex {
     return st == SlotState::kPending || st == SlotState::kQueued || st == SlotState::kActive;
   }
 
-  // Does the entry `w` refer to a live execution with this id? A slot's identity is fixed for
-  // one generation, so a state change within the generation (pending -> queued -> active) does
-  // not matter; a new generation means the slot was reused and is read again.
-  bool matches(std::uint64_t w, std::uint64_t h, std::string_view id) const {
-    if (w == 0 || (w >> 32) != (h >> 32)) return false;
+  // The generation in which the entry `w` refers to a live execution with this id, if it does.
+  // A slot's identity is fixed for one generation, so a state change within the generation
+  // (pending -> queued -> active) does not matter; a new generation means the slot was reused
+  // and is read again.
+  std::optional<std::uint32_t> live_generation(std::uint64_t w, std::uint64_t h,
+                                               std::string_view id) const {
+    if (w == 0 || (w >> 32) != (h >> 32)) return std::nullopt;
     const std::uint32_t index = static_cast<std::uint32_t>(w) - 1;
-    if (index >= seg->geo->slot_count) return false;
+    if (index >= seg->geo->slot_count) return std::nullopt;
     Slot& s = seg->slot(index);
     for (int attempt = 0; attempt < 4; ++attempt) {
       const std::uint64_t c1 = s.ctrl.load(std::memory_order_acquire);
-      if (!live(c1)) return false;
+      if (!live(c1)) return std::nullopt;
       const bool same =
           s.id_hash.load(std::memory_order_acquire) == h &&
           text_equals(s.id_words,
                       std::atomic_ref<std::uint8_t>(s.id_len).load(std::memory_order_relaxed), id);
       const std::uint64_t c2 = s.ctrl.load(std::memory_order_acquire);
-      if (ctrl_gen(c2) == ctrl_gen(c1)) return same && live(c2);
+      if (ctrl_gen(c2) == ctrl_gen(c1)) {
+        if (same && live(c2)) return ctrl_gen(c2);
+        return std::nullopt;
+      }
     }
-    return false;
+    return std::nullopt;
   }
 
-  // The slot holding the live execution with this id.
-  std::optional<std::uint32_t> find(std::uint64_t h, std::string_view id,
-                                    std::uint64_t ignore_word = 0) const {
+  struct Found {
+    std::uint32_t index;
+    std::uint32_t generation;  // the slot holds this id only while its generation is this one
+  };
+
+  // The slot holding the live execution with this id, and the generation in which it does.
+  // The slot may be released and reused as soon as this returns: whoever acts on it must check
+  // the generation in the same compare-and-swap.
+  std::optional<Found> lookup(std::uint64_t h, std::string_view id,
+                              std::uint64_t ignore_word = 0) const {
     const std::uint64_t b1 = first_bucket(h);
     for (int pass = 0; pass < 2; ++pass) {
       const std::uint64_t b = pass == 0 ? b1 : second_bucket(h);
@@ -74,9 +86,20 @@ struct DedupIndex {
       for (std::size_t i = 0; i < kWays; ++i) {
         // seq_cst: an insert's re-scan must not be ordered before its own seq_cst claim.
         const std::uint64_t w = words[i].load(std::memory_order_seq_cst);
-        if (w != ignore_word && matches(w, h, id)) return static_cast<std::uint32_t>(w) - 1;
+        if (w == ignore_word) continue;
+        if (const auto gen = live_generation(w, h, id)) {
+          return Found{static_cast<std::uint32_t>(w) - 1, *gen};
+        }
       }
     }
+    return std::nullopt;
+  }
+
+  // The slot index alone, for callers that only ask whether the id is live or that re-check
+  // the slot's identity themselves.
+  std::optional<std::uint32_t> find(std::uint64_t h, std::string_view id,
+                                    std::uint64_t ignore_word = 0) const {
+    if (const auto f = lookup(h, id, ignore_word)) return f->index;
     return std::nullopt;
   }
 

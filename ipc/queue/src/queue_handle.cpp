@@ -391,10 +391,15 @@ CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
   for (;;) {
     Bracket bracket(*this);
     if (!bracket) return CancelOutcome::kUnavailable;
-    const auto index = DedupIndex{&v}.find(h, execution_id);
-    if (!index) return CancelOutcome::kNotFound;
-    Slot& s = v.slot(*index);
+    const auto found = DedupIndex{&v}.lookup(h, execution_id);
+    if (!found) return CancelOutcome::kNotFound;
+    const std::uint32_t index = found->index;
+    CRASH_POINT("cancel: look up the slot");
+    Slot& s = v.slot(index);
     std::uint64_t c = s.ctrl.load(std::memory_order_seq_cst);
+    // Released and reused since the look-up: the word belongs to another execution (the CAS
+    // below compares the generation too, so this one check covers the whole window).
+    if (ctrl_gen(c) != found->generation) continue;
     const SlotState st = ctrl_state(c);
     if (st == SlotState::kActive) return CancelOutcome::kActive;
     // Read what we need before the CAS: afterwards the consumer may pass and free the slot.
@@ -406,7 +411,7 @@ CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
       // Its producer is between its dedup insert and marking it queued, and may be stopped or
       // dead there: never wait for it. Once committed it is cancelled like a queued one; before
       // that it was never accepted.
-      if (!in_its_ring(v, *index, level, pos)) return CancelOutcome::kNotFound;
+      if (!in_its_ring(v, index, level, pos)) return CancelOutcome::kNotFound;
     } else if (st != SlotState::kQueued) {
       return CancelOutcome::kNotFound;
     }
@@ -418,7 +423,7 @@ CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
     CRASH_POINT("cancel: count the tombstone");
     v.level(level).tombstones.fetch_add(1, std::memory_order_acq_rel);
     rank_of(v, level).add(pos, 1);
-    DedupIndex{&v}.remove(h, *index);
+    DedupIndex{&v}.remove(h, index);
     if (!UserTable{&v}.release(user_entry)) {
       v.hdr->inconsistencies.fetch_add(1, std::memory_order_relaxed);
     }
@@ -429,7 +434,7 @@ CancelOutcome QueueHandle::cancel(std::string_view execution_id) {
     CRASH_POINT("cancel: hand the tombstone to the consumer");
     if (!s.ctrl.compare_exchange_strong(expect, ctrl_make(gen, 0, SlotState::kCancelled),
                                         std::memory_order_acq_rel)) {
-      free_slot(v, *index);
+      free_slot(v, index);
     }
     count(kCancelled);
     return CancelOutcome::kCancelled;
