@@ -204,6 +204,15 @@ int cmd_submit(const Globals& g, const po::variables_map& vm) {
     }
   }
   op.timeout_seconds = vm["timeout-seconds"].as<std::uint32_t>();
+  if (vm.count("durability")) {
+    const std::string d = vm["durability"].as<std::string>();
+    if (d != "memory" && d != "disk") {
+      std::cerr << "submit: --durability takes memory or disk, not '" << d << "'\n";
+      return 2;
+    }
+    op.durability =
+        d == "disk" ? ipc::protocol::Durability::kDisk : ipc::protocol::Durability::kMemory;
+  }
   ipc::Client client(client_options(g, !vm.count("via-ingress")));
   const auto r = client.submit(op);
   const bool ok = r.result.accepted();
@@ -499,6 +508,7 @@ void usage(const po::options_description& globals) {
          "commands:\n"
          "  submit    --user U [--priority P] [--payload S | --payload-file F] [--id ID]\n"
          "            [--capability C]... [--meta k=v]... [--timeout-seconds N] [--via-ingress]\n"
+         "            [--durability memory|disk]   disk: answered once on shmschedd's journal\n"
          "  cancel    ID [--reason R]\n"
          "  status    ID\n"
          "  list      [--state queued|dispatched|running] [--user U] [--limit N]\n"
@@ -537,10 +547,11 @@ int main(int argc, char** argv) {
       "capability", po::value<std::vector<std::string>>(), "")(
       "meta", po::value<std::vector<std::string>>(), "")(
       "timeout-seconds", po::value<std::uint32_t>()->default_value(0), "")("via-ingress", "")(
-      "reason", po::value<std::string>()->default_value(""), "")(
-      "state", po::value<std::string>(), "")("limit", po::value<std::int64_t>()->default_value(100),
-                                             "")("interval", po::value<int>()->default_value(1000),
-                                                 "")(
+      "durability", po::value<std::string>(), "")("reason",
+                                                  po::value<std::string>()->default_value(""),
+                                                  "")("state", po::value<std::string>(), "")(
+      "limit", po::value<std::int64_t>()->default_value(100), "")(
+      "interval", po::value<int>()->default_value(1000), "")(
       "iterations", po::value<int>()->default_value(0), "")("topic", po::value<std::string>(), "")(
       "count", po::value<int>()->default_value(0), "")("endpoint", po::value<std::string>(), "")(
       "exit-code", po::value<std::int64_t>(), "")("worker", po::value<std::string>(), "")(

@@ -44,6 +44,8 @@ std::vector<std::string> normalise_flags(int argc, const char* const* argv) {
 struct Raw {
   std::string check_identity = "true";
   std::string dashboard_cancel = "false";
+  std::string journal_salvage = "false";
+  std::string journal_dir = "default";
   std::string mode = "0660";
   std::string transports = "zeromq";
   std::string optional_transports;
@@ -167,6 +169,16 @@ po::options_description describe(Config& c, Raw& raw) {
       po::value<std::uint64_t>(&c.audit_max_pending)->default_value(c.audit_max_pending),
       "audit records handed to the writer and not yet written, at most: beyond, the loop "
       "waits (a sync in progress is absorbed up to this)")(
+      "journal_dir", po::value<std::string>(&raw.journal_dir)->default_value(raw.journal_dir),
+      "directory of the journal of executions, so that a reboot loses no accepted execution "
+      "(off = none; default: $STATE_DIRECTORY/journal under systemd, else off; fixed at start)")(
+      "durability", po::value<std::string>(&c.durability)->default_value(c.durability),
+      "when a submit that names no durability is acknowledged: memory (in the shared-memory "
+      "queue) or disk (also synced to the journal)")(
+      "journal_salvage",
+      po::value<std::string>(&raw.journal_salvage)->default_value(raw.journal_salvage),
+      "start over damage in the middle of the journal: keep the records before it, set the rest "
+      "aside (true, false)")(
       "metrics_listen", po::value<std::string>(&c.metrics_listen)->default_value(c.metrics_listen),
       "host:port of the HTTP endpoint: /metrics (Prometheus), /healthz and the dashboard (off or "
       "empty = none; fixed at start)")(
@@ -334,6 +346,19 @@ void validate(Config& c, const Raw& raw) {
   require(raw.dashboard_cancel == "true" || raw.dashboard_cancel == "false", "dashboard_cancel",
           raw.dashboard_cancel, "true or false");
   c.dashboard_cancel = raw.dashboard_cancel == "true";
+  require(raw.journal_salvage == "true" || raw.journal_salvage == "false", "journal_salvage",
+          raw.journal_salvage, "true or false");
+  c.journal_salvage = raw.journal_salvage == "true";
+  if (raw.journal_dir == "default") {
+    const char* state = std::getenv("STATE_DIRECTORY");  // systemd's StateDirectory=
+    c.journal_dir = state && *state ? std::string(state) + "/journal" : "";
+  } else if (raw.journal_dir != "off") {
+    c.journal_dir = raw.journal_dir;
+  }
+  require(c.durability == "memory" || c.durability == "disk", "durability", c.durability,
+          "memory or disk");
+  require(c.durability == "memory" || !c.journal_dir.empty(), "durability", c.durability,
+          "disk needs a journal: set journal_dir");
   auto group = [](std::string& name, unsigned& gid, const char* key) {
     std::vector<char> buf(16384);
     group_entry_t g{};

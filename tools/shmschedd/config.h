@@ -55,6 +55,15 @@ struct Config {
   std::uint64_t audit_max_file_bytes = 64ull << 20;
   std::uint32_t audit_max_files = 16;
   std::uint64_t audit_max_pending = 16384;  // records handed over, not yet written
+  // The journal of executions on disk (docs/operations.md, "Durability"); fixed at start. Empty:
+  // off (the queue lives in /dev/shm only). Default: $STATE_DIRECTORY/journal under systemd.
+  std::string journal_dir;
+  // When a submit is acknowledged unless it names its own: "memory" (in the segment) or "disk"
+  // (also synced to the journal; needs journal_dir).
+  std::string durability = "memory";
+  // Start over damage in the middle of the journal, keeping what precedes it (set aside, not
+  // deleted, what follows).
+  bool journal_salvage = false;
   // The HTTP endpoint of metrics and the dashboard (docs/operations.md). "off" or empty: none.
   std::string metrics_listen = "127.0.0.1:9464";
   // The dashboard may cancel (for local users, by the ingress's identity rules); else read-only.

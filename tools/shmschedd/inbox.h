@@ -52,7 +52,23 @@ struct SignalMessage {
   int signal;
 };
 
-using Message = std::variant<OpMessage, DeliveryMessage, RejectedMessage, SignalMessage>;
+// A submit accepted with durability disk: `body` (its reply) goes to `to` once it is on disk.
+struct DurableWaitMessage {
+  std::string execution_id;
+  ReplyTo to;
+  std::vector<std::byte> body;
+};
+// The journal's answer for one DurableWaitMessage.
+struct DurableDoneMessage {
+  DurableWaitMessage wait;
+  bool ok = false;
+  std::string error;
+};
+// The journal made more records durable (slots waiting for their end to be on disk).
+struct JournalWakeMessage {};
+
+using Message = std::variant<OpMessage, DeliveryMessage, RejectedMessage, SignalMessage,
+                             DurableWaitMessage, DurableDoneMessage, JournalWakeMessage>;
 
 class Inbox {
  public:

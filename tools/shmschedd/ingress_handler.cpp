@@ -109,14 +109,26 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
         inbox_->post(RejectedMessage{id, s->user_id, "queue_full", error});
         return std::optional<ipc::IngressServer::Reply>(protocol::error_reply("queue_full", error));
       }
+      const bool disk = s->durability ? *s->durability == protocol::Durability::kDisk
+                                      : default_disk_.load(std::memory_order_relaxed);
+      if (disk) {
+        if (auto why = durable_refusal()) {
+          inbox_->post(RejectedMessage{id, s->user_id, why->first, why->second});
+          return std::optional<ipc::IngressServer::Reply>(
+              protocol::error_reply(why->first, why->second));
+        }
+      }
       const auto res = producer->submit(protocol::to_submit_request(*s, id));
       if (res.accepted()) {
-        return std::optional<ipc::IngressServer::Reply>(
-            MapBuilder()
-                .boolean("ok", true)
-                .str("execution_id", id)
-                .integer("queue_position", static_cast<std::int64_t>(res.queue_position))
-                .finish());
+        auto reply = MapBuilder()
+                         .boolean("ok", true)
+                         .str("execution_id", id)
+                         .integer("queue_position", static_cast<std::int64_t>(res.queue_position))
+                         .finish();
+        if (!disk) return std::optional<ipc::IngressServer::Reply>(std::move(reply));
+        // Answered by the loop once its record is on disk.
+        inbox_->post(DurableWaitMessage{id, ReplyTo{token, std::nullopt}, std::move(reply)});
+        return std::optional<ipc::IngressServer::Reply>();
       }
       const std::string reason(admission_name(res.admission));
       inbox_->post(RejectedMessage{id, s->user_id, reason, res.message});

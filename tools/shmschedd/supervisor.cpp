@@ -106,7 +106,14 @@ core::ExecutionInfo info_of(const ipc::ExecutionRecord& r) {
 
 Supervisor::Supervisor(Config config, int argc, const char* const* argv)
     : config_(std::move(config)), argc_(argc), argv_(argv), core_(policy(config_)) {
-  segment_ = ipc::Segment::open_or_create(config_.segment, config_.queue);
+  // A segment created here is new (a reboot emptied /dev/shm): the journal fills it.
+  bool fresh_segment = false;
+  try {
+    segment_ = ipc::Segment::create(config_.segment, config_.queue);
+    fresh_segment = true;
+  } catch (const ipc::SegmentError&) {
+    segment_ = ipc::Segment::open_or_create(config_.segment, config_.queue);
+  }
   segment_->set_max_executions_per_user(config_.queue.max_executions_per_user);
   // We hold the lock: a consumer still registered and alive is a supervisor that was killed a
   // moment ago (its lock went with its files, the process a little later), or one that ignores
@@ -115,6 +122,7 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
   consumer_options.takeover_wait = std::chrono::seconds(5);
   consumer_ = std::make_unique<ipc::Consumer>(segment_, consumer_options);
   inbox_ = std::make_unique<Inbox>(segment_);
+  open_journal(fresh_segment);
   if (!config_.audit_dir.empty()) {
     audit::AuditWriterOptions o;
     o.dir = config_.audit_dir;
@@ -295,7 +303,7 @@ void Supervisor::carry_out(std::vector<core::Action>& actions) {
                                             static_cast<core::ClaimOutcome>(r.outcome), r.owner},
                    t, more);
     } else if (auto* r = std::get_if<core::action::Release>(&a)) {
-      release(unpack(r->slot));
+      release_after_journal(unpack(r->slot));
     } else if (auto* log = std::get_if<core::action::Log>(&a)) {
       const ExecutionLogScope log_scope(log->execution_id);
       if (log->warning) {
@@ -310,12 +318,18 @@ void Supervisor::carry_out(std::vector<core::Action>& actions) {
         const protocol::SubmitOp op = std::move(it->second);
         submits_.erase(it);
         std::string error;
-        if (ipc::Producer* producer = loop_producer(error)) {
+        const bool disk =
+            op.durability ? *op.durability == protocol::Durability::kDisk : default_disk_.load();
+        if (auto why = disk ? durable_refusal() : std::nullopt) {
+          res.reason = why->first;
+          res.message = why->second;
+        } else if (ipc::Producer* producer = loop_producer(error)) {
           const auto r = producer->submit(protocol::to_submit_request(op, op.execution_id));
           res.accepted = r.accepted();
           res.reason = std::string(admission_name(r.admission));
           res.message = r.message;
           res.queue_position = r.queue_position;
+          if (disk && res.accepted) disk_submits_[sub->op] = op.execution_id;
         } else {
           res.reason = "queue_full";
           res.message = error;
@@ -372,6 +386,7 @@ void Supervisor::do_publish(const core::action::Publish& p) {
     worker_names_.erase(core::worker_number(*ev.worker_id));
   }
   if (audit_) audit_->event(ev);
+  journal_event(ev);
   observe_event(ev);
   std::optional<ipc::ExecutionView> view;
   if (ev.type == core::EventType::kCreatePodCommand || ev.type == core::EventType::kTaskPush) {
@@ -402,6 +417,7 @@ void Supervisor::do_take(const core::action::Take& t, core::Time time,
       // Queued after this round's announcements: announced (ExecutionAccepted, ahead of its
       // command in the same batch) as it is taken. Out of the queue now, it is not announced
       // again after a restart, so the cursor may move before the event is out.
+      journal_accepted(*view);
       core_.handle(core::input::Announced{info, 0}, time, more);
       consumer_->mark_announced(level, pos + 1);
     }
@@ -450,15 +466,18 @@ void Supervisor::do_answer(const core::action::Answer& a) {
   if (!a.reply.ok && (a.reply.error == "unauthorized" || a.reply.error == "not_owner")) {
     counters_.rejected_unauthorized.fetch_add(1, std::memory_order_relaxed);
   }
-  const auto body = ipc::events::encode_reply(a.reply, a.list ? &a.items : nullptr, a.list_key);
-  if (to.ingress_token) ingress_->reply(to.ingress_token, body);
-  if (to.transport) {
-    if (to.transport->reply) {
-      to.transport->reply(to.transport->op_ctx, reinterpret_cast<const std::uint8_t*>(body.data()),
-                          body.size());
+  auto body = ipc::events::encode_reply(a.reply, a.list ? &a.items : nullptr, a.list_key);
+  if (auto d = disk_submits_.find(a.op); d != disk_submits_.end()) {
+    DurableWaitMessage w{std::move(d->second), to, std::move(body)};
+    disk_submits_.erase(d);
+    if (a.reply.ok) {
+      // Accepted with durability disk: answered (and a Kafka offset committed) once on disk.
+      await_durable(w);
+      return;
     }
-    if (to.transport->ack) to.transport->ack(to.transport->op_ctx);
+    body = std::move(w.body);
   }
+  send_reply(to, body, true);
 }
 
 void Supervisor::release(ipc::ActiveRef ref) {
@@ -630,6 +649,12 @@ void Supervisor::process_inbox() {
       feed(core::input::Delivery{d->transport, d->token, d->ok});
     } else if (auto* r = std::get_if<RejectedMessage>(&m)) {
       feed(core::input::Rejected{r->execution_id, r->user_id, r->reason, r->message});
+    } else if (auto* w = std::get_if<DurableWaitMessage>(&m)) {
+      await_durable(*w);
+    } else if (auto* d = std::get_if<DurableDoneMessage>(&m)) {
+      durable_done(*d);
+    } else if (std::holds_alternative<JournalWakeMessage>(m)) {
+      release_durable();
     } else if (auto* s = std::get_if<SignalMessage>(&m)) {
       if (s->signal == SIGHUP) {
         reload_ = true;
@@ -658,6 +683,7 @@ void Supervisor::announce() {
           level, kAnnounceBatch,
           [&](const ipc::ExecutionView& v, std::uint64_t rank) {
             if (!t) t = now();
+            journal_accepted(v);
             core_.handle(core::input::Announced{info_of(v), rank}, *t, actions);
           },
           [&] {
@@ -825,6 +851,7 @@ void Supervisor::recover_active() {
 void Supervisor::timers() {
   const auto now = Clock::now();
   observe(now);
+  if (journal_ && journal_->snapshot_due()) journal_snapshot();
   if (now >= next_reap_ || (consumer_->maintenance_requested() && !repair_blocked_)) {
     next_reap_ = now + std::chrono::milliseconds(config_.reap_interval_ms);
     const auto deferred_before = consumer_->stats().maintenance_deferred;
@@ -927,6 +954,18 @@ void Supervisor::reload() {
       next.audit_max_files = config_.audit_max_files;
       next.audit_max_pending = config_.audit_max_pending;
     }
+    if (next.journal_dir != config_.journal_dir ||
+        next.journal_salvage != config_.journal_salvage) {
+      spdlog::warn(
+          "journal_dir and journal_salvage are fixed at start; they change with a restart");
+      next.journal_dir = config_.journal_dir;
+      next.journal_salvage = config_.journal_salvage;
+    }
+    if (next.durability == "disk" && next.journal_dir.empty()) {
+      throw ipc::ConfigError(
+          "durability = disk needs a journal, and this shmschedd started "
+          "without journal_dir (fixed at start)");
+    }
     if (next.max_active_executions > fixed.max_active) {
       throw ipc::ConfigError(
           "max_active_executions = " + std::to_string(next.max_active_executions) +
@@ -963,6 +1002,7 @@ void Supervisor::reload() {
       spdlog::error("no transport is running after the reload: dispatch waits");
     }
     config_ = std::move(next);
+    default_disk_ = config_.durability == "disk";
     feed(core::input::Reload{policy(config_)});
     counters_.max_active = config_.max_active_executions;
     spdlog::info("configuration reloaded: transports {}, max_active_executions {}",
@@ -994,6 +1034,11 @@ void Supervisor::shutdown() {
   ingress_stop_ = true;
   if (ingress_thread_.joinable()) ingress_thread_.join();
   process_inbox();  // results that arrived meanwhile
+  if (journal_ && !durable_releases_.empty()) {
+    // Finished executions whose end is being synced: give their slots back once it is.
+    journal_->wait_durable(durable_releases_.back().first, std::chrono::seconds(5));
+    release_durable();
+  }
   retry_pending_releases();
   // Requests still waiting for the queue (a repair held up) are answered: nothing was done.
   for (const auto& [op, to] : ops_) {

@@ -19,6 +19,7 @@
 #include "action_lists.h"
 #include "audit_trail.h"
 #include "config.h"
+#include "execution_journal.h"
 #include "http_server.h"
 #include "inbox.h"
 #include "observability.h"
@@ -189,6 +190,32 @@ class Supervisor {
   std::atomic<bool> stop_{false};
   std::atomic<bool> reload_{false};
   SupervisorCounters counters_;
+
+  // Durability (durability.cpp): the journal of executions, and what waits for it to be synced.
+  void open_journal(bool fresh_segment);
+  void restore_from_journal(std::vector<JournaledExecution>& live);
+  void reconcile_with_journal(std::vector<JournaledExecution>& live);
+  void journal_snapshot();
+  void journal_accepted(const ipc::ExecutionView& v);
+  void journal_event(const core::Event& ev);
+  void journal_trouble(const journal::Error& e);
+  void release_after_journal(ipc::ActiveRef ref);
+  void arm_durable_releases();
+  void release_durable();
+  void await_durable(DurableWaitMessage& w);
+  void durable_done(DurableDoneMessage& d);
+  void send_reply(const ReplyTo& to, const std::vector<std::byte>& body, bool ack);
+  // Why a submit with durability disk is refused now ({error code, message}), or nullopt.
+  // Any thread.
+  std::optional<std::pair<std::string, std::string>> durable_refusal() const;
+  std::unique_ptr<ExecutionJournal> journal_;  // null: off
+  std::atomic<bool> default_disk_{false};      // durability = disk (read by the ingress)
+  // Finished executions' slots, given back once the journal is durable up to the LSN.
+  std::vector<std::pair<journal::Lsn, ipc::ActiveRef>> durable_releases_;
+  bool durable_release_armed_ = false;
+  // Submits from transports accepted with durability disk: answered once on disk.
+  std::unordered_map<core::OpId, std::string> disk_submits_;
+  Clock::time_point next_journal_log_{};
 
   // Metrics and the dashboard (observer.cpp): the HTTP thread reads the counters above, the
   // segment and what the loop publishes in observability_.

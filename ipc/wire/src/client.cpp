@@ -55,7 +55,9 @@ msgpack::object_handle Client::call(const std::vector<std::byte>& request) {
 ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
   ClientSubmitResult out;
   out.execution_id = op.execution_id.empty() ? protocol::new_uuid() : op.execution_id;
-  if (producer_) {
+  // Shared memory acknowledges once the entry is in the segment; only the supervisor can say
+  // when it is on disk, so a disk submit goes through the ingress.
+  if (producer_ && op.durability != protocol::Durability::kDisk) {
     out.result = producer_->submit(protocol::to_submit_request(op, out.execution_id));
     out.via_shared_memory = true;
     return out;
@@ -70,6 +72,9 @@ ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
     m.strings("required_capabilities", op.required_capabilities);
   if (!op.metadata.empty()) m.string_map("metadata", op.metadata);
   if (op.timeout_seconds) m.integer("timeout_seconds", op.timeout_seconds);
+  if (op.durability) {
+    m.str("durability", *op.durability == protocol::Durability::kDisk ? "disk" : "memory");
+  }
   auto oh = call(m.finish());
   const auto& r = oh.get();
   if (get_bool(r, "ok").value_or(false)) {

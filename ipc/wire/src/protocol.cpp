@@ -199,6 +199,17 @@ std::variant<Request, DecodeError> decode_map(const object& root) {
       else
         s.priority = *prio;
     }
+    std::string durability;
+    if (r.string("durability", durability, false, 16) && field(root, "durability") &&
+        field(root, "durability")->type == msgpack::type::STR) {
+      if (durability == "memory") {
+        s.durability = Durability::kMemory;
+      } else if (durability == "disk") {
+        s.durability = Durability::kDisk;
+      } else {
+        r.fail("field 'durability' must be memory or disk");
+      }
+    }
     if (!r.error.empty()) return DecodeError{r.error};
     return Request{std::move(s)};
   }

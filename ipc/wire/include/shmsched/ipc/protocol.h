@@ -16,6 +16,11 @@
 
 namespace shmsched::ipc::protocol {
 
+// When a submit is acknowledged: once the execution is in the queue's segment (it survives any
+// process's crash), or once its record is also synced to the supervisor's journal on disk (it
+// survives a reboot or a power cut). docs/protocol.md.
+enum class Durability : std::uint8_t { kMemory, kDisk };
+
 struct SubmitOp {
   std::string user_id;
   Priority priority = Priority::kNormal;
@@ -24,6 +29,7 @@ struct SubmitOp {
   std::vector<std::string> required_capabilities;
   Metadata metadata;
   std::uint32_t timeout_seconds = 0;
+  std::optional<Durability> durability;  // nullopt: the supervisor's configured default
 };
 struct CancelOp {
   std::string execution_id;

@@ -1,0 +1,318 @@
+// Durability (docs/operations.md, "Durability"): the supervisor's journal of executions on disk,
+// the queue rebuilt from it after a reboot, and the acknowledgements that wait for it.
+//
+// What is recorded, all on the loop's thread: an execution when the loop first sees it
+// (announced, or taken before it was announced), each dispatch, and its end. A finished
+// execution's slot is given back only once its end is on disk, so a supervisor that dies at any
+// point never finds in the journal an execution the queue no longer has (and the journal never
+// runs one twice without a crash between).
+#include <algorithm>
+#include <unordered_set>
+
+#include <spdlog/spdlog.h>
+
+#include "shmsched/ipc/protocol.h"
+#include "supervisor.h"
+
+namespace shmsched::daemon {
+
+namespace protocol = ipc::protocol;
+
+namespace {
+
+JournaledExecution journaled(const ipc::ExecutionRecord& r) {
+  JournaledExecution e;
+  e.execution_id = r.execution_id;
+  e.user_id = r.user_id;
+  e.priority = r.priority;
+  e.enqueued_at_ns = r.enqueued_at_ns;
+  e.attempt = r.attempt;
+  e.timeout_seconds = r.timeout_seconds;
+  e.payload = r.payload;
+  if (!r.required_capabilities.empty() || !r.metadata.empty()) {
+    e.extras = ipc::encode_extras(r.required_capabilities, r.metadata);
+  }
+  e.dispatched = r.state == ipc::ExecutionState::kActive;
+  return e;
+}
+
+}  // namespace
+
+void Supervisor::open_journal(bool fresh_segment) {
+  default_disk_ = config_.durability == "disk";
+  if (config_.journal_dir.empty()) return;
+  ExecutionJournal::Options o;
+  o.dir = config_.journal_dir;
+  o.salvage = config_.journal_salvage;
+  o.max_record_bytes = static_cast<std::uint32_t>(std::min<std::uint64_t>(
+      config_.queue.max_payload_bytes + config_.queue.max_extras_bytes + 1024,
+      journal::kMaxPayloadBytes));
+  o.on_error = [](const journal::Error& e) {
+    spdlog::error(
+        "the journal failed: {}. Submits that ask for durability disk are refused until "
+        "shmschedd is restarted with the cause fixed; memory submits go on",
+        e.message);
+  };
+  std::vector<JournaledExecution> live;
+  journal_ = ExecutionJournal::open(o, live);
+  const auto& report = journal_->open_report();
+  if (report.torn_bytes > 0 || report.salvaged || !report.incomplete_snapshot_file.empty()) {
+    spdlog::warn("journal {}: {}", config_.journal_dir, report.summary());
+  }
+  if (fresh_segment) {
+    restore_from_journal(live);
+  } else {
+    reconcile_with_journal(live);
+  }
+}
+
+// The segment is new (a reboot emptied /dev/shm, or it was removed): the journal's live
+// executions go back in the queue in the order they were accepted, those that had been
+// dispatched first. They were announced before, so they are not announced again.
+void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
+  if (live.empty()) {
+    spdlog::info("journal {}: nothing to restore", config_.journal_dir);
+    return;
+  }
+  std::stable_sort(live.begin(), live.end(),
+                   [](const auto& a, const auto& b) { return a.dispatched > b.dispatched; });
+  // Accepted once already: the per-user cap does not refuse them now.
+  segment_->set_max_executions_per_user(8388608);  // the largest the segment takes
+  ipc::Producer producer(segment_);
+  std::size_t dispatched = 0;
+  for (const auto& e : live) {
+    ipc::SubmitRequest r;
+    r.execution_id = e.execution_id;
+    r.user_id = e.user_id;
+    r.priority = e.priority;
+    r.payload = e.payload;
+    r.timeout_seconds = e.timeout_seconds;
+    r.attempt = e.attempt;
+    r.enqueued_at_ns = e.enqueued_at_ns;
+    if (!e.extras.empty() && !ipc::decode_extras(e.extras, r.required_capabilities, r.metadata)) {
+      throw std::runtime_error("journal " + config_.journal_dir + ": execution " + e.execution_id +
+                               " has capabilities or metadata that do not decode");
+    }
+    const auto res = producer.submit(r);
+    if (!res.accepted()) {
+      throw std::runtime_error(
+          "cannot restore execution " + e.execution_id + " from the journal " +
+          config_.journal_dir + " into the new queue: " + res.message + " (the journal holds " +
+          std::to_string(live.size()) +
+          " live executions: configure a queue that holds them, e.g. max_queue_size)");
+    }
+    if (e.dispatched) ++dispatched;
+  }
+  segment_->set_max_executions_per_user(config_.queue.max_executions_per_user);
+  for (std::size_t l = 0; l < kPriorityLevels; ++l) {
+    const auto level = static_cast<Priority>(l);
+    consumer_->mark_announced(level, consumer_->level_tail(level));
+  }
+  spdlog::warn(
+      "the queue's segment was new: rebuilt it from the journal {}: {} execution(s), of which {} "
+      "had been dispatched and will be dispatched again",
+      config_.journal_dir, live.size(), dispatched);
+}
+
+// Both exist: the segment is the newer truth (it has what the journal was not yet told). An
+// execution the journal holds and the segment does not has ended; one the segment holds and
+// the journal does not is recorded. Either difference is settled with a snapshot of the segment.
+void Supervisor::reconcile_with_journal(std::vector<JournaledExecution>& live) {
+  std::unordered_set<std::string> in_segment;
+  for (const auto& r : consumer_->list(std::nullopt, SIZE_MAX, false)) {
+    in_segment.insert(r.execution_id);
+  }
+  std::size_t gone = 0;
+  std::unordered_set<std::string> journaled_ids;
+  for (const auto& e : live) {
+    journaled_ids.insert(e.execution_id);
+    if (!in_segment.count(e.execution_id)) ++gone;
+  }
+  std::size_t unknown = 0;
+  for (const auto& id : in_segment) {
+    if (!journaled_ids.count(id)) ++unknown;
+  }
+  if (gone == 0 && unknown == 0) return;
+  spdlog::info(
+      "journal {}: {} execution(s) it held are no longer in the queue (they ended), {} in the "
+      "queue were not in it yet: recording the queue as it is",
+      config_.journal_dir, gone, unknown);
+  journal_snapshot();
+}
+
+void Supervisor::journal_snapshot() {
+  // Slots finished but not yet given back (their end is recorded) are not live any more.
+  std::unordered_set<std::string> ending;
+  for (const auto& [lsn, ref] : durable_releases_) {
+    if (const auto v = consumer_->view(ref)) ending.emplace(v->execution_id);
+  }
+  auto records = consumer_->list(std::nullopt, SIZE_MAX, true);
+  std::erase_if(records, [&](const ipc::ExecutionRecord& r) {
+    if (ending.count(r.execution_id)) return true;
+    return r.state == ipc::ExecutionState::kActive &&
+           core::phase_of(r.annotation) == core::Phase::kFinished;
+  });
+  // Dispatched first, then the queue in dequeue order (FIFO within each priority).
+  std::stable_sort(records.begin(), records.end(), [](const auto& a, const auto& b) {
+    const bool aa = a.state == ipc::ExecutionState::kActive;
+    const bool ba = b.state == ipc::ExecutionState::kActive;
+    if (aa != ba) return aa;
+    return a.queue_position.value_or(0) < b.queue_position.value_or(0);
+  });
+  std::vector<journal::SnapshotRecord> out;
+  out.reserve(records.size() + records.size() / 4);
+  for (const auto& r : records) ExecutionJournal::snapshot_records(journaled(r), out);
+  const auto started = Clock::now();
+  auto lsn = journal_->write_snapshot(out);
+  if (!lsn) {
+    spdlog::error("journal {}: the snapshot was not written: {}", config_.journal_dir,
+                  lsn.error().message);
+    return;
+  }
+  spdlog::info(
+      "journal {}: snapshot of {} live execution(s) queued in {} ms", config_.journal_dir,
+      records.size(),
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count());
+}
+
+void Supervisor::journal_accepted(const ipc::ExecutionView& v) {
+  if (!journal_) return;
+  auto lsn = journal_->accepted(v);
+  if (!lsn && lsn.error().code == journal::Errc::kQueueFull) {
+    // The disk is slower than the submissions: the loop waits for it (back pressure), since
+    // a record left out would break the promise of durability.
+    journal_->wait_durable(journal_->appended(), std::chrono::seconds(10));
+    lsn = journal_->accepted(v);
+  }
+  if (!lsn) journal_trouble(lsn.error());
+}
+
+void Supervisor::journal_event(const core::Event& ev) {
+  if (!journal_) return;
+  journal::Result<journal::Lsn> lsn = journal::Lsn{0};
+  switch (ev.type) {
+    case core::EventType::kCreatePodCommand:
+    case core::EventType::kTaskPush:
+      lsn = journal_->dispatched(ev.execution_id, ev.attempt);
+      break;
+    case core::EventType::kFailed:
+      if (ev.will_retry.value_or(false)) return;
+      [[fallthrough]];
+    case core::EventType::kCompleted:
+    case core::EventType::kCancelled:
+    case core::EventType::kExpired:
+      lsn = journal_->finished(ev.execution_id);
+      break;
+    default:
+      return;
+  }
+  if (!lsn) journal_trouble(lsn.error());
+}
+
+void Supervisor::journal_trouble(const journal::Error& e) {
+  const auto now = Clock::now();
+  if (now < next_journal_log_) return;
+  next_journal_log_ = now + std::chrono::seconds(5);
+  spdlog::error("journal {}: a record was not written: {}", config_.journal_dir, e.message);
+}
+
+// A finished execution's slot goes back once its end is on disk.
+void Supervisor::release_after_journal(ipc::ActiveRef ref) {
+  if (!journal_ || journal_->durable() >= journal_->appended() || !journal_->health().ok) {
+    release(ref);
+    return;
+  }
+  durable_releases_.emplace_back(journal_->appended(), ref);
+  arm_durable_releases();
+}
+
+void Supervisor::arm_durable_releases() {
+  if (durable_release_armed_ || durable_releases_.empty()) return;
+  durable_release_armed_ = true;
+  journal_->when_durable(durable_releases_.back().first,
+                         [this](const journal::Status&) { inbox_->post(JournalWakeMessage{}); });
+}
+
+void Supervisor::release_durable() {
+  durable_release_armed_ = false;
+  if (durable_releases_.empty()) return;
+  // A failed journal makes nothing durable any more: the slots go back (memory durability).
+  const journal::Lsn durable =
+      journal_->health().ok ? journal_->durable() : std::numeric_limits<journal::Lsn>::max();
+  std::size_t done = 0;
+  while (done < durable_releases_.size() && durable_releases_[done].first <= durable) {
+    release(durable_releases_[done].second);
+    ++done;
+  }
+  durable_releases_.erase(durable_releases_.begin(),
+                          durable_releases_.begin() + static_cast<std::ptrdiff_t>(done));
+  arm_durable_releases();
+}
+
+std::optional<std::pair<std::string, std::string>> Supervisor::durable_refusal() const {
+  if (!journal_) {
+    return std::make_pair(
+        std::string("invalid"),
+        std::string("durability disk needs the journal, and shmschedd runs without one: set "
+                    "journal_dir, or submit with durability memory"));
+  }
+  if (const auto h = journal_->health(); !h.ok) {
+    return std::make_pair(std::string("queue_full"),
+                          "durability disk is refused: the journal cannot write (" +
+                              h.error.message +
+                              "); submit with durability memory, or fix the cause and restart "
+                              "shmschedd");
+  }
+  return std::nullopt;
+}
+
+void Supervisor::send_reply(const ReplyTo& to, const std::vector<std::byte>& body, bool ack) {
+  if (to.ingress_token && ingress_) ingress_->reply(to.ingress_token, body);
+  if (to.transport) {
+    if (to.transport->reply) {
+      to.transport->reply(to.transport->op_ctx, reinterpret_cast<const std::uint8_t*>(body.data()),
+                          body.size());
+    }
+    if (ack && to.transport->ack) to.transport->ack(to.transport->op_ctx);
+  }
+}
+
+// A submit accepted into the queue with durability disk: its answer waits until everything the
+// loop has recorded (its accepted record among it, once announced here) is on disk.
+void Supervisor::await_durable(DurableWaitMessage& w) {
+  if (!journal_) {
+    send_reply(w.to, w.body, true);
+    return;
+  }
+  announce_all();
+  if (const auto h = journal_->health(); !h.ok) {
+    DurableDoneMessage d{std::move(w), false, h.error.message};
+    durable_done(d);
+    return;
+  }
+  journal_->when_durable(
+      journal_->appended(), [this, w = std::move(w)](const journal::Status& s) mutable {
+        inbox_->post(DurableDoneMessage{std::move(w), s.ok(), s.ok() ? "" : s.message});
+      });
+}
+
+void Supervisor::durable_done(DurableDoneMessage& d) {
+  if (d.ok) {
+    send_reply(d.wait.to, d.wait.body, true);
+    return;
+  }
+  const std::string message = "execution " + d.wait.execution_id + " could not be made durable (" +
+                              d.error +
+                              "): it was not accepted; submit again with durability memory, or "
+                              "once the journal is fixed";
+  // A client of the ingress is told, and the execution is cancelled (unless it was dispatched
+  // already); a transport's message is not acknowledged, so the next supervisor reads it again.
+  if (d.wait.to.ingress_token) {
+    const core::OpId id = next_op_++;
+    ops_[id] = ReplyTo{};
+    feed(core::input::Cancel{id, d.wait.execution_id, "not_durable", std::nullopt});
+  }
+  send_reply(d.wait.to, protocol::error_reply("queue_full", message), false);
+}
+
+}  // namespace shmsched::daemon
