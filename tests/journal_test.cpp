@@ -26,6 +26,7 @@
 #include "shmsched/journal/crc32c.h"
 #include "shmsched/journal/reader.h"
 #include "shmsched/journal/writer.h"
+#include "tmpfs_mount.h"
 
 namespace shmsched::journal {
 namespace {
@@ -51,33 +52,6 @@ class TempDir {
 
  private:
   std::string path_;
-};
-
-// A small tmpfs of its own (needs CAP_SYS_ADMIN); unmounted on destruction.
-class Tmpfs {
- public:
-  Tmpfs(const std::string& dir, std::size_t bytes) : dir_(dir) {
-    const std::string opts = "size=" + std::to_string(bytes) + ",mode=0755";
-    if (::mount("tmpfs", dir.c_str(), "tmpfs", 0, opts.c_str()) == 0) {
-      mounted_ = true;
-    } else {
-      why_ = std::string("cannot mount a tmpfs on ") + dir + ": " + std::strerror(errno) +
-             " (the test needs root or CAP_SYS_ADMIN)";
-    }
-  }
-  ~Tmpfs() {
-    if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
-  }
-  bool mounted() const { return mounted_; }
-  const std::string& why() const { return why_; }
-  bool remount_read_only() {
-    return ::mount("tmpfs", dir_.c_str(), "tmpfs", MS_REMOUNT | MS_RDONLY, nullptr) == 0;
-  }
-
- private:
-  std::string dir_;
-  bool mounted_ = false;
-  std::string why_;
 };
 
 std::span<const std::byte> bytes_of(const std::string& s) {
@@ -511,7 +485,7 @@ TEST(Writer, InjectedReadOnlyAndFullDisk) {
 
 TEST(Writer, FullTmpfs) {
   TempDir dir("tmpfs-full");
-  Tmpfs fs_(dir.path(), 256 << 10);
+  test::Tmpfs fs_(dir.path(), 256 << 10);
   if (!fs_.mounted()) GTEST_SKIP() << fs_.why() << "; Writer.InjectedReadOnlyAndFullDisk covers it";
   const std::string jdir = dir.path() + "/journal";
   auto o = options(jdir);
@@ -541,7 +515,7 @@ TEST(Writer, FullTmpfs) {
 
 TEST(Writer, ReadOnlyTmpfs) {
   TempDir dir("tmpfs-ro");
-  Tmpfs fs_(dir.path(), 1 << 20);
+  test::Tmpfs fs_(dir.path(), 1 << 20);
   if (!fs_.mounted()) GTEST_SKIP() << fs_.why() << "; Writer.InjectedReadOnlyAndFullDisk covers it";
   const std::string jdir = dir.path() + "/journal";
   {

@@ -6,7 +6,13 @@
 // execution's slot is given back only once its end is on disk, so a supervisor that dies at any
 // point never finds in the journal an execution the queue no longer has (and the journal never
 // runs one twice without a crash between).
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
 #include <unordered_set>
 
 #include <spdlog/spdlog.h>
@@ -38,9 +44,43 @@ JournaledExecution journaled(const ipc::ExecutionRecord& r) {
 
 }  // namespace
 
-void Supervisor::open_journal(bool fresh_segment) {
+namespace {
+
+// A file in the journal directory that says "the segment is being filled from the journal":
+// written (and synced) before the segment is created, removed once the fill is complete. A
+// supervisor that dies in between leaves it, and the next one fills again (skipping what is
+// there) instead of taking the half-filled segment for the newer truth.
+std::string restore_marker(const std::string& dir) {
+  return dir + "/restoring";
+}
+
+void sync_dir(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw std::runtime_error("cannot open " + dir + ": " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0) throw std::runtime_error("cannot sync " + dir + ": " + std::strerror(err));
+}
+
+void write_marker(const std::string& dir, const std::string& segment) {
+  const std::string path = restore_marker(dir);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+  if (fd < 0) throw std::runtime_error("cannot create " + path + ": " + std::strerror(errno));
+  const std::string text = segment + "\n";
+  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+                  ::fsync(fd) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!ok) throw std::runtime_error("cannot write " + path + ": " + std::strerror(err));
+  sync_dir(dir);
+}
+
+}  // namespace
+
+bool Supervisor::open_journal(std::vector<JournaledExecution>& live) {
   default_disk_ = config_.durability == "disk";
-  if (config_.journal_dir.empty()) return;
+  if (config_.journal_dir.empty()) return false;
   ExecutionJournal::Options o;
   o.dir = config_.journal_dir;
   o.salvage = config_.journal_salvage;
@@ -53,14 +93,27 @@ void Supervisor::open_journal(bool fresh_segment) {
         "shmschedd is restarted with the cause fixed; memory submits go on",
         e.message);
   };
-  std::vector<JournaledExecution> live;
   journal_ = ExecutionJournal::open(o, live);
   const auto& report = journal_->open_report();
   if (report.torn_bytes > 0 || report.salvaged || !report.incomplete_snapshot_file.empty()) {
     spdlog::warn("journal {}: {}", config_.journal_dir, report.summary());
   }
-  if (fresh_segment) {
+  std::error_code ec;
+  const bool exists = std::filesystem::exists("/dev/shm/" + config_.segment, ec);
+  if (!exists) write_marker(config_.journal_dir, config_.segment);
+  return !exists || std::filesystem::exists(restore_marker(config_.journal_dir), ec);
+}
+
+void Supervisor::settle_journal(bool restore, std::vector<JournaledExecution>& live) {
+  if (restore) {
     restore_from_journal(live);
+    std::error_code ec;
+    std::filesystem::remove(restore_marker(config_.journal_dir), ec);
+    if (ec) {
+      throw std::runtime_error("cannot remove " + restore_marker(config_.journal_dir) + ": " +
+                               ec.message());
+    }
+    sync_dir(config_.journal_dir);
   } else {
     reconcile_with_journal(live);
   }
@@ -68,7 +121,8 @@ void Supervisor::open_journal(bool fresh_segment) {
 
 // The segment is new (a reboot emptied /dev/shm, or it was removed): the journal's live
 // executions go back in the queue in the order they were accepted, those that had been
-// dispatched first. They were announced before, so they are not announced again.
+// dispatched first. They were announced before, so they are not announced again. One the
+// segment has already (a fill cut short before) is skipped.
 void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
   if (live.empty()) {
     spdlog::info("journal {}: nothing to restore", config_.journal_dir);
@@ -94,6 +148,10 @@ void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
                                " has capabilities or metadata that do not decode");
     }
     const auto res = producer.submit(r);
+    if (res.admission == Admission::kDuplicate) continue;  // filled before
+    // Announced before the crash: not again (a local client's submissions that land between
+    // them meanwhile are announced as usual).
+    if (res.accepted()) restored_unannounced_.insert(e.execution_id);
     if (!res.accepted()) {
       throw std::runtime_error(
           "cannot restore execution " + e.execution_id + " from the journal " +
@@ -104,10 +162,7 @@ void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
     if (e.dispatched) ++dispatched;
   }
   segment_->set_max_executions_per_user(config_.queue.max_executions_per_user);
-  for (std::size_t l = 0; l < kPriorityLevels; ++l) {
-    const auto level = static_cast<Priority>(l);
-    consumer_->mark_announced(level, consumer_->level_tail(level));
-  }
+
   spdlog::warn(
       "the queue's segment was new: rebuilt it from the journal {}: {} execution(s), of which {} "
       "had been dispatched and will be dispatched again",
@@ -173,6 +228,15 @@ void Supervisor::journal_snapshot() {
       "journal {}: snapshot of {} live execution(s) queued in {} ms", config_.journal_dir,
       records.size(),
       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count());
+}
+
+bool Supervisor::restored_announcement(const ipc::ExecutionView& v) {
+  if (restored_unannounced_.empty()) return false;
+  const auto it = restored_unannounced_.find(std::string(v.execution_id));
+  if (it == restored_unannounced_.end()) return false;
+  restored_unannounced_.erase(it);
+  if (restored_unannounced_.empty()) restored_unannounced_ = {};  // give the memory back
+  return true;
 }
 
 void Supervisor::journal_accepted(const ipc::ExecutionView& v) {

@@ -184,9 +184,23 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
         return static_cast<std::int64_t>(a.load(std::memory_order_relaxed));
       };
       const auto counters = stats_counters(st);
+      MapBuilder reply;
+      if (journal_) {
+        // The journal's health: a failed one refuses disk submits until a restart.
+        const auto h = journal_->health();
+        const auto js = journal_->stats();
+        MapBuilder j;
+        j.boolean("ok", h.ok)
+            .str("dir", journal_->dir())
+            .integer("durable_lsn", static_cast<std::int64_t>(js.durable_lsn))
+            .integer("bytes", static_cast<std::int64_t>(js.journal_bytes))
+            .integer("segments", static_cast<std::int64_t>(js.segments))
+            .integer("snapshots", static_cast<std::int64_t>(js.snapshots));
+        if (!h.ok) j.str("error", h.error.message);
+        reply.raw("journal", j.finish());
+      }
       return std::optional<ipc::IngressServer::Reply>(
-          MapBuilder()
-              .boolean("ok", true)
+          reply.boolean("ok", true)
               .int_map("queue_depth", depth)
               .int_map("oldest_wait_ms", waits)
               .integer("active", c(counters_.active))

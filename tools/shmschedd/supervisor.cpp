@@ -106,14 +106,11 @@ core::ExecutionInfo info_of(const ipc::ExecutionRecord& r) {
 
 Supervisor::Supervisor(Config config, int argc, const char* const* argv)
     : config_(std::move(config)), argc_(argc), argv_(argv), core_(policy(config_)) {
-  // A segment created here is new (a reboot emptied /dev/shm): the journal fills it.
-  bool fresh_segment = false;
-  try {
-    segment_ = ipc::Segment::create(config_.segment, config_.queue);
-    fresh_segment = true;
-  } catch (const ipc::SegmentError&) {
-    segment_ = ipc::Segment::open_or_create(config_.segment, config_.queue);
-  }
+  // The journal is read before the segment is touched: a journal that cannot be read stops the
+  // start before an empty segment exists that would then look like the newer truth.
+  std::vector<JournaledExecution> journaled;
+  const bool restore = open_journal(journaled);
+  segment_ = ipc::Segment::open_or_create(config_.segment, config_.queue);
   segment_->set_max_executions_per_user(config_.queue.max_executions_per_user);
   // We hold the lock: a consumer still registered and alive is a supervisor that was killed a
   // moment ago (its lock went with its files, the process a little later), or one that ignores
@@ -122,7 +119,7 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
   consumer_options.takeover_wait = std::chrono::seconds(5);
   consumer_ = std::make_unique<ipc::Consumer>(segment_, consumer_options);
   inbox_ = std::make_unique<Inbox>(segment_);
-  open_journal(fresh_segment);
+  if (journal_) settle_journal(restore, journaled);
   if (!config_.audit_dir.empty()) {
     audit::AuditWriterOptions o;
     o.dir = config_.audit_dir;
@@ -417,8 +414,10 @@ void Supervisor::do_take(const core::action::Take& t, core::Time time,
       // Queued after this round's announcements: announced (ExecutionAccepted, ahead of its
       // command in the same batch) as it is taken. Out of the queue now, it is not announced
       // again after a restart, so the cursor may move before the event is out.
-      journal_accepted(*view);
-      core_.handle(core::input::Announced{info, 0}, time, more);
+      if (!restored_announcement(*view)) {
+        journal_accepted(*view);
+        core_.handle(core::input::Announced{info, 0}, time, more);
+      }
       consumer_->mark_announced(level, pos + 1);
     }
     core_.handle(core::input::Taken{t.level, pack(*ref), std::move(info)}, time, more);
@@ -682,6 +681,7 @@ void Supervisor::announce() {
       const std::size_t n = consumer_->announce_new(
           level, kAnnounceBatch,
           [&](const ipc::ExecutionView& v, std::uint64_t rank) {
+            if (restored_announcement(v)) return;
             if (!t) t = now();
             journal_accepted(v);
             core_.handle(core::input::Announced{info_of(v), rank}, *t, actions);

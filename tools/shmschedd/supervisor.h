@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 #include "access_policy.h"
@@ -192,11 +193,17 @@ class Supervisor {
   SupervisorCounters counters_;
 
   // Durability (durability.cpp): the journal of executions, and what waits for it to be synced.
-  void open_journal(bool fresh_segment);
+  // Opens the journal (when configured) and reads its live executions; true when the segment
+  // must be filled from them (it does not exist yet, or an earlier fill was cut short).
+  bool open_journal(std::vector<JournaledExecution>& live);
+  void settle_journal(bool restore, std::vector<JournaledExecution>& live);
   void restore_from_journal(std::vector<JournaledExecution>& live);
   void reconcile_with_journal(std::vector<JournaledExecution>& live);
   void journal_snapshot();
   void journal_accepted(const ipc::ExecutionView& v);
+  // True (once) for an execution filled back from the journal: announced before the reboot.
+  bool restored_announcement(const ipc::ExecutionView& v);
+  std::unordered_set<std::string> restored_unannounced_;
   void journal_event(const core::Event& ev);
   void journal_trouble(const journal::Error& e);
   void release_after_journal(ipc::ActiveRef ref);
