@@ -6,6 +6,7 @@
 #include "daemon_support.h"
 #include "kafka_support.h"
 #include "shmsched/ipc/queue.h"
+#include "tmpfs_mount.h"
 
 namespace shmsched::test {
 namespace {
@@ -17,8 +18,8 @@ std::string unique(const std::string& tag) {
   return tag + "-" + std::to_string(::getpid()) + "-" + std::to_string(n++);
 }
 
-std::vector<std::byte> requested(const std::string& id, const std::string& user) {
-  const std::string payload = "print('from kafka')";
+std::vector<std::byte> requested(const std::string& id, const std::string& user,
+                                 const std::string& payload = "print('from kafka')") {
   const auto* b = reinterpret_cast<const std::byte*>(payload.data());
   return MapBuilder()
       .str("type", "ExecutionRequested")
@@ -285,6 +286,61 @@ TEST(KafkaE2E, ARestartedSupervisorDoesNotReadTakenMessagesAgain) {
   const auto cmds = wait_commands(mock.bootstrap(), 3, std::chrono::seconds(10));
   EXPECT_EQ(cmds.count("r2") ? cmds.at("r2") : 0, 1);
   EXPECT_EQ(cmds.at("r1"), 1) << "the restarted supervisor ran r1 again";
+  EXPECT_EQ(d.signal(SIGTERM), 0);
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
+// With durability = disk an ExecutionRequested message's offset is committed only once its
+// execution is on disk. The journal's disk fills up: r2 is taken into the queue but
+// cannot be made durable, so its offset stays uncommitted and the next supervisor of the group
+// reads it again (and finds it queued already: a duplicate), while r1, durable, is not read again.
+TEST(KafkaE2E, WithDurabilityDiskAnOffsetIsCommittedOnlyOnceOnDisk) {
+  KafkaMock mock;
+  const std::string dir = temp_dir("kafka-disk");
+  const std::string journal = dir + "-wal";
+  const std::string segment = unique("shmsched-e2e-kdisk");
+  ipc::Segment::remove(segment);
+  std::filesystem::create_directories(journal);
+  Tmpfs fs_(journal, 8 << 20);
+  if (!fs_.mounted()) GTEST_SKIP() << fs_.why();
+  Daemon d(dir, segment,
+           {"--transports=kafka", "--kafka.brokers=" + mock.bootstrap(),
+            "--kafka.auto_offset_reset=earliest", "--kafka.group_id=" + unique("group"),
+            "--kafka.rdkafka.session.timeout.ms=6000", "--kafka.rdkafka.heartbeat.interval.ms=500",
+            "--journal-dir=" + journal, "--durability=disk"});
+  d.start();
+  wait_assigned(d);
+  ASSERT_TRUE(kcat_produce(mock.bootstrap(), "execution_events", "ExecutionRequested", "r1",
+                           requested("r1", "erin"), dir));
+  ASSERT_EQ(wait_commands(mock.bootstrap(), 1)["r1"], 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // r1's commit goes out
+  // The journal's disk fills up (a read-only remount is refused while the journal is open).
+  {
+    std::ofstream filler(journal + "/filler", std::ios::binary);
+    const std::string chunk(64 << 10, 'f');
+    while (filler.write(chunk.data(), static_cast<std::streamsize>(chunk.size()))) {
+    }
+  }
+  // Larger than a page: the journal's last page has no room for it.
+  ASSERT_TRUE(kcat_produce(mock.bootstrap(), "execution_events", "ExecutionRequested", "r2",
+                           requested("r2", "erin", std::string(10000, 'x')), dir));
+  const auto deadline = Clock::now() + std::chrono::seconds(20);
+  while (d.log_text().find("the journal failed") == std::string::npos && Clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_THAT(d.log_text(), HasSubstr("the journal failed"));
+  EXPECT_EQ(d.signal(SIGTERM), 0);
+  std::filesystem::remove(journal + "/filler");
+  d.start();
+  wait_assigned(d);
+  std::map<std::string, int> rejected;
+  while (rejected["r2"] == 0 && Clock::now() < deadline + std::chrono::seconds(10)) {
+    rejected = count_keys(kcat_consume(mock.bootstrap(), "execution_events"), "ExecutionRejected");
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_EQ(rejected["r2"], 1) << "r2's message was not read again: its offset was committed";
+  EXPECT_EQ(rejected["r1"], 0) << "r1's message was read again: its offset was not committed";
   EXPECT_EQ(d.signal(SIGTERM), 0);
   ipc::Segment::remove(segment);
   std::filesystem::remove_all(dir);

@@ -45,7 +45,7 @@ struct Raw {
   std::string check_identity = "true";
   std::string dashboard_cancel = "false";
   std::string journal_salvage = "false";
-  std::string journal_dir = "default";
+  std::string journal_dir;  // empty: $STATE_DIRECTORY/journal under systemd, else off
   std::string mode = "0660";
   std::string transports = "zeromq";
   std::string optional_transports;
@@ -169,7 +169,7 @@ po::options_description describe(Config& c, Raw& raw) {
       po::value<std::uint64_t>(&c.audit_max_pending)->default_value(c.audit_max_pending),
       "audit records handed to the writer and not yet written, at most: beyond, the loop "
       "waits (a sync in progress is absorbed up to this)")(
-      "journal_dir", po::value<std::string>(&raw.journal_dir)->default_value(raw.journal_dir),
+      "journal_dir", po::value<std::string>(&raw.journal_dir),
       "directory of the journal of executions, so that a reboot loses no accepted execution "
       "(off = none; default: $STATE_DIRECTORY/journal under systemd, else off; fixed at start)")(
       "durability", po::value<std::string>(&c.durability)->default_value(c.durability),
@@ -349,7 +349,7 @@ void validate(Config& c, const Raw& raw) {
   require(raw.journal_salvage == "true" || raw.journal_salvage == "false", "journal_salvage",
           raw.journal_salvage, "true or false");
   c.journal_salvage = raw.journal_salvage == "true";
-  if (raw.journal_dir == "default") {
+  if (raw.journal_dir.empty()) {
     const char* state = std::getenv("STATE_DIRECTORY");  // systemd's StateDirectory=
     c.journal_dir = state && *state ? std::string(state) + "/journal" : "";
   } else if (raw.journal_dir != "off") {
