@@ -61,14 +61,16 @@ class Client:
         return self._ingress.call(op, **fields)
 
     def submit(self, user_id, payload, priority="normal", execution_id=None,
-               required_capabilities=None, metadata=None, timeout_seconds=None):
-        """Returns {"execution_id", "queue_position"}; raises QueueFull, UserLimit, ..."""
+               required_capabilities=None, metadata=None, timeout_seconds=None, durability=None):
+        """Returns {"execution_id", "queue_position"}; raises QueueFull, UserLimit, ...
+        durability: "disk" answers only once the execution is synced to the supervisor's journal
+        (it survives a reboot); "memory" once it is queued; None: the supervisor's default."""
         if isinstance(payload, str):
             payload = payload.encode()
         return self.call("submit", user_id=user_id, payload=payload, priority=priority,
                          execution_id=execution_id,
                          required_capabilities=required_capabilities, metadata=metadata,
-                         timeout_seconds=timeout_seconds)
+                         timeout_seconds=timeout_seconds, durability=durability)
 
     def cancel(self, execution_id, reason=None):
         return self.call("cancel", execution_id=execution_id, reason=reason)

@@ -25,7 +25,7 @@ def daemon():
     proc = subprocess.Popen(
         [os.path.join(bin_dir, "shmschedd"), "--runtime-dir=" + run_dir, "--segment=" + segment,
          "--plugin-dir=" + plugin_dir, "--max-payload-bytes=1024", "--idle-spin-us=0",
-         "--metrics-listen=off"],
+         "--metrics-listen=off", "--journal-dir=" + os.path.join(run_dir, "journal")],
         stdout=log, stderr=subprocess.STDOUT)
     ingress = f"ipc://{run_dir}/ingress.sock"
     events = f"ipc://{run_dir}/events.sock"
@@ -112,6 +112,17 @@ def test_errors_are_typed_exceptions_with_their_code(daemon):
         c.status("never-submitted")
     with pytest.raises(shmsched.Error):  # the base class catches them all
         c.cancel("never-submitted")
+
+
+def test_durability_disk_is_answered_once_on_disk(daemon):
+    ingress, _ = daemon
+    c = shmsched.Client(ingress)
+    r = c.submit("bob", b"x", execution_id="durable", durability="disk")
+    assert r["execution_id"] == "durable"
+    s = c.stats()
+    assert s["journal"]["ok"] and s["journal"]["durable_lsn"] >= 1
+    with pytest.raises(shmsched.Invalid):
+        c.submit("bob", b"x", durability="tape")
 
 
 def test_events_and_a_worker(daemon):
