@@ -3,6 +3,8 @@
 // once and publishes the durable LSN (group commit).
 #include "shmsched/journal/writer.h"
 
+#include <pthread.h>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -106,7 +108,11 @@ Status Writer::start(const RecordVisitor& visit) {
   } else if (Status s = create_segment(next_seq_++, next_lsn_)) {
     return s;
   }
-  thread_ = std::thread([this] { run(); });
+  thread_ = std::thread([this] {
+    // Named, so that ps, top and a debugger (and the tests) tell it from its owner's threads.
+    ::pthread_setname_np(::pthread_self(), "journal-writer");
+    run();
+  });
   return {};
 }
 

@@ -79,7 +79,6 @@ void write_marker(const std::string& dir, const std::string& segment) {
 }  // namespace
 
 bool Supervisor::open_journal(std::vector<JournaledExecution>& live) {
-  default_disk_ = config_.durability == "disk";
   if (config_.journal_dir.empty()) return false;
   ExecutionJournal::Options o;
   o.dir = config_.journal_dir;
@@ -100,7 +99,26 @@ bool Supervisor::open_journal(std::vector<JournaledExecution>& live) {
   }
   std::error_code ec;
   const bool exists = std::filesystem::exists("/dev/shm/" + config_.segment, ec);
-  if (!exists) write_marker(config_.journal_dir, config_.segment);
+  if (!exists && live.size() > config_.queue.max_queue_size) {
+    // Said before the segment is created at a size that would then be fixed.
+    throw std::runtime_error(
+        "the journal " + config_.journal_dir + " holds " + std::to_string(live.size()) +
+        " live executions and max_queue_size is " + std::to_string(config_.queue.max_queue_size) +
+        ": configure a queue that holds them");
+  }
+  if (!exists) {
+    try {
+      write_marker(config_.journal_dir, config_.segment);
+    } catch (const std::exception& e) {
+      // The journal can be read, not written (a full disk): the queue is filled all the same,
+      // and the journal is failed (disk submits refused) rather than the start.
+      journal_->fail(journal::Error{journal::Errc::kIo, e.what()});
+      spdlog::error(
+          "journal {}: {}; the queue is filled from the journal, and submits that ask for "
+          "durability disk are refused until shmschedd is restarted with the cause fixed",
+          config_.journal_dir, e.what());
+    }
+  }
   return !exists || std::filesystem::exists(restore_marker(config_.journal_dir), ec);
 }
 
@@ -108,12 +126,18 @@ void Supervisor::settle_journal(bool restore, std::vector<JournaledExecution>& l
   if (restore) {
     restore_from_journal(live);
     std::error_code ec;
-    std::filesystem::remove(restore_marker(config_.journal_dir), ec);
-    if (ec) {
-      throw std::runtime_error("cannot remove " + restore_marker(config_.journal_dir) + ": " +
-                               ec.message());
+    if (std::filesystem::remove(restore_marker(config_.journal_dir), ec)) {
+      try {
+        sync_dir(config_.journal_dir);
+      } catch (const std::exception& e) {
+        // At worst the next start fills again, skipping what is there.
+        spdlog::warn("journal {}: {}", config_.journal_dir, e.what());
+      }
+    } else if (ec) {
+      spdlog::warn(
+          "journal {}: cannot remove {}: {} (the next start fills again, skipping what is there)",
+          config_.journal_dir, restore_marker(config_.journal_dir), ec.message());
     }
-    sync_dir(config_.journal_dir);
   } else {
     reconcile_with_journal(live);
   }
@@ -148,10 +172,12 @@ void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
                                " has capabilities or metadata that do not decode");
     }
     const auto res = producer.submit(r);
-    if (res.admission == Admission::kDuplicate) continue;  // filled before
     // Announced before the crash: not again (a local client's submissions that land between
-    // them meanwhile are announced as usual).
-    if (res.accepted()) restored_unannounced_.insert(e.execution_id);
+    // them meanwhile are announced as usual). A duplicate was put in by a fill cut short.
+    if (res.accepted() || res.admission == Admission::kDuplicate) {
+      restored_unannounced_.insert(e.execution_id);
+    }
+    if (res.admission == Admission::kDuplicate) continue;
     if (!res.accepted()) {
       throw std::runtime_error(
           "cannot restore execution " + e.execution_id + " from the journal " +
@@ -175,6 +201,12 @@ void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
 void Supervisor::reconcile_with_journal(std::vector<JournaledExecution>& live) {
   std::unordered_set<std::string> in_segment;
   for (const auto& r : consumer_->list(std::nullopt, SIZE_MAX, false)) {
+    // A slot whose execution has ended (its final event out, only its release left) is not live:
+    // the supervisor that ended it may have died before its end was recorded.
+    if (r.state == ipc::ExecutionState::kActive &&
+        core::phase_of(r.annotation) == core::Phase::kFinished) {
+      continue;
+    }
     in_segment.insert(r.execution_id);
   }
   std::size_t gone = 0;
@@ -242,12 +274,6 @@ bool Supervisor::restored_announcement(const ipc::ExecutionView& v) {
 void Supervisor::journal_accepted(const ipc::ExecutionView& v) {
   if (!journal_) return;
   auto lsn = journal_->accepted(v);
-  if (!lsn && lsn.error().code == journal::Errc::kQueueFull) {
-    // The disk is slower than the submissions: the loop waits for it (back pressure), since
-    // a record left out would break the promise of durability.
-    journal_->wait_durable(journal_->appended(), std::chrono::seconds(10));
-    lsn = journal_->accepted(v);
-  }
   if (!lsn) journal_trouble(lsn.error());
 }
 
@@ -274,10 +300,15 @@ void Supervisor::journal_event(const core::Event& ev) {
 }
 
 void Supervisor::journal_trouble(const journal::Error& e) {
-  const auto now = Clock::now();
-  if (now < next_journal_log_) return;
-  next_journal_log_ = now + std::chrono::seconds(5);
-  spdlog::error("journal {}: a record was not written: {}", config_.journal_dir, e.message);
+  // The journal is failed from the first record it could not take (ExecutionJournal::health):
+  // disk submits are refused from now on; said once, loudly.
+  if (journal_failure_logged_) return;
+  journal_failure_logged_ = true;
+  spdlog::error(
+      "journal {}: a record could not be appended ({}): the journal is failed; submits that ask "
+      "for durability disk are refused until shmschedd is restarted with the cause fixed; memory "
+      "submits go on",
+      config_.journal_dir, e.message);
 }
 
 // A finished execution's slot goes back once its end is on disk.
@@ -330,6 +361,11 @@ std::optional<std::pair<std::string, std::string>> Supervisor::durable_refusal()
   return std::nullopt;
 }
 
+void Supervisor::set_default_durability() {
+  default_disk_ = config_.durability == "disk";
+  segment_->set_default_durability_disk(default_disk_);
+}
+
 void Supervisor::send_reply(const ReplyTo& to, const std::vector<std::byte>& body, bool ack) {
   if (to.ingress_token && ingress_) ingress_->reply(to.ingress_token, body);
   if (to.transport) {
@@ -348,7 +384,7 @@ void Supervisor::await_durable(DurableWaitMessage& w) {
     send_reply(w.to, w.body, true);
     return;
   }
-  announce_all();
+  if (!w.ending) announce_all();
   if (const auto h = journal_->health(); !h.ok) {
     DurableDoneMessage d{std::move(w), false, h.error.message};
     durable_done(d);
@@ -361,21 +397,20 @@ void Supervisor::await_durable(DurableWaitMessage& w) {
 }
 
 void Supervisor::durable_done(DurableDoneMessage& d) {
-  if (d.ok) {
+  // An ending is done whatever the journal says (it failed: memory durability from now on).
+  if (d.ok || d.wait.ending) {
     send_reply(d.wait.to, d.wait.body, true);
     return;
   }
-  const std::string message = "execution " + d.wait.execution_id + " could not be made durable (" +
-                              d.error +
-                              "): it was not accepted; submit again with durability memory, or "
-                              "once the journal is fixed";
-  // A client of the ingress is told, and the execution is cancelled (unless it was dispatched
-  // already); a transport's message is not acknowledged, so the next supervisor reads it again.
-  if (d.wait.to.ingress_token) {
-    const core::OpId id = next_op_++;
-    ops_[id] = ReplyTo{};
-    feed(core::input::Cancel{id, d.wait.execution_id, "not_durable", std::nullopt});
-  }
+  // Whether its record reached the disk is unknown (a write can fail after the record itself
+  // was whole on disk): it is neither acknowledged nor cancelled. It stays queued in memory, and
+  // the client is told so; a transport's message is not acknowledged, so the next supervisor
+  // reads it again (and finds it a duplicate if it is still there).
+  const std::string message =
+      "execution " + d.wait.execution_id +
+      " is queued, but the journal failed before it was on disk (" + d.error +
+      "): it survives a process crash, and may not survive a reboot. Do not submit it again "
+      "under another id (the same id answers duplicate while it is queued)";
   send_reply(d.wait.to, protocol::error_reply("queue_full", message), false);
 }
 

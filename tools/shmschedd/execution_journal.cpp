@@ -167,9 +167,11 @@ std::unique_ptr<ExecutionJournal> ExecutionJournal::open(const Options& options,
   wo.dir = options.dir;
   wo.salvage = options.salvage;
   wo.max_record_bytes = options.max_record_bytes;
-  // Snapshots and bursts of accepted payloads: the pending bound is what may wait for one batch.
+  // The loop never waits for the disk and never drops a record: what a stalled disk holds up
+  // waits in memory, up to a bound that is a failure of the journal (not a dropped record).
   wo.max_pending_bytes =
-      std::max<std::size_t>(wo.max_pending_bytes, 4ull * options.max_record_bytes);
+      std::max<std::size_t>(options.max_pending_bytes, 4ull * options.max_record_bytes);
+  wo.max_pending_records = std::max<std::size_t>(wo.max_pending_records, wo.max_pending_bytes / 64);
   wo.on_error = options.on_error;
   Replay replay;
   auto writer =
@@ -191,12 +193,27 @@ std::unique_ptr<ExecutionJournal> ExecutionJournal::open(const Options& options,
 
 journal::Result<Lsn> ExecutionJournal::append(std::uint8_t type,
                                               const std::vector<std::byte>& body) {
+  if (!failed_.ok()) return failed_;
   auto lsn = writer_->append(type, body);
   if (lsn) {
     appended_ = *lsn;
     bytes_since_snapshot_ += body.size() + 32;
+    return lsn;
   }
-  return lsn;
+  failed_ = lsn.error();
+  if (failed_.code == journal::Errc::kQueueFull) {
+    failed_.message = "the disk fell behind: " + failed_.message;
+  }
+  return failed_;
+}
+
+journal::Health ExecutionJournal::health() const {
+  journal::Health h = writer_->health();
+  if (h.ok && !failed_.ok()) {
+    h.ok = false;
+    h.error = failed_;
+  }
+  return h;
 }
 
 journal::Result<Lsn> ExecutionJournal::accepted(const ipc::ExecutionView& v) {

@@ -47,6 +47,9 @@ class ExecutionJournal {
     std::string dir;
     bool salvage = false;
     std::uint32_t max_record_bytes = 1u << 20;
+    // What may wait for the disk, at most: beyond, the journal is failed (records are never
+    // dropped and the loop never waits for the disk).
+    std::size_t max_pending_bytes = 1ull << 30;
     // Called on the writer thread when it fails (the error is sticky until a restart).
     std::function<void(const journal::Error&)> on_error;
   };
@@ -81,7 +84,13 @@ class ExecutionJournal {
   journal::Status wait_durable(journal::Lsn lsn, std::chrono::milliseconds timeout) {
     return writer_->wait_durable(lsn, timeout);
   }
-  journal::Health health() const { return writer_->health(); }
+  // Not ok once any append failed (sticky, like the writer's own errors): a record left out
+  // would break the promise of every later acknowledgement.
+  journal::Health health() const;
+  // Marks the journal failed (sticky): for what cannot be written around it (its directory).
+  void fail(journal::Error error) {
+    if (failed_.ok()) failed_ = std::move(error);
+  }
   journal::WriterStats stats() const { return writer_->stats(); }
   const std::string& dir() const { return dir_; }
   const journal::RecoveryReport& open_report() const { return writer_->open_report(); }
@@ -94,6 +103,7 @@ class ExecutionJournal {
   std::string dir_;
   std::unique_ptr<journal::Writer> writer_;
   journal::Lsn appended_ = 0;
+  journal::Error failed_;  // the first append that failed (sticky)
   std::uint64_t bytes_since_snapshot_ = 0;
   std::uint64_t last_snapshot_bytes_ = 0;
 };

@@ -52,11 +52,15 @@ struct SignalMessage {
   int signal;
 };
 
-// A submit accepted with durability disk: `body` (its reply) goes to `to` once it is on disk.
+// A submit accepted with durability disk, or an execution ended with durability = disk
+// configured: `body` (its reply) goes to `to` once the journal has it on disk.
 struct DurableWaitMessage {
   std::string execution_id;
   ReplyTo to;
   std::vector<std::byte> body;
+  // The answer to a cancel, complete or fail (its effect is done; only its record is awaited),
+  // not to a submit.
+  bool ending = false;
 };
 // The journal's answer for one DurableWaitMessage.
 struct DurableDoneMessage {

@@ -120,6 +120,7 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
   consumer_ = std::make_unique<ipc::Consumer>(segment_, consumer_options);
   inbox_ = std::make_unique<Inbox>(segment_);
   if (journal_) settle_journal(restore, journaled);
+  set_default_durability();
   if (!config_.audit_dir.empty()) {
     audit::AuditWriterOptions o;
     o.dir = config_.audit_dir;
@@ -476,6 +477,12 @@ void Supervisor::do_answer(const core::action::Answer& a) {
     }
     body = std::move(w.body);
   }
+  if (ending_ops_.erase(a.op) > 0 && a.reply.ok) {
+    // Through the inbox: the ending's record is appended by an action of this same batch,
+    // which may come after this answer.
+    inbox_->post(DurableWaitMessage{"", to, std::move(body), true});
+    return;
+  }
   send_reply(to, body, true);
 }
 
@@ -574,6 +581,14 @@ void Supervisor::handle_op(OpMessage& op) {
   }
   const core::OpId id = next_op_++;
   ops_[id] = op.reply_to;
+  // With durability = disk, an execution answered as ended stays ended across a power cut: the
+  // answer waits for its record (do_answer).
+  if (journal_ && default_disk_ &&
+      (std::holds_alternative<protocol::CancelOp>(op.request) ||
+       std::holds_alternative<protocol::CompleteOp>(op.request) ||
+       std::holds_alternative<protocol::FailOp>(op.request))) {
+    ending_ops_.insert(id);
+  }
 
   if (auto* c = std::get_if<protocol::CancelOp>(&op.request)) {
     feed(core::input::Cancel{id, c->execution_id, c->reason, op.as_user});
@@ -1002,7 +1017,7 @@ void Supervisor::reload() {
       spdlog::error("no transport is running after the reload: dispatch waits");
     }
     config_ = std::move(next);
-    default_disk_ = config_.durability == "disk";
+    set_default_durability();
     feed(core::input::Reload{policy(config_)});
     counters_.max_active = config_.max_active_executions;
     spdlog::info("configuration reloaded: transports {}, max_active_executions {}",

@@ -212,6 +212,8 @@ class Supervisor {
   void await_durable(DurableWaitMessage& w);
   void durable_done(DurableDoneMessage& d);
   void send_reply(const ReplyTo& to, const std::vector<std::byte>& body, bool ack);
+  // The configured durability, for the ingress and for clients (in the segment).
+  void set_default_durability();
   // Why a submit with durability disk is refused now ({error code, message}), or nullopt.
   // Any thread.
   std::optional<std::pair<std::string, std::string>> durable_refusal() const;
@@ -222,7 +224,9 @@ class Supervisor {
   bool durable_release_armed_ = false;
   // Submits from transports accepted with durability disk: answered once on disk.
   std::unordered_map<core::OpId, std::string> disk_submits_;
-  Clock::time_point next_journal_log_{};
+  // Cancels, completes and fails answered once their record is on disk (durability = disk).
+  std::unordered_set<core::OpId> ending_ops_;
+  bool journal_failure_logged_ = false;
 
   // Metrics and the dashboard (observer.cpp): the HTTP thread reads the counters above, the
   // segment and what the loop publishes in observability_.

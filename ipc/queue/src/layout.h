@@ -85,6 +85,10 @@ struct alignas(kCacheLine) Header {
   // Tunables the owner may change while the segment is in use.
   alignas(kCacheLine) std::atomic<std::uint32_t> per_user_limit;
   std::atomic<std::uint32_t> queue_limit;
+  // 1 when the supervisor acknowledges submits that name no durability only once on disk: a
+  // client library then sends such a submit through the supervisor. (Added in the padding of
+  // this cache line: no offset moved; a segment of an older supervisor reads 0, memory.)
+  std::atomic<std::uint32_t> default_durability_disk;
 
   // Maintenance (recovery and compaction), see docs/architecture.md: 0 when free, else the
   // identity of the process holding it, with kMaintenanceCommitted once the holder has checked

@@ -241,6 +241,14 @@ void Segment::set_max_executions_per_user(std::uint64_t limit) {
   view_->hdr->per_user_limit.store(static_cast<std::uint32_t>(limit), std::memory_order_relaxed);
 }
 
+void Segment::set_default_durability_disk(bool disk) {
+  view_->hdr->default_durability_disk.store(disk ? 1 : 0, std::memory_order_relaxed);
+}
+
+bool Segment::default_durability_disk() const {
+  return view_->hdr->default_durability_disk.load(std::memory_order_relaxed) != 0;
+}
+
 namespace detail {
 const SegmentView& view_of(const Segment& segment) {
   return *segment.view_;

@@ -56,8 +56,11 @@ ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
   ClientSubmitResult out;
   out.execution_id = op.execution_id.empty() ? protocol::new_uuid() : op.execution_id;
   // Shared memory acknowledges once the entry is in the segment; only the supervisor can say
-  // when it is on disk, so a disk submit goes through the ingress.
-  if (producer_ && op.durability != protocol::Durability::kDisk) {
+  // when it is on disk, so a disk submit (asked for, or the supervisor's default, which it
+  // publishes in the segment) goes through the ingress.
+  const bool disk = op.durability ? *op.durability == protocol::Durability::kDisk
+                                  : segment_ && segment_->default_durability_disk();
+  if (producer_ && !disk) {
     out.result = producer_->submit(protocol::to_submit_request(op, out.execution_id));
     out.via_shared_memory = true;
     return out;

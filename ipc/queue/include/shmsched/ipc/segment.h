@@ -54,6 +54,10 @@ class Segment {
 
   // The per-user cap is a run-time setting of the owner.
   void set_max_executions_per_user(std::uint64_t limit);
+  // The supervisor's default durability (docs/protocol.md): true when a submit that names none
+  // is acknowledged only once on disk, which only the supervisor can do.
+  void set_default_durability_disk(bool disk);
+  bool default_durability_disk() const;
 
  private:
   // The queue's code (and its white-box tests) reach the layout through detail::view_of().
