@@ -193,23 +193,33 @@ std::unique_ptr<ExecutionJournal> ExecutionJournal::open(const Options& options,
 
 journal::Result<Lsn> ExecutionJournal::append(std::uint8_t type,
                                               const std::vector<std::byte>& body) {
-  if (!failed_.ok()) return failed_;
+  if (has_failed_.load(std::memory_order_acquire)) {
+    std::lock_guard lock(failed_mutex_);
+    return failed_;
+  }
   auto lsn = writer_->append(type, body);
   if (lsn) {
     appended_ = *lsn;
     bytes_since_snapshot_ += body.size() + 32;
     return lsn;
   }
-  failed_ = lsn.error();
-  if (failed_.code == journal::Errc::kQueueFull) {
-    failed_.message = "the disk fell behind: " + failed_.message;
-  }
-  return failed_;
+  journal::Error e = lsn.error();
+  if (e.code == journal::Errc::kQueueFull) e.message = "the disk fell behind: " + e.message;
+  fail(e);
+  return e;
+}
+
+void ExecutionJournal::fail(journal::Error error) {
+  std::lock_guard lock(failed_mutex_);
+  if (!failed_.ok()) return;
+  failed_ = std::move(error);
+  has_failed_.store(true, std::memory_order_release);
 }
 
 journal::Health ExecutionJournal::health() const {
   journal::Health h = writer_->health();
-  if (h.ok && !failed_.ok()) {
+  if (h.ok && has_failed_.load(std::memory_order_acquire)) {
+    std::lock_guard lock(failed_mutex_);
     h.ok = false;
     h.error = failed_;
   }

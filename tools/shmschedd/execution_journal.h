@@ -11,9 +11,11 @@
 // live set as accepted (+ dispatched) records; the journal then deletes what came before.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -88,9 +90,7 @@ class ExecutionJournal {
   // would break the promise of every later acknowledgement.
   journal::Health health() const;
   // Marks the journal failed (sticky): for what cannot be written around it (its directory).
-  void fail(journal::Error error) {
-    if (failed_.ok()) failed_ = std::move(error);
-  }
+  void fail(journal::Error error);
   journal::WriterStats stats() const { return writer_->stats(); }
   const std::string& dir() const { return dir_; }
   const journal::RecoveryReport& open_report() const { return writer_->open_report(); }
@@ -103,7 +103,11 @@ class ExecutionJournal {
   std::string dir_;
   std::unique_ptr<journal::Writer> writer_;
   journal::Lsn appended_ = 0;
-  journal::Error failed_;  // the first append that failed (sticky)
+  // The first append that failed (sticky). Written by the loop, read by the ingress thread too
+  // (health()): under the mutex; the flag spares the loop's appends the lock.
+  mutable std::mutex failed_mutex_;
+  journal::Error failed_;
+  std::atomic<bool> has_failed_{false};
   std::uint64_t bytes_since_snapshot_ = 0;
   std::uint64_t last_snapshot_bytes_ = 0;
 };
