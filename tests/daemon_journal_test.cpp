@@ -90,6 +90,7 @@ struct Journaled {
   ~Journaled() {
     daemon.reset();
     ipc::Segment::remove(segment);
+    fs::remove("/dev/shm/" + segment + ".restoring");
     fs::remove_all(dir);
     fs::remove_all(journal);
   }
@@ -98,6 +99,7 @@ struct Journaled {
     daemon->signal(SIGKILL);
     daemon->wait_exit();
     ipc::Segment::remove(segment);
+    fs::remove("/dev/shm/" + segment + ".restoring");
   }
   std::vector<fs::path> journal_files() const {
     std::vector<fs::path> out;
@@ -889,7 +891,7 @@ TEST(DaemonJournal, ReviewAFillCutShortDoesNotAnnounceRestoredExecutionsAgain) {
   // What a supervisor killed in the middle of its fill leaves: the marker, and a segment with
   // the first of the journal's executions in it (the dispatched one goes first).
   {
-    std::ofstream(j.journal + "/restoring") << j.segment << "\n";
+    std::ofstream("/dev/shm/" + j.segment + ".restoring").put('\n');
     auto seg = ipc::Segment::create(j.segment, ipc::SegmentConfig{});
     ipc::Producer producer(seg);
     const std::byte p[1] = {std::byte{'p'}};
@@ -918,6 +920,129 @@ TEST(DaemonJournal, ReviewAFillCutShortDoesNotAnnounceRestoredExecutionsAgain) {
   EXPECT_EQ(accepted("b"), 1u);
   EXPECT_EQ(accepted("a"), 1u) << "announced again after the fill cut short";
   fs::remove_all(audit);
+}
+
+// Second review
+
+// Finding: with durability = disk, the answer to a complete waits in the inbox (DurableWaitMessage,
+// then DurableDoneMessage posted by the journal's callback). A stop that comes meanwhile never
+// reads the inbox again after its one process_inbox(): the complete was carried out and its
+// record reaches the disk during the stop (the stop even waits for it, for the slot's release),
+// and the client is never answered. With durability = memory it was answered at once.
+TEST(DaemonJournal, SecondReviewACompleteCarriedOutBeforeAStopIsAnswered) {
+  Journaled j({"--max-active-executions=1", "--durability=disk"});
+  j.daemon->start();
+  {
+    Ingress ingress(j.daemon->endpoint());
+    ASSERT_TRUE(ingress.call(submit_request("running", "u", "normal", "p", "disk")).ok());
+    wait_for_state(ingress, "running", "dispatched");
+  }
+  FrozenWriter writer(j.daemon->pid());
+  std::atomic<int> outcome{0};  // 1 answered ok, 2 answered an error, 3 no answer
+  std::thread completer([&] {
+    auto c = patient_client(j.daemon->endpoint(), 15s);
+    try {
+      outcome = ok_reply(c->call(
+                    MapBuilder().str("op", "complete").str("execution_id", "running").finish()))
+                    ? 1
+                    : 2;
+    } catch (const std::exception&) {
+      outcome = 3;
+    }
+  });
+  std::this_thread::sleep_for(300ms);
+  ASSERT_EQ(outcome.load(), 0);  // waits for the disk, as it should
+  ::kill(j.daemon->pid(), SIGTERM);
+  std::this_thread::sleep_for(500ms);  // stopping: it waits up to 5 s for the disk
+  writer.thaw();                       // the disk comes back within that wait
+  completer.join();
+  EXPECT_EQ(j.daemon->wait_exit(), 0);
+  EXPECT_EQ(outcome.load(), 1)
+      << "a complete carried out, its record on disk before the supervisor exited, was never "
+         "answered (the client is left to guess; a transport's message is not acknowledged)";
+}
+
+// Finding (the fix of ReviewARestoreThatDidNotFitWorksOnceTheQueueIsLarger is partial): only
+// max_queue_size is checked before the segment is created. A journal whose live executions name
+// more users than max_users creates the segment, then the fill fails (user_limit); the next start
+// with a larger max_users is refused, the segment existing with other sizes.
+TEST(DaemonJournal, SecondReviewARestoreWithMoreUsersThanMaxUsersWorksOnceMaxUsersIsLarger) {
+  Journaled j({"--max-active-executions=1", "--max-users=16"});
+  j.daemon->start();
+  {
+    Ingress ingress(j.daemon->endpoint());
+    for (int i = 0; i < 6; ++i) {
+      const std::string n = std::to_string(i);
+      ASSERT_TRUE(ingress.call(submit_request("e" + n, "u" + n, "normal", "p", "disk")).ok());
+    }
+  }
+  j.crash_and_reboot();
+  auto set_users = [&](const std::string& n) {
+    for (auto& a : j.daemon->args()) {
+      if (a.rfind("--max-users", 0) == 0) a = "--max-users=" + n;
+    }
+  };
+  set_users("2");
+  j.daemon->start(false);
+  ASSERT_NE(j.daemon->wait_exit(), 0);
+  set_users("16");  // what the journal needs
+  j.daemon->start(false);
+  try {
+    j.daemon->wait_until_ready();
+  } catch (const std::exception& e) {
+    FAIL() << "a larger max_users does not start:\n" << e.what();
+  }
+  Ingress ingress(j.daemon->endpoint());
+  EXPECT_EQ(listing(ingress).size(), 6u);
+}
+
+// Finding: a full journal directory at start filled the queue without the 'restoring' marker
+// (which lived in the journal directory): a supervisor killed during that fill left a half-filled
+// segment and no marker, which the next start took for the newer truth, dropping from the journal
+// what was not filled yet. The marker now lives beside the segment, in /dev/shm: a full journal
+// disk cannot keep it from being written. (Simulated: the state a kill in the middle of the fill
+// leaves, with the journal's disk full.)
+TEST(DaemonJournal, SecondReviewAFillCutShortWhileTheJournalDiskIsFullLosesNothing) {
+  Journaled j({"--max-active-executions=1"});
+  Tmpfs fs_(j.journal, 512 << 10);
+  if (!fs_.mounted()) GTEST_SKIP() << fs_.why();
+  j.daemon->start();
+  {
+    Ingress ingress(j.daemon->endpoint());
+    for (const char* id : {"a", "b", "c"}) {
+      ASSERT_TRUE(ingress.call(submit_request(id, "u", "normal", "p", "disk")).ok());
+    }
+  }
+  j.crash_and_reboot();
+  const std::string ballast = j.journal + "/ballast";
+  {
+    std::ofstream b(ballast, std::ios::binary);
+    const std::string chunk(64 << 10, 'b');
+    while (b.write(chunk.data(), static_cast<std::streamsize>(chunk.size()))) {
+    }
+  }
+  {
+    std::ofstream("/dev/shm/" + j.segment + ".restoring").put('\n');
+    auto seg = ipc::Segment::create(j.segment, ipc::SegmentConfig{});
+    ipc::Producer producer(seg);
+    const std::byte p[1] = {std::byte{'p'}};
+    ipc::SubmitRequest r;
+    r.execution_id = "a";
+    r.user_id = "u";
+    r.payload = p;
+    ASSERT_TRUE(producer.submit(r).accepted());
+  }
+  j.daemon->start();
+  {
+    Ingress ingress(j.daemon->endpoint());
+    EXPECT_EQ(listing(ingress).size(), 3u) << "acknowledged with durability disk, and dropped";
+  }
+  EXPECT_EQ(j.daemon->signal(SIGTERM), 0);
+  fs::remove(ballast);
+  ipc::Segment::remove(j.segment);
+  j.daemon->start();
+  Ingress ingress(j.daemon->endpoint());
+  EXPECT_EQ(listing(ingress).size(), 3u) << "dropped from the journal";
 }
 
 }  // namespace

@@ -46,34 +46,21 @@ JournaledExecution journaled(const ipc::ExecutionRecord& r) {
 
 namespace {
 
-// A file in the journal directory that says "the segment is being filled from the journal":
-// written (and synced) before the segment is created, removed once the fill is complete. A
-// supervisor that dies in between leaves it, and the next one fills again (skipping what is
-// there) instead of taking the half-filled segment for the newer truth.
-std::string restore_marker(const std::string& dir) {
-  return dir + "/restoring";
+// A file beside the segment (/dev/shm/<segment>.restoring) that says "the segment is being
+// filled from the journal": written before the segment is created, removed once the fill is
+// complete. A supervisor that dies in between leaves it, and the next one fills again (skipping
+// what is there) instead of taking the half-filled segment for the newer truth. It lives where
+// the segment lives: it needs to outlive what the segment outlives (a process, a service stop),
+// and it goes with it at a reboot; and a full journal disk cannot keep it from being written.
+std::string restore_marker(const std::string& segment) {
+  return "/dev/shm/" + segment + ".restoring";
 }
 
-void sync_dir(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) throw std::runtime_error("cannot open " + dir + ": " + std::strerror(errno));
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  if (rc != 0) throw std::runtime_error("cannot sync " + dir + ": " + std::strerror(err));
-}
-
-void write_marker(const std::string& dir, const std::string& segment) {
-  const std::string path = restore_marker(dir);
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+void write_marker(const std::string& segment) {
+  const std::string path = restore_marker(segment);
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) throw std::runtime_error("cannot create " + path + ": " + std::strerror(errno));
-  const std::string text = segment + "\n";
-  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
-                  ::fsync(fd) == 0;
-  const int err = errno;
   ::close(fd);
-  if (!ok) throw std::runtime_error("cannot write " + path + ": " + std::strerror(err));
-  sync_dir(dir);
 }
 
 }  // namespace
@@ -106,40 +93,31 @@ bool Supervisor::open_journal(std::vector<JournaledExecution>& live) {
         " live executions and max_queue_size is " + std::to_string(config_.queue.max_queue_size) +
         ": configure a queue that holds them");
   }
-  if (!exists) {
-    try {
-      write_marker(config_.journal_dir, config_.segment);
-    } catch (const std::exception& e) {
-      // The journal can be read, not written (a full disk): the queue is filled all the same,
-      // and the journal is failed (disk submits refused) rather than the start.
-      journal_->fail(journal::Error{journal::Errc::kIo, e.what()});
-      spdlog::error(
-          "journal {}: {}; the queue is filled from the journal, and submits that ask for "
-          "durability disk are refused until shmschedd is restarted with the cause fixed",
-          config_.journal_dir, e.what());
-    }
-  }
-  return !exists || std::filesystem::exists(restore_marker(config_.journal_dir), ec);
+  if (!exists) write_marker(config_.segment);
+  segment_created_here_ = !exists;
+  return !exists || std::filesystem::exists(restore_marker(config_.segment), ec);
 }
 
 void Supervisor::settle_journal(bool restore, std::vector<JournaledExecution>& live) {
-  if (restore) {
-    restore_from_journal(live);
-    std::error_code ec;
-    if (std::filesystem::remove(restore_marker(config_.journal_dir), ec)) {
-      try {
-        sync_dir(config_.journal_dir);
-      } catch (const std::exception& e) {
-        // At worst the next start fills again, skipping what is there.
-        spdlog::warn("journal {}: {}", config_.journal_dir, e.what());
-      }
-    } else if (ec) {
-      spdlog::warn(
-          "journal {}: cannot remove {}: {} (the next start fills again, skipping what is there)",
-          config_.journal_dir, restore_marker(config_.journal_dir), ec.message());
-    }
-  } else {
+  if (!restore) {
     reconcile_with_journal(live);
+    return;
+  }
+  try {
+    restore_from_journal(live);
+  } catch (...) {
+    // A segment made by this start for a fill that does not fit (sizes too small for the
+    // journal) goes again, so that the start with larger sizes the message asks for can create
+    // it; the marker stays (the journal still holds everything).
+    if (segment_created_here_) ipc::Segment::remove(config_.segment);
+    throw;
+  }
+  std::error_code ec;
+  std::filesystem::remove(restore_marker(config_.segment), ec);
+  if (ec) {
+    spdlog::warn(
+        "journal {}: cannot remove {}: {} (the next start fills again, skipping what is there)",
+        config_.journal_dir, restore_marker(config_.segment), ec.message());
   }
 }
 

@@ -1046,6 +1046,12 @@ void Supervisor::shutdown() {
   sd_notify(0, "STOPPING=1");
   observability_.ready = false;
   spdlog::info("stopping: no new work is taken; flushing transports");
+  if (journal_) {
+    // Answers that wait for the disk (durability disk) go out before the ingress stops: what
+    // was appended is synced, and the waits it ends are carried out.
+    journal_->wait_durable(journal_->appended(), std::chrono::seconds(5));
+    for (int round = 0; round < 3 && !inbox_->empty(); ++round) process_inbox();
+  }
   ingress_stop_ = true;
   if (ingress_thread_.joinable()) ingress_thread_.join();
   process_inbox();  // results that arrived meanwhile

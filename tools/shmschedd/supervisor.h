@@ -204,6 +204,7 @@ class Supervisor {
   // True (once) for an execution filled back from the journal: announced before the reboot.
   bool restored_announcement(const ipc::ExecutionView& v);
   std::unordered_set<std::string> restored_unannounced_;
+  bool segment_created_here_ = false;  // by this start, for a fill from the journal
   void journal_event(const core::Event& ev);
   void journal_trouble(const journal::Error& e);
   void release_after_journal(ipc::ActiveRef ref);
