@@ -163,6 +163,10 @@ void IngressServer::run(const Handler& handler, const std::atomic<bool>& stop) {
       }
     }
   }
+  // Answers given before the stop still go out (a stopping supervisor answers what it carried
+  // out), and get a moment to leave when the socket closes.
+  drain_deferred();
+  router_.set(zmq::sockopt::linger, 1000);
 }
 
 }  // namespace shmsched::ipc
