@@ -130,8 +130,8 @@ void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
     spdlog::info("journal {}: nothing to restore", config_.journal_dir);
     return;
   }
-  std::stable_sort(live.begin(), live.end(),
-                   [](const auto& a, const auto& b) { return a.dispatched > b.dispatched; });
+  std::stable_partition(live.begin(), live.end(), [](const auto& e) { return e.dispatched; });
+  restored_unannounced_.reserve(live.size());
   // Accepted once already: the per-user cap does not refuse them now.
   segment_->set_max_executions_per_user(8388608);  // the largest the segment takes
   ipc::Producer producer(segment_);

@@ -1,5 +1,6 @@
 #include "execution_journal.h"
 
+#include <absl/container/flat_hash_map.h>
 #include <msgpack.hpp>
 
 #include <cstring>
@@ -83,13 +84,14 @@ std::vector<std::byte> bin_of(const journal::Record& r, const msgpack::object& o
 class Replay {
  public:
   void apply(const journal::Record& r) {
-    msgpack::object_handle oh;
+    // One zone for every record (a million records, not a million allocations of one).
+    zone_.clear();
+    msgpack::object o;
     try {
-      oh = msgpack::unpack(reinterpret_cast<const char*>(r.payload.data()), r.payload.size());
+      o = msgpack::unpack(zone_, reinterpret_cast<const char*>(r.payload.data()), r.payload.size());
     } catch (const std::exception& e) {
       bad_record(r, e.what());
     }
-    const msgpack::object& o = oh.get();
     if (o.type != msgpack::type::ARRAY || o.via.array.size == 0) bad_record(r, "not an array");
     const msgpack::object* f = o.via.array.ptr;
     const std::size_t n = o.via.array.size;
@@ -112,22 +114,23 @@ class Replay {
         if (it != by_id_.end()) {
           // Recorded again (a supervisor that died between recording and moving its announce
           // cursor announces again; a snapshot restates it): keep its place and what it knew.
-          JournaledExecution& have = order_.at(it->second);
+          JournaledExecution& have = order_[it->second];
           e.accepted_lsn = have.accepted_lsn;
           e.dispatched = e.dispatched || have.dispatched;
           e.attempt = std::max(e.attempt, have.attempt);
           have = std::move(e);
           return;
         }
-        by_id_.emplace(e.execution_id, r.lsn);
-        order_.emplace(r.lsn, std::move(e));
+        by_id_.emplace(e.execution_id, order_.size());
+        order_.push_back(std::move(e));
+        live_.push_back(1);
         return;
       }
       case ExecutionJournal::kDispatched: {
         if (n != 2) bad_record(r, "a dispatched record has 2 fields");
         auto it = by_id_.find(str_of(r, f[0]));
         if (it == by_id_.end()) return;  // finished meanwhile, or accepted before a snapshot
-        JournaledExecution& e = order_.at(it->second);
+        JournaledExecution& e = order_[it->second];
         e.dispatched = true;
         e.attempt = std::max(e.attempt, static_cast<std::uint32_t>(uint_of(r, f[1])));
         return;
@@ -136,7 +139,9 @@ class Replay {
         if (n != 1) bad_record(r, "a finished record has 1 field");
         auto it = by_id_.find(str_of(r, f[0]));
         if (it == by_id_.end()) return;
-        order_.erase(it->second);
+        // Its place stays (records come in LSN order: the vector is the acceptance order).
+        live_[it->second] = 0;
+        order_[it->second] = JournaledExecution{};
         by_id_.erase(it);
         return;
       }
@@ -147,16 +152,21 @@ class Replay {
 
   std::vector<JournaledExecution> take() {
     std::vector<JournaledExecution> out;
-    out.reserve(order_.size());
-    for (auto& [lsn, e] : order_) out.push_back(std::move(e));
+    out.reserve(by_id_.size());
+    for (std::size_t i = 0; i < order_.size(); ++i) {
+      if (live_[i]) out.push_back(std::move(order_[i]));
+    }
     order_.clear();
+    live_.clear();
     by_id_.clear();
     return out;
   }
 
  private:
-  std::map<Lsn, JournaledExecution> order_;
-  std::unordered_map<std::string, Lsn> by_id_;
+  msgpack::zone zone_;
+  std::vector<JournaledExecution> order_;  // in acceptance (LSN) order
+  std::vector<char> live_;                 // not finished since
+  absl::flat_hash_map<std::string, std::size_t> by_id_;
 };
 
 }  // namespace

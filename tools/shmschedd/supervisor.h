@@ -16,6 +16,8 @@
 #include <unordered_set>
 #include <vector>
 
+#include <absl/container/flat_hash_set.h>
+
 #include "access_policy.h"
 #include "action_lists.h"
 #include "audit_trail.h"
@@ -203,7 +205,7 @@ class Supervisor {
   void journal_accepted(const ipc::ExecutionView& v);
   // True (once) for an execution filled back from the journal: announced before the reboot.
   bool restored_announcement(const ipc::ExecutionView& v);
-  std::unordered_set<std::string> restored_unannounced_;
+  absl::flat_hash_set<std::string> restored_unannounced_;
   bool segment_created_here_ = false;  // by this start, for a fill from the journal
   void journal_event(const core::Event& ev);
   void journal_trouble(const journal::Error& e);
