@@ -2,7 +2,10 @@
 // shmschedd started for the run.
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,6 +28,19 @@ namespace shmsched::bench {
 
 using Clock = std::chrono::steady_clock;
 using ipc::protocol::MapBuilder;
+
+// A free loopback port (bound and released; a server binds it a moment later).
+inline int free_port() {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(s);
+  return ntohs(a.sin_port);
+}
 
 inline std::int64_t wall_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(

@@ -70,18 +70,6 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-int free_port() {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
-
 // Waits for `pid` up to `timeout`; SIGKILLs it after that. Returns false if it had to.
 bool reap(pid_t pid, std::chrono::seconds timeout) {
   const auto until = Clock::now() + timeout;

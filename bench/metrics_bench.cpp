@@ -25,19 +25,6 @@ namespace {
 using namespace shmsched;
 using namespace shmsched::bench;
 
-// A free loopback port (bound and released; the supervisor binds it a moment later).
-int free_port() {
-  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
-  socklen_t len = sizeof a;
-  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(s);
-  return ntohs(a.sin_port);
-}
-
 std::size_t discard(char*, std::size_t size, std::size_t n, void* bytes) {
   *static_cast<std::size_t*>(bytes) += size * n;
   return size * n;
