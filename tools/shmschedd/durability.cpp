@@ -390,6 +390,17 @@ void Supervisor::durable_done(DurableDoneMessage& d) {
       "): it survives a process crash, and may not survive a reboot. Do not submit it again "
       "under another id (the same id answers duplicate while it is queued)";
   send_reply(d.wait.to, protocol::error_reply("queue_full", message), false);
+  if (d.wait.to.transport) keep_unacknowledged(*d.wait.to.transport);
+}
+
+void keep_unacknowledged(const shmsched_inbound_done& done) {
+  // Deliberately never acknowledged (the next supervisor reads the message again). The ABI has
+  // no way to give the plugin's context back without acknowledging, so it stays allocated until
+  // the process exits, reachable from here (not a leak: a decision, bounded by such failures).
+  static auto* kept = new std::vector<shmsched_inbound_done>();
+  static std::mutex mu;
+  std::lock_guard lock(mu);
+  kept->push_back(done);
 }
 
 }  // namespace shmsched::daemon

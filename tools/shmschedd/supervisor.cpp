@@ -571,6 +571,7 @@ void Supervisor::handle_op(OpMessage& op) {
                                    reinterpret_cast<const std::uint8_t*>(reply.data()),
                                    reply.size());
     }
+    if (op.reply_to.transport) keep_unacknowledged(*op.reply_to.transport);
     return;
   }
   if (auto why = foreign_worker(op)) {

@@ -76,6 +76,9 @@ inline ipc::ActiveRef unpack(core::SlotRef s) {
   return ipc::ActiveRef{static_cast<std::uint32_t>(s >> 32), static_cast<std::uint32_t>(s)};
 }
 
+// Holds a transport's operation that is deliberately never acknowledged (durability.cpp).
+void keep_unacknowledged(const shmsched_inbound_done& done);
+
 class Supervisor {
  public:
   Supervisor(Config config, int argc, const char* const* argv);
