@@ -100,7 +100,11 @@ bool Supervisor::open_journal(std::vector<JournaledExecution>& live) {
 
 void Supervisor::settle_journal(bool restore, std::vector<JournaledExecution>& live) {
   if (!restore) {
+    // The entries there now are in the journal once it is settled (the reconcile records those
+    // it lacks); submitters of an earlier supervisor may still wait for their marks.
+    const auto present = consumer_->occupied();
     reconcile_with_journal(live);
+    start_durable_marks(present);
     return;
   }
   try {
@@ -112,6 +116,7 @@ void Supervisor::settle_journal(bool restore, std::vector<JournaledExecution>& l
     if (segment_created_here_) ipc::Segment::remove(config_.segment);
     throw;
   }
+  start_durable_marks({});  // a new segment: nobody waits for a mark in it
   std::error_code ec;
   std::filesystem::remove(restore_marker(config_.segment), ec);
   if (ec) {
@@ -252,7 +257,36 @@ bool Supervisor::restored_announcement(const ipc::ExecutionView& v) {
 void Supervisor::journal_accepted(const ipc::ExecutionView& v) {
   if (!journal_) return;
   auto lsn = journal_->accepted(v);
-  if (!lsn) journal_trouble(lsn.error());
+  if (!lsn) {
+    journal_trouble(lsn.error());
+    return;
+  }
+  if (marking_) {
+    durable_marks_.push_back(PendingMark{*lsn, v.slot, v.generation});
+    arm_durable_work();
+  }
+}
+
+void Supervisor::start_durable_marks(const std::vector<ipc::ActiveRef>& journaled) {
+  // What the journal holds now is made durable first (it may hold records a killed
+  // predecessor wrote and never synced), then marked.
+  if (const auto s = journal_->wait_durable(journal_->appended(), std::chrono::seconds(10)); !s.ok()) {
+    spdlog::warn(
+        "journal {}: not synced at start ({}): shared-memory submits with durability disk go "
+        "through the ingress",
+        config_.journal_dir, s.message);
+    consumer_->set_durable_marks(false);
+    return;
+  }
+  for (const auto& ref : journaled) consumer_->mark_durable(ref.slot, ref.generation);
+  marking_ = true;
+  consumer_->set_durable_marks(true);  // wakes the waiters of the marks just set
+}
+
+void Supervisor::stop_durable_marks() {
+  marking_ = false;
+  durable_marks_.clear();
+  consumer_->set_durable_marks(false);  // wakes the waiters: no mark will come
 }
 
 void Supervisor::journal_event(const core::Event& ev) {
@@ -280,6 +314,7 @@ void Supervisor::journal_event(const core::Event& ev) {
 void Supervisor::journal_trouble(const journal::Error& e) {
   // The journal is failed from the first record it could not take (ExecutionJournal::health):
   // disk submits are refused from now on; said once, loudly.
+  if (marking_) stop_durable_marks();
   if (journal_failure_logged_) return;
   journal_failure_logged_ = true;
   spdlog::error(
@@ -296,22 +331,23 @@ void Supervisor::release_after_journal(ipc::ActiveRef ref) {
     return;
   }
   durable_releases_.emplace_back(journal_->appended(), ref);
-  arm_durable_releases();
+  arm_durable_work();
 }
 
-void Supervisor::arm_durable_releases() {
-  if (durable_release_armed_ || durable_releases_.empty()) return;
-  durable_release_armed_ = true;
-  journal_->when_durable(durable_releases_.back().first,
+void Supervisor::arm_durable_work() {
+  if (durable_work_armed_ || (durable_releases_.empty() && durable_marks_.empty())) return;
+  durable_work_armed_ = true;
+  journal_->when_durable(journal_->appended(),
                          [this](const journal::Status&) { inbox_->post(JournalWakeMessage{}); });
 }
 
-void Supervisor::release_durable() {
-  durable_release_armed_ = false;
-  if (durable_releases_.empty()) return;
-  // A failed journal makes nothing durable any more: the slots go back (memory durability).
-  const journal::Lsn durable =
-      journal_->health().ok ? journal_->durable() : std::numeric_limits<journal::Lsn>::max();
+void Supervisor::on_journal_durable() {
+  durable_work_armed_ = false;
+  const bool ok = journal_->health().ok;
+  // A failed journal makes nothing durable any more: the slots go back (memory durability),
+  // and no mark will come.
+  if (!ok && marking_) stop_durable_marks();
+  const journal::Lsn durable = ok ? journal_->durable() : std::numeric_limits<journal::Lsn>::max();
   std::size_t done = 0;
   while (done < durable_releases_.size() && durable_releases_[done].first <= durable) {
     release(durable_releases_[done].second);
@@ -319,7 +355,14 @@ void Supervisor::release_durable() {
   }
   durable_releases_.erase(durable_releases_.begin(),
                           durable_releases_.begin() + static_cast<std::ptrdiff_t>(done));
-  arm_durable_releases();
+  bool marked = false;
+  while (!durable_marks_.empty() && durable_marks_.front().lsn <= durable) {
+    consumer_->mark_durable(durable_marks_.front().slot, durable_marks_.front().generation);
+    durable_marks_.pop_front();
+    marked = true;
+  }
+  if (marked) consumer_->wake_durable_waiters();
+  arm_durable_work();
 }
 
 std::optional<std::pair<std::string, std::string>> Supervisor::durable_refusal() const {

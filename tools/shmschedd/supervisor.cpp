@@ -119,7 +119,11 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
   consumer_options.takeover_wait = std::chrono::seconds(5);
   consumer_ = std::make_unique<ipc::Consumer>(segment_, consumer_options);
   inbox_ = std::make_unique<Inbox>(segment_);
-  if (journal_) settle_journal(restore, journaled);
+  if (journal_) {
+    settle_journal(restore, journaled);
+  } else {
+    consumer_->set_durable_marks(false);  // a predecessor's journal may have set it
+  }
   set_default_durability();
   if (!config_.audit_dir.empty()) {
     audit::AuditWriterOptions o;
@@ -669,7 +673,7 @@ void Supervisor::process_inbox() {
     } else if (auto* d = std::get_if<DurableDoneMessage>(&m)) {
       durable_done(*d);
     } else if (std::holds_alternative<JournalWakeMessage>(m)) {
-      release_durable();
+      on_journal_durable();
     } else if (auto* s = std::get_if<SignalMessage>(&m)) {
       if (s->signal == SIGHUP) {
         reload_ = true;
@@ -1056,10 +1060,15 @@ void Supervisor::shutdown() {
   ingress_stop_ = true;
   if (ingress_thread_.joinable()) ingress_thread_.join();
   process_inbox();  // results that arrived meanwhile
-  if (journal_ && !durable_releases_.empty()) {
-    // Finished executions whose end is being synced: give their slots back once it is.
-    journal_->wait_durable(durable_releases_.back().first, std::chrono::seconds(5));
-    release_durable();
+  if (journal_) {
+    // Finished executions whose end is being synced: give their slots back once it is; and the
+    // last durable marks. Then submitters stop waiting for marks (they go to the ingress, or
+    // are told that nothing confirms durability any more).
+    if (!durable_releases_.empty() || !durable_marks_.empty()) {
+      journal_->wait_durable(journal_->appended(), std::chrono::seconds(5));
+      on_journal_durable();
+    }
+    stop_durable_marks();
   }
   retry_pending_releases();
   // Requests still waiting for the queue (a repair held up) are answered: nothing was done.

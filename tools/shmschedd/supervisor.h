@@ -6,6 +6,7 @@
 
 #include <array>
 #include <atomic>
+#include <deque>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -213,8 +214,15 @@ class Supervisor {
   void journal_event(const core::Event& ev);
   void journal_trouble(const journal::Error& e);
   void release_after_journal(ipc::ActiveRef ref);
-  void arm_durable_releases();
-  void release_durable();
+  // One wake-up from the journal's writer at a time, for the last LSN appended when armed.
+  void arm_durable_work();
+  // Carries out what waited for the disk: slots given back, durable marks.
+  void on_journal_durable();
+  // Shared-memory submitters that asked for durability disk wait for their slot's durable mark
+  // (ipc::Producer::wait_durable): set at start once the journal holds every entry the segment
+  // has, cleared when the journal fails or the supervisor stops.
+  void start_durable_marks(const std::vector<ipc::ActiveRef>& journaled);
+  void stop_durable_marks();
   void await_durable(DurableWaitMessage& w);
   void durable_done(DurableDoneMessage& d);
   void send_reply(const ReplyTo& to, const std::vector<std::byte>& body, bool ack);
@@ -227,7 +235,15 @@ class Supervisor {
   std::atomic<bool> default_disk_{false};      // durability = disk (read by the ingress)
   // Finished executions' slots, given back once the journal is durable up to the LSN.
   std::vector<std::pair<journal::Lsn, ipc::ActiveRef>> durable_releases_;
-  bool durable_release_armed_ = false;
+  // Entries whose accepted record waits for the disk; marked once it is there.
+  struct PendingMark {
+    journal::Lsn lsn;
+    std::uint32_t slot;
+    std::uint32_t generation;
+  };
+  std::deque<PendingMark> durable_marks_;
+  bool marking_ = false;  // durable marks are on (the segment's flag)
+  bool durable_work_armed_ = false;
   // Submits from transports accepted with durability disk: answered once on disk.
   std::unordered_map<core::OpId, std::string> disk_submits_;
   // Cancels, completes and fails answered once their record is on disk (durability = disk).

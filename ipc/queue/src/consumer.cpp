@@ -69,6 +69,8 @@ ExecutionView make_view(const SegmentView& v, std::uint32_t index) {
   const std::byte* data = v.slot_data(index);
   out.payload = std::span<const std::byte>(data, plen);
   out.extras = std::span<const std::byte>(data + plen, elen);
+  out.slot = index;
+  out.generation = ctrl_gen(s.ctrl.load(std::memory_order_acquire));
   return out;
 }
 

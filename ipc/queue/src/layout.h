@@ -89,6 +89,11 @@ struct alignas(kCacheLine) Header {
   // client library then sends such a submit through the supervisor. (Added in the padding of
   // this cache line: no offset moved; a segment of an older supervisor reads 0, memory.)
   std::atomic<std::uint32_t> default_durability_disk;
+  // 1 while the supervisor marks each entry's slot once its accepted record is on disk
+  // (Slot::durable_mark): a producer that asked for durability disk then waits for the mark
+  // instead of going through the supervisor. 0: no journal, a failed one, no supervisor, or an
+  // older one (same padding, same reasoning as above).
+  std::atomic<std::uint32_t> durable_marks;
 
   // Maintenance (recovery and compaction), see docs/architecture.md: 0 when free, else the
   // identity of the process holding it, with kMaintenanceCommitted once the holder has checked
@@ -107,6 +112,11 @@ struct alignas(kCacheLine) Header {
   // Consumer wake-up: the consumer sets consumer_sleeping before it sleeps on wake_seq; a producer
   // bumps wake_seq and calls futex_wake only when it sees consumer_sleeping set.
   alignas(kCacheLine) std::atomic<std::uint32_t> wake_seq;
+  // Producers waiting for durable marks: one sleeps on durable_seq after counting itself in
+  // durable_waiters; the supervisor bumps durable_seq after each batch of marks and calls
+  // futex_wake only when someone waits. (In this cache line's padding: no offset moved.)
+  std::atomic<std::uint32_t> durable_seq;
+  std::atomic<std::uint32_t> durable_waiters;
   alignas(kCacheLine) std::atomic<std::uint32_t> consumer_sleeping;
   std::atomic<std::uint64_t> consumer;  // identity of the consumer's process, or 0
 
@@ -120,6 +130,12 @@ struct alignas(kCacheLine) Header {
   alignas(kCacheLine) std::atomic<std::uint64_t> fresh_next;
   LevelState levels[kLevels];
 };
+
+// The fields added in padding must stay there: same cache line as their neighbours.
+static_assert(offsetof(Header, durable_marks) / kCacheLine ==
+              offsetof(Header, per_user_limit) / kCacheLine);
+static_assert(offsetof(Header, durable_waiters) / kCacheLine ==
+              offsetof(Header, wake_seq) / kCacheLine);
 
 enum class ParticipantRole : std::uint32_t { kProducer = 1, kConsumer = 2 };
 
@@ -170,7 +186,11 @@ struct alignas(kCacheLine) Slot {
   std::uint64_t user_words[kMaxIdBytes / 8];
   // Reserved for the worker that owns a dispatched execution (later layout versions use it).
   std::uint64_t owner_words[kMaxIdBytes / 8];
-  std::uint64_t reserved[4];
+  // durable_mark_of(generation) once the supervisor has this occupant's accepted record on
+  // disk (Header::durable_marks). Taken from the reserved words: a segment made by an older
+  // supervisor reads 0, never a mark.
+  std::atomic<std::uint64_t> durable_mark;
+  std::uint64_t reserved[3];
   // payload bytes, then extras bytes, follow the header
 };
 static_assert(sizeof(Slot) % kCacheLine == 0);
@@ -180,6 +200,9 @@ inline constexpr std::uint64_t kSlotHeaderBytes = sizeof(Slot);
 constexpr std::uint64_t ctrl_make(std::uint32_t gen, std::uint32_t owner, SlotState st) {
   return (static_cast<std::uint64_t>(gen) << 32) |
          (static_cast<std::uint64_t>(owner & 0xffffff) << 8) | static_cast<std::uint64_t>(st);
+}
+constexpr std::uint64_t durable_mark_of(std::uint32_t gen) {
+  return (1ULL << 32) | gen;  // never 0, whatever the generation
 }
 constexpr SlotState ctrl_state(std::uint64_t c) {
   return static_cast<SlotState>(c & 0xff);

@@ -217,7 +217,7 @@ SubmitResult Producer::submit(const SubmitRequest& req) {
     CRASH_POINT("submit: mark the slot queued");
     s.ctrl.compare_exchange_strong(expect, ctrl_make(gen, self_ + 1, SlotState::kQueued),
                                    std::memory_order_acq_rel);
-    return {SubmitResult{Admission::kAccepted, rank_at(v, level, *pos), {}}};
+    return {SubmitResult{Admission::kAccepted, rank_at(v, level, *pos), {}, *index, gen}};
   };
 
   for (bool maintained = false;; maintained = true) {

@@ -55,14 +55,16 @@ msgpack::object_handle Client::call(const std::vector<std::byte>& request) {
 ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
   ClientSubmitResult out;
   out.execution_id = op.execution_id.empty() ? protocol::new_uuid() : op.execution_id;
-  // Shared memory acknowledges once the entry is in the segment; only the supervisor can say
-  // when it is on disk, so a disk submit (asked for, or the supervisor's default, which it
-  // publishes in the segment) goes through the ingress.
+  // Shared memory acknowledges once the entry is in the segment. A disk submit (asked for, or
+  // the supervisor's default, which it publishes in the segment) goes there too when the
+  // supervisor marks entries once they are on disk, and waits for the mark; else through the
+  // ingress, where the supervisor answers (or refuses) it.
   const bool disk = op.durability ? *op.durability == protocol::Durability::kDisk
                                   : segment_ && segment_->default_durability_disk();
-  if (producer_ && !disk) {
+  if (producer_ && (!disk || producer_->durable_marks())) {
     out.result = producer_->submit(protocol::to_submit_request(op, out.execution_id));
     out.via_shared_memory = true;
+    if (disk && out.result.accepted()) await_disk(out);
     return out;
   }
   protocol::MapBuilder m;
@@ -93,6 +95,30 @@ ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
     if (admission_name(a) == code) out.result.admission = a;
   }
   return out;
+}
+
+void Client::await_disk(ClientSubmitResult& out) {
+  switch (producer_->wait_durable(out.result, options_.timeout)) {
+    case DurableOutcome::kDurable:
+    case DurableOutcome::kEnded:  // finished or cancelled already: nothing left to lose
+      return;
+    case DurableOutcome::kUnavailable:
+      out.result.admission = Admission::kQueueFull;
+      out.result.message =
+          "execution " + out.execution_id +
+          " is queued, but shmschedd stopped confirming durability (its journal failed, or it "
+          "stopped) before it was on disk: it survives a process crash, and may not survive a "
+          "reboot. Do not submit it again under another id (the same id answers duplicate while "
+          "it is queued)";
+      return;
+    case DurableOutcome::kTimedOut:
+      throw ClientError("execution " + out.execution_id +
+                        " is queued in shared memory, but shmschedd did not confirm it on disk "
+                        "within " +
+                        std::to_string(options_.timeout.count()) +
+                        " ms: is shmschedd running? It survives a process crash, and may not "
+                        "survive a reboot (the same id answers duplicate while it is queued)");
+  }
 }
 
 ClientClaimResult Client::claim(const std::string& worker_id, std::uint32_t worker_number,

@@ -35,6 +35,10 @@ struct SubmitResult {
   std::uint64_t queue_position = 0;
   // For people: why it was rejected.
   std::string message;
+  // Where an accepted entry was put (its slot and that slot's generation): what
+  // Producer::wait_durable waits on.
+  std::uint32_t slot = 0;
+  std::uint32_t generation = 0;
 
   bool accepted() const { return admission == Admission::kAccepted; }
 };

@@ -195,6 +195,15 @@ struct ProducerOptions {
   bool ask_consumer_in_process = false;
 };
 
+// What a producer's wait for its entry's durable mark ended with (Producer::wait_durable).
+enum class DurableOutcome : std::uint8_t {
+  kDurable,      // the supervisor has its accepted record on disk
+  kEnded,        // it left the queue (finished, cancelled or expired) before it was marked
+  kUnavailable,  // the supervisor does not mark entries (no journal, a failed one, or none runs)
+  kTimedOut,     // no mark within the timeout: it is queued (in memory) all the same
+};
+std::string_view durable_outcome_name(DurableOutcome o);
+
 class Producer : public QueueHandle {
  public:
   // Registers in the segment. Throws SegmentError when all participant entries are taken.
@@ -202,6 +211,13 @@ class Producer : public QueueHandle {
 
   // Admission (capacity, per-user cap, duplicate id, payload size) and enqueue, as one step.
   SubmitResult submit(const SubmitRequest& request);
+
+  // True when the supervisor marks entries once on disk (Header::durable_marks): a submit that
+  // needs durability disk may then go through shared memory and wait_durable().
+  bool durable_marks() const;
+  // Waits until the supervisor has the accepted entry `submitted` on disk (or it has ended, or
+  // marks stop). Sleeps on a futex; makes no system call when the mark is already there.
+  DurableOutcome wait_durable(const SubmitResult& submitted, std::chrono::nanoseconds timeout);
 
   // Claims a dispatched execution for the worker numbered `worker` (the number its
   // register_worker reply gives, never 0), at `attempt` (its TaskPush's). Safe against a
@@ -225,6 +241,9 @@ struct ExecutionView {
   std::uint32_t timeout_seconds = 0;
   std::span<const std::byte> payload;
   std::span<const std::byte> extras;  // encoded capabilities and metadata (see decode_extras)
+  // The slot and its generation: which occupancy this is (Consumer::mark_durable).
+  std::uint32_t slot = 0;
+  std::uint32_t generation = 0;
 };
 
 struct ConsumerOptions {
@@ -293,6 +312,17 @@ class Consumer : public QueueHandle {
   ClaimResult close_claims(ActiveRef ref, std::uint32_t attempt);
   // The supervisor's claim for a worker (`worker` 0: only reads who owns it).
   ClaimResult claim(ActiveRef ref, std::uint32_t attempt, std::uint32_t worker);
+
+  // Durable marks (Header::durable_marks): the supervisor marks an entry's slot once its
+  // accepted record is on disk, then wakes the producers waiting for marks (one system call
+  // per batch, none when nobody waits). set_durable_marks(false) wakes them too: they stop
+  // waiting (kUnavailable).
+  void set_durable_marks(bool on);
+  void mark_durable(std::uint32_t slot, std::uint32_t generation);
+  void wake_durable_waiters();
+  // Every queued or active entry's slot and generation: what a restarted supervisor marks once
+  // its journal holds them all.
+  std::vector<ActiveRef> occupied() const;
 
   // The dequeued execution's data, in place.
   std::optional<ExecutionView> view(ActiveRef ref) const;

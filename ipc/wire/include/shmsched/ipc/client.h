@@ -51,6 +51,9 @@ class Client {
   explicit Client(ClientOptions options);
   ~Client();
 
+  // With durability disk (asked for, or the supervisor's default), returns once the supervisor
+  // has the execution on disk; through shared memory that is a wait for its durable mark, up to
+  // `timeout` (then ClientError: it is queued, and not known to be on disk).
   ClientSubmitResult submit(const protocol::SubmitOp& op);
 
   // Claims a dispatched execution for a worker: through shared memory when this process may
@@ -68,6 +71,8 @@ class Client {
 
  private:
   void connect();
+  // A disk submit accepted in shared memory: waits for the supervisor's durable mark.
+  void await_disk(ClientSubmitResult& out);
 
   ClientOptions options_;
   zmq::context_t context_;
