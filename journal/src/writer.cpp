@@ -103,7 +103,7 @@ Status Writer::start(const RecordVisitor& visit) {
     }
     // What it holds may have been written by a writer killed before its fdatasync: readable
     // from the page cache, and not yet on the disk. It is called durable below, so sync it.
-    if (Status s = sync_data(seg->fd, dir, end.path, options_.fault_injector); !s) return s;
+    if (Status s = sync_data(seg->fd, dir, end.path, options_.fault_injector)) return s;
     seg->seq = end.seq;
     seg->path = end.path;
     seg->size = end.size;
