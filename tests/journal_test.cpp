@@ -462,8 +462,8 @@ TEST(Writer, DiskErrorsAreStickyValues) {
 
 // Records a writer wrote and never synced (it was killed between its write and its fdatasync)
 // are in the page cache, and a new writer reads them back: it syncs them before it calls them
-// durable, since a supervisor answers durable submits (and marks shared-memory entries) from
-// that LSN. Before the fix, the new writer reported them durable without any sync.
+// durable, since a supervisor answers durable submits from that LSN. Before the fix, the new writer
+// reported them durable without any sync.
 TEST(Writer, AReopenedJournalSyncsWhatTheLastWriterLeftUnsynced) {
   TempDir dir("unsynced");
   {
@@ -476,10 +476,12 @@ TEST(Writer, AReopenedJournalSyncsWhatTheLastWriterLeftUnsynced) {
     ASSERT_TRUE(w->append(1, std::string_view("written, not synced")));
     ASSERT_FALSE(w->wait_durable(1).ok());
   }
+  std::mutex mu;  // the writer's thread calls the injector too once open() has returned
   std::vector<std::pair<IoOp, std::string>> io;
   auto o = options(dir.path());
   o.fault_injector = [&](IoOp op, const std::string& path) {
-    io.emplace_back(op, path);  // open() runs on this thread: no lock needed until it returns
+    std::lock_guard lock(mu);
+    io.emplace_back(op, path);
     return 0;
   };
   auto w = open_writer(std::move(o));
@@ -487,6 +489,7 @@ TEST(Writer, AReopenedJournalSyncsWhatTheLastWriterLeftUnsynced) {
   ASSERT_EQ(w->durable_lsn(), 1u) << "the record was not read back";
   const auto names = segment_names(dir.path());
   ASSERT_FALSE(names.empty());
+  std::lock_guard lock(mu);
   const bool synced = std::any_of(io.begin(), io.end(), [&](const auto& e) {
     return e.first == IoOp::kSync && e.second.ends_with(names.back());
   });
