@@ -57,7 +57,7 @@ if ((quick == 0)); then
   # slow).
   SHMSCHED_SIM_SEEDS=1000 SHMSCHED_CLAIM_ROUNDS=1000 run_suite build-asan address all -LE "long|package|browser"
   SHMSCHED_CLAIM_ROUNDS=1000 run_suite build-tsan thread \
-    "queue_concurrency_test daemon_e2e_test daemon_robustness_test daemon_workers_test daemon_http_test daemon_journal_test claim_racer audit_log_test shmschedctl journal_test" \
+    "queue_concurrency_test queue_durable_marks_test daemon_e2e_test daemon_robustness_test daemon_workers_test daemon_http_test daemon_journal_test claim_racer audit_log_test shmschedctl journal_test" \
     -L "tsan|e2e|audit|journal"
   CXX=clang++ EXTRA_CMAKE_ARGS=-DSHMSCHED_FUZZ=ON run_suite build-fuzz "" "request_decoder_fuzz audit_record_fuzz journal_record_fuzz" -L fuzz
 fi

@@ -109,6 +109,10 @@ void Consumer::wake_durable_waiters() {
   }
 }
 
+std::uint32_t Consumer::durable_waiters() const {
+  return view_->hdr->durable_waiters.load(std::memory_order_relaxed);
+}
+
 std::vector<ActiveRef> Consumer::occupied() const {
   const SegmentView& v = *view_;
   std::vector<ActiveRef> out;

@@ -320,6 +320,8 @@ class Consumer : public QueueHandle {
   void set_durable_marks(bool on);
   void mark_durable(std::uint32_t slot, std::uint32_t generation);
   void wake_durable_waiters();
+  // How many producers wait for a mark now (a gauge for stats and tests).
+  std::uint32_t durable_waiters() const;
   // Every queued or active entry's slot and generation: what a restarted supervisor marks once
   // its journal holds them all.
   std::vector<ActiveRef> occupied() const;
