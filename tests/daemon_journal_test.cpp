@@ -8,6 +8,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <map>
 #include <mutex>
 #include <random>
@@ -119,6 +120,7 @@ TEST(DaemonJournal, DurablyAcknowledgedExecutionsSurviveKillsAndLostSegments) {
   Journaled j({"--max-active-executions=4", "--durability=disk"});
   std::mutex mu;
   std::set<std::string> submitted, acked, completed;  // completed: asked to
+  std::size_t acked_via_shm = 0;
   std::mt19937 rng(20261130);
   for (int round = 0; round < 5; ++round) {
     j.daemon->start();
@@ -156,6 +158,35 @@ TEST(DaemonJournal, DurablyAcknowledgedExecutionsSurviveKillsAndLostSegments) {
         }
       });
     }
+    // A submitter through shared memory: each submit returns once its durable mark is there.
+    threads.emplace_back([&] {
+      ipc::ClientOptions o;
+      o.segment = j.segment;
+      o.endpoint = j.daemon->endpoint();
+      o.timeout = std::chrono::milliseconds(700);
+      ipc::Client c(o);
+      for (int i = 0; !stop; ++i) {
+        const std::string id = "r" + std::to_string(round) + "-shm-" + std::to_string(i);
+        {
+          std::lock_guard lock(mu);
+          submitted.insert(id);
+        }
+        ipc::protocol::SubmitOp op;
+        op.execution_id = id;
+        op.user_id = "s" + std::to_string(i % 3);
+        op.payload.assign(100 + i % 200, std::byte{'s'});
+        try {
+          const auto r = c.submit(op);
+          if (r.result.accepted()) {
+            std::lock_guard lock(mu);
+            acked.insert(id);
+            if (r.via_shared_memory) ++acked_via_shm;
+          }
+        } catch (const std::exception&) {
+          return;  // killed: no mark comes
+        }
+      }
+    });
     threads.emplace_back([&] {
       Ingress ingress(j.daemon->endpoint());
       QuickClient c(j.daemon->endpoint());
@@ -207,6 +238,7 @@ TEST(DaemonJournal, DurablyAcknowledgedExecutionsSurviveKillsAndLostSegments) {
     EXPECT_TRUE(submitted.count(id)) << id << " was never submitted";
   }
   EXPECT_GT(acked.size(), 50u) << "the storm acknowledged too little to prove anything";
+  EXPECT_GT(acked_via_shm, 10u) << "too few acknowledged through shared memory";
   EXPECT_THAT(j.daemon->log_text(), HasSubstr("rebuilt it from the journal"));
 }
 
@@ -578,12 +610,67 @@ TEST(DaemonJournal, ReviewTheConfiguredDiskDurabilityHoldsForSharedMemoryClients
   op.payload = {std::byte{'p'}};
   const auto r = client.submit(op);
   ASSERT_TRUE(r.result.accepted()) << r.result.message;
-  EXPECT_FALSE(r.via_shared_memory)
-      << "acknowledged in shared memory by a supervisor configured with durability = disk";
+  // Through shared memory, answered once the supervisor marked it durable.
+  EXPECT_TRUE(r.via_shared_memory);
   j.crash_and_reboot();
   j.daemon->start();
   Ingress ingress(j.daemon->endpoint());
   EXPECT_TRUE(listing(ingress).count("shm-default")) << "acknowledged, and lost by a reboot";
+}
+
+// A shared-memory submit with durability disk returns only once its record is on disk. Its
+// supervisor killed before it wrote the record, the submitter goes on waiting; the next
+// supervisor on the same segment journals what its predecessor had not, marks it, and the
+// submitter returns: a reboot after that keeps it.
+TEST(DaemonJournal, ASharedMemoryDiskSubmitWaitsAcrossASupervisorKillForTheDisk) {
+  Journaled j({});
+  j.daemon->start();
+  ipc::ClientOptions o;
+  o.segment = j.segment;
+  o.endpoint = j.daemon->endpoint();
+  o.timeout = 60s;
+  std::optional<ipc::ClientSubmitResult> result;
+  std::string error;
+  {
+    FrozenWriter writer(j.daemon->pid());
+    auto client = std::make_unique<ipc::Client>(o);
+    ASSERT_TRUE(client->shared_memory());
+    std::promise<void> returned;
+    auto done = returned.get_future();
+    std::thread submitter([&] {
+      ipc::protocol::SubmitOp op;
+      op.execution_id = "shm-disk";
+      op.user_id = "u";
+      op.payload = {std::byte{'p'}};
+      op.durability = ipc::protocol::Durability::kDisk;
+      try {
+        result = client->submit(op);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      returned.set_value();
+    });
+    {
+      Ingress ingress(j.daemon->endpoint());
+      wait_for_state(ingress, "shm-disk", "dispatched");  // the supervisor has seen it
+    }
+    EXPECT_EQ(done.wait_for(200ms), std::future_status::timeout)
+        << "answered before its record was written";
+    writer.kill_process(*j.daemon);  // the record was never written
+    EXPECT_EQ(done.wait_for(200ms), std::future_status::timeout)
+        << "answered by a killed supervisor";
+    j.daemon->start();  // the same segment
+    submitter.join();
+  }
+  ASSERT_TRUE(error.empty()) << error;
+  ASSERT_TRUE(result.has_value());
+  EXPECT_TRUE(result->via_shared_memory);
+  ASSERT_TRUE(result->result.accepted()) << result->result.message;
+  j.crash_and_reboot();
+  j.daemon->start();
+  Ingress ingress(j.daemon->endpoint());
+  EXPECT_TRUE(listing(ingress).count("shm-disk"))
+      << "acknowledged as durable, and lost by a reboot";
 }
 
 // Finding: a supervisor killed after an execution's end was decided and before its finished
@@ -766,6 +853,8 @@ TEST(DaemonJournal, ReviewADiskSubmitCaughtInAFailedWriteIsToldWhatIsKnown) {
   }
   std::string refusal;
   std::string error;
+  std::optional<ipc::ClientSubmitResult> shm;
+  std::string shm_error;
   {
     FrozenWriter writer(j.daemon->pid());
     std::thread submitter([&] {
@@ -774,6 +863,24 @@ TEST(DaemonJournal, ReviewADiskSubmitCaughtInAFailedWriteIsToldWhatIsKnown) {
       error = ipc::get_string(r.get(), "error").value_or("");
       refusal = ipc::get_string(r.get(), "message").value_or("");
     });
+    // The same through shared memory: it waits for a durable mark that never comes.
+    std::thread shm_submitter([&] {
+      ipc::ClientOptions o;
+      o.segment = j.segment;
+      o.endpoint = j.daemon->endpoint();
+      o.timeout = 60s;
+      ipc::Client c(o);
+      ipc::protocol::SubmitOp op;
+      op.execution_id = "refused-shm";
+      op.user_id = "u";
+      op.payload.assign(1000, std::byte{'s'});
+      op.durability = ipc::protocol::Durability::kDisk;
+      try {
+        shm = c.submit(op);
+      } catch (const std::exception& e) {
+        shm_error = e.what();
+      }
+    });
     // Queued behind it, a memory submit whose record does not fit: the batch's write fails in it.
     std::this_thread::sleep_for(300ms);
     ASSERT_TRUE(ok_reply(
@@ -781,15 +888,23 @@ TEST(DaemonJournal, ReviewADiskSubmitCaughtInAFailedWriteIsToldWhatIsKnown) {
     std::this_thread::sleep_for(300ms);
     writer.thaw();
     submitter.join();
+    shm_submitter.join();
   }
   // Its record may be whole on disk (the write failed after it): it is not called refused, and
   // not cancelled; the client is told it is queued and may not survive a reboot.
   ASSERT_EQ(error, "queue_full") << refusal;
   EXPECT_THAT(refusal, HasSubstr("is queued"));
   EXPECT_THAT(refusal, HasSubstr("may not survive a reboot"));
+  ASSERT_TRUE(shm_error.empty()) << shm_error;
+  ASSERT_TRUE(shm.has_value());
+  EXPECT_TRUE(shm->via_shared_memory);
+  EXPECT_EQ(shm->result.admission, Admission::kQueueFull) << shm->result.message;
+  EXPECT_THAT(shm->result.message, HasSubstr("is queued"));
+  EXPECT_THAT(shm->result.message, HasSubstr("may not survive a reboot"));
   {
     Ingress ingress(j.daemon->endpoint());
     EXPECT_EQ(ingress.op("status", "refused").str("state"), "queued");
+    EXPECT_EQ(ingress.op("status", "refused-shm").str("state"), "queued");
   }
   j.crash_and_reboot();
   fs::remove(ballast);  // the cause is fixed before the restart

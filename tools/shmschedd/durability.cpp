@@ -270,7 +270,8 @@ void Supervisor::journal_accepted(const ipc::ExecutionView& v) {
 void Supervisor::start_durable_marks(const std::vector<ipc::ActiveRef>& journaled) {
   // What the journal holds now is made durable first (it may hold records a killed
   // predecessor wrote and never synced), then marked.
-  if (const auto s = journal_->wait_durable(journal_->appended(), std::chrono::seconds(10)); !s.ok()) {
+  if (const auto s = journal_->wait_durable(journal_->appended(), std::chrono::seconds(10));
+      !s.ok()) {
     spdlog::warn(
         "journal {}: not synced at start ({}): shared-memory submits with durability disk go "
         "through the ingress",

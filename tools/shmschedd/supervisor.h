@@ -6,8 +6,8 @@
 
 #include <array>
 #include <atomic>
-#include <deque>
 #include <chrono>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>

@@ -186,14 +186,18 @@ struct alignas(kCacheLine) Slot {
   std::uint64_t user_words[kMaxIdBytes / 8];
   // Reserved for the worker that owns a dispatched execution (later layout versions use it).
   std::uint64_t owner_words[kMaxIdBytes / 8];
+  // [0]: the owner's annotation (Consumer::annotate); [1]: the claim word (claim_word.h).
+  std::uint64_t reserved[2];
   // durable_mark_of(generation) once the supervisor has this occupant's accepted record on
-  // disk (Header::durable_marks). Taken from the reserved words: a segment made by an older
-  // supervisor reads 0, never a mark.
+  // disk (Header::durable_marks). Taken from what was reserved[2]: a segment made by an older
+  // supervisor reads 0, never a mark, and no other field moved.
   std::atomic<std::uint64_t> durable_mark;
-  std::uint64_t reserved[3];
+  std::uint64_t spare;
   // payload bytes, then extras bytes, follow the header
 };
 static_assert(sizeof(Slot) % kCacheLine == 0);
+// The durable mark took the third reserved word; the two before it stay where they were.
+static_assert(offsetof(Slot, durable_mark) == offsetof(Slot, reserved) + 2 * sizeof(std::uint64_t));
 
 inline constexpr std::uint64_t kSlotHeaderBytes = sizeof(Slot);
 
