@@ -406,6 +406,12 @@ TEST(DaemonJournal, AJournalThatCannotWriteRefusesDiskSubmitsAndMemoryGoesOn) {
   if (!fs_.mounted()) GTEST_SKIP() << fs_.why();
   j.daemon->start();
   Ingress ingress(j.daemon->endpoint());
+  {
+    auto stats = ingress.call(MapBuilder().str("op", "stats").finish());
+    const auto* journal = ipc::find_field(stats.get(), "journal");
+    ASSERT_NE(journal, nullptr);
+    EXPECT_EQ(ipc::get_bool(*journal, "durable_marks").value_or(false), true);
+  }
   const std::string big(60000, 'b');
   int refused = 0;
   std::string message;
@@ -432,7 +438,25 @@ TEST(DaemonJournal, AJournalThatCannotWriteRefusesDiskSubmitsAndMemoryGoesOn) {
   ASSERT_NE(journal, nullptr);
   EXPECT_EQ(ipc::get_bool(*journal, "ok").value_or(true), false);
   EXPECT_THAT(ipc::get_string(*journal, "error").value_or(""), HasSubstr("No space"));
+  EXPECT_EQ(ipc::get_bool(*journal, "durable_marks").value_or(true), false)
+      << "a failed journal still answers shared-memory disk submits";
   EXPECT_THAT(j.daemon->log_text(), HasSubstr("the journal failed"));
+  // A shared-memory client's disk submit goes to the ingress now, and is refused there.
+  ipc::ClientOptions o;
+  o.segment = j.segment;
+  o.endpoint = j.daemon->endpoint();
+  ipc::Client client(o);
+  ASSERT_TRUE(client.shared_memory());
+  ipc::protocol::SubmitOp op;
+  op.execution_id = "shm-after-full";
+  op.user_id = "u";
+  op.payload = {std::byte{'p'}};
+  op.durability = ipc::protocol::Durability::kDisk;
+  const auto r = client.submit(op);
+  EXPECT_FALSE(r.via_shared_memory);
+  EXPECT_EQ(r.result.admission, Admission::kQueueFull);
+  EXPECT_THAT(r.result.message, HasSubstr("journal"));
+  EXPECT_EQ(ingress.op("status", "shm-after-full").str("error"), "not_found");
 }
 
 // Both exist: the segment wins. An execution the journal holds but the segment no longer has

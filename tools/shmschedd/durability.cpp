@@ -285,6 +285,12 @@ void Supervisor::start_durable_marks(const std::vector<ipc::ActiveRef>& journale
 }
 
 void Supervisor::stop_durable_marks() {
+  // What is on disk already is marked (a journal that failed later synced it all the same).
+  const journal::Lsn durable = journal_->durable();
+  while (!durable_marks_.empty() && durable_marks_.front().lsn <= durable) {
+    consumer_->mark_durable(durable_marks_.front().slot, durable_marks_.front().generation);
+    durable_marks_.pop_front();
+  }
   marking_ = false;
   durable_marks_.clear();
   consumer_->set_durable_marks(false);  // wakes the waiters: no mark will come

@@ -195,7 +195,9 @@ void Supervisor::ingress_main(const AccessPolicy::Settings& access_settings) {
             .integer("durable_lsn", static_cast<std::int64_t>(js.durable_lsn))
             .integer("bytes", static_cast<std::int64_t>(js.journal_bytes))
             .integer("segments", static_cast<std::int64_t>(js.segments))
-            .integer("snapshots", static_cast<std::int64_t>(js.snapshots));
+            .integer("snapshots", static_cast<std::int64_t>(js.snapshots))
+            .boolean("durable_marks", segment_->durable_marks())
+            .integer("durable_waiters", segment_->durable_waiters());
         if (!h.ok) j.str("error", h.error.message);
         reply.raw("journal", j.finish());
       }

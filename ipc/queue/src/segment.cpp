@@ -249,6 +249,14 @@ bool Segment::default_durability_disk() const {
   return view_->hdr->default_durability_disk.load(std::memory_order_relaxed) != 0;
 }
 
+bool Segment::durable_marks() const {
+  return view_->hdr->durable_marks.load(std::memory_order_relaxed) != 0;
+}
+
+std::uint32_t Segment::durable_waiters() const {
+  return view_->hdr->durable_waiters.load(std::memory_order_relaxed);
+}
+
 namespace detail {
 const SegmentView& view_of(const Segment& segment) {
   return *segment.view_;

@@ -58,6 +58,9 @@ class Segment {
   // is acknowledged only once on disk, which only the supervisor can do.
   void set_default_durability_disk(bool disk);
   bool default_durability_disk() const;
+  // Durable marks (Consumer::set_durable_marks): on or off, and how many producers wait for one.
+  bool durable_marks() const;
+  std::uint32_t durable_waiters() const;
 
  private:
   // The queue's code (and its white-box tests) reach the layout through detail::view_of().
