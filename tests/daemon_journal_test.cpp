@@ -1020,12 +1020,27 @@ TEST(DaemonJournal, ReviewAFillCutShortDoesNotAnnounceRestoredExecutionsAgain) {
   const std::string audit = j.dir + "-audit";
   j.daemon->args().push_back("--audit-dir=" + audit);
   j.daemon->start();
+  auto accepted = [&](const std::string& id) {
+    const std::string cmd = std::string(SHMSCHED_BIN_DIR) + "/shmschedctl --json audit --dir " +
+                            audit + " --execution " + id;
+    FILE* f = ::popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[4096];
+    while (f && std::fgets(buf, sizeof buf, f)) out += buf;
+    if (f) ::pclose(f);
+    return occurrences(out, "\"type\":\"accepted\"");
+  };
   {
     Ingress ingress(j.daemon->endpoint());
     for (const char* id : {"a", "b", "c"}) {
       ASSERT_TRUE(ingress.call(submit_request(id, "u", "normal", "p", "disk")).ok());
     }
   }
+  // The audit log is written by its own thread: the kill comes once it holds all three
+  // acceptances (a kill before would lose them from the log, which is not what is tested here).
+  const auto deadline = Clock::now() + 20s;
+  while (accepted("c") == 0 && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
+  ASSERT_EQ(accepted("c"), 1u) << "the audit log never recorded c's acceptance";
   j.crash_and_reboot();
   // What a supervisor killed in the middle of its fill leaves: the marker, and a segment with
   // the first of the journal's executions in it (the dispatched one goes first).
@@ -1046,16 +1061,6 @@ TEST(DaemonJournal, ReviewAFillCutShortDoesNotAnnounceRestoredExecutionsAgain) {
     ASSERT_EQ(listing(ingress).size(), 3u);
   }
   EXPECT_EQ(j.daemon->signal(SIGTERM), 0);
-  auto accepted = [&](const std::string& id) {
-    const std::string cmd = std::string(SHMSCHED_BIN_DIR) + "/shmschedctl --json audit --dir " +
-                            audit + " --execution " + id;
-    FILE* f = ::popen(cmd.c_str(), "r");
-    std::string out;
-    char buf[4096];
-    while (f && std::fgets(buf, sizeof buf, f)) out += buf;
-    if (f) ::pclose(f);
-    return occurrences(out, "\"type\":\"accepted\"");
-  };
   EXPECT_EQ(accepted("b"), 1u);
   EXPECT_EQ(accepted("a"), 1u) << "announced again after the fill cut short";
   fs::remove_all(audit);

@@ -496,6 +496,40 @@ TEST(Writer, AReopenedJournalSyncsWhatTheLastWriterLeftUnsynced) {
   EXPECT_TRUE(synced) << "the record is called durable without a sync since it was written";
 }
 
+// Finding: wait_durable returned as soon as the LSN was durable, before the writer's thread had
+// called the when_durable callbacks for it. shmschedd's stop waits for the disk and then empties
+// its inbox once, where those callbacks post the answers that waited for the disk: an answer
+// posted a moment later was never sent (SecondReviewACompleteCarriedOutBeforeAStopIsAnswered
+// failed about once in six runs). wait_durable now returns after the callbacks, success or error.
+TEST(Writer, WaitDurableReturnsAfterTheCallbacksForThatLsnRan) {
+  for (const bool failing : {false, true}) {
+    TempDir dir("callbacks");
+    auto o = options(dir.path());
+    std::atomic<bool> opened{false};
+    // Syncs after open() take 100 ms: the callback is registered before the record's sync ends.
+    o.fault_injector = [&, failing](IoOp op, const std::string& path) {
+      if (op != IoOp::kSync || path.ends_with(".tmp") || !opened) return 0;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      return failing ? EIO : 0;
+    };
+    auto w = open_writer(std::move(o));
+    ASSERT_TRUE(w);
+    opened = true;
+    std::atomic<bool> ran{false};
+    const auto lsn = w->append(1, std::string_view("record"));
+    ASSERT_TRUE(lsn);
+    // The callback is slow, so that a wait that does not wait for it returns first.
+    w->when_durable(*lsn, [&](const Status&) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      ran = true;
+    });
+    const Status s = w->wait_durable(*lsn, std::chrono::seconds(10));
+    EXPECT_EQ(s.ok(), !failing) << s.message;
+    EXPECT_TRUE(ran) << (failing ? "failed: " : "durable: ")
+                     << "wait_durable returned before the callback for its LSN ran";
+  }
+}
+
 TEST(Writer, InjectedReadOnlyAndFullDisk) {
   for (const int err : {EROFS, ENOSPC}) {
     TempDir dir("inject");

@@ -89,6 +89,7 @@ Status Writer::start(const RecordVisitor& visit) {
 
   next_lsn_ = end.next_lsn;
   durable_lsn_ = end.next_lsn - 1;
+  called_lsn_ = durable_lsn_;
   next_seq_ = end.next_seq;
   stats_.appended_lsn = durable_lsn_;
   stats_.durable_lsn = durable_lsn_;
@@ -219,7 +220,13 @@ Status Writer::wait_durable(Lsn lsn, std::chrono::milliseconds timeout) {
     return {Errc::kInvalidArgument,
             "journal: LSN " + std::to_string(lsn) + " was not handed out by append()"};
   }
-  const auto done = [&] { return durable_lsn_ >= lsn || !error_.ok(); };
+  // The writer's thread (a callback) waits for the disk only; anyone else also for the
+  // callbacks, so that what they post is there when this returns.
+  const bool writer_thread = std::this_thread::get_id() == thread_.get_id();
+  const auto done = [&] {
+    if (writer_thread) return durable_lsn_ >= lsn || !error_.ok();
+    return called_lsn_ >= lsn || failure_called_;
+  };
   if (timeout >= std::chrono::hours(24 * 365)) {
     durable_cv_.wait(lk, done);
   } else if (!durable_cv_.wait_for(lk, timeout, done)) {
@@ -432,10 +439,14 @@ void Writer::publish(Lsn durable) {
     for (auto it = callbacks_.begin(); it != upto; ++it) ready.push_back(std::move(it->second));
     callbacks_.erase(callbacks_.begin(), upto);
   }
-  durable_cv_.notify_all();
   if (options_.on_durable) options_.on_durable(durable);
   const Status ok;
   for (auto& done : ready) done(ok);
+  {
+    std::lock_guard lk(mu_);
+    called_lsn_ = durable;
+  }
+  durable_cv_.notify_all();
 }
 
 void Writer::fail(Error error) {
@@ -448,9 +459,13 @@ void Writer::fail(Error error) {
     for (auto& [lsn, done] : callbacks_) failed.push_back(std::move(done));
     callbacks_.clear();
   }
-  durable_cv_.notify_all();
   if (options_.on_error) options_.on_error(error);
   for (auto& done : failed) done(error);
+  {
+    std::lock_guard lk(mu_);
+    failure_called_ = true;
+  }
+  durable_cv_.notify_all();
 }
 
 }  // namespace shmsched::journal

@@ -103,8 +103,10 @@ class Writer {
   Result<Lsn> append(std::uint8_t type, std::span<const std::byte> payload);
   Result<Lsn> append(std::uint8_t type, std::string_view payload);
 
-  // Waits until `lsn` is durable. Fails with the sticky error if it can no longer become so, or
-  // kTimeout.
+  // Waits until `lsn` is durable and the when_durable callbacks up to it have run (what they
+  // hand on is there when this returns). Fails with the sticky error if it can no longer become
+  // so (after the failed callbacks ran), or kTimeout. From a callback itself, it does not wait
+  // for the callbacks.
   Status wait_durable(Lsn lsn,
                       std::chrono::milliseconds timeout = std::chrono::milliseconds::max());
   // Calls `done` once `lsn` is durable (or can no longer be): at once on the caller's thread if
@@ -151,6 +153,10 @@ class Writer {
   std::size_t pending_records_ = 0;
   Lsn next_lsn_ = 1;
   Lsn durable_lsn_ = 0;
+  // How far the callbacks have run (success up to called_lsn_; all of them, with the error):
+  // what wait_durable waits for.
+  Lsn called_lsn_ = 0;
+  bool failure_called_ = false;
   bool stop_ = false;
   Error error_;  // sticky
   std::string warning_;
