@@ -53,6 +53,7 @@ void StateWatcher::pause(std::chrono::milliseconds d) {
 }
 
 void StateWatcher::send(const std::string& op, const std::string& what) {
+  supervisor_->log(SHMSCHED_LOG_DEBUG, "etcd: handing over " + what);
   supervisor_->hand_over(op, what, running_);
 }
 
