@@ -279,15 +279,30 @@ void DispatchWriter::answered(Batch* b, const grpc::Status& status) {
       }
     }
     std::size_t queued = 0;
+    std::vector<Item> given_back;
     {
       std::lock_guard lock(mu_);
       if (lease_gone) lease_ = 0;
-      queue_.insert(queue_.begin(), std::make_move_iterator(again.begin()),
+      // Written again after what is queued: events never hold commands up.
+      queue_.insert(queue_.end(), std::make_move_iterator(again.begin()),
                     std::make_move_iterator(again.end()));
+      if (retry) {
+        // etcd is away: the queued commands go back to the supervisor too, which publishes
+        // them again with its backoff (here they would only wait, and be published twice).
+        for (auto it = queue_.begin(); it != queue_.end();) {
+          if (it->command) {
+            given_back.push_back(std::move(*it));
+            it = queue_.erase(it);
+          } else {
+            ++it;
+          }
+        }
+      }
       failures_backoff_ = std::clamp(failures_backoff_ * 2, std::chrono::milliseconds(100),
                                      std::chrono::milliseconds(2000));
       queued = queue_.size();
     }
+    for (const auto& item : given_back) deliver(item, false, why);
     if (Clock::now() >= next_failure_log_) {
       next_failure_log_ = Clock::now() + std::chrono::seconds(5);
       supervisor_->log(
