@@ -1,0 +1,248 @@
+// The etcd transport, measured in one run against a real local etcd (Debian's etcd-server):
+//
+//   etcd_transport_bench [--n N] [--claims M] [--plugin-dir DIR]
+//
+// - acknowledged dispatches per second: N CreatePodCommands handed to the plugin (loaded with
+//   dlopen, driven through the plugin ABI exactly as shmschedd drives it: publish_batch of up to
+//   1024 messages, the supervisor's pass) until every one's delivery callback said ok, which the
+//   plugin reports only once etcd answered the transaction that wrote it. Batched (the defaults:
+//   64 executions per transaction, 8 transactions in flight) beside unbatched (one execution per
+//   transaction, one at a time: what a transaction per dispatch gives).
+// - claim latency through etcd: a worker claims a dispatched execution with the seeds'
+//   transaction (compare owner == "unclaimed", put the worker id; over etcd's JSON gateway, a
+//   keep-alive connection), timed until etcd answered (the worker knows it won) and until the
+//   plugin's watch handed the claim to the supervisor (the host's inbound callback). Beside the
+//   shared-memory claim (one compare-and-swap), measured in the same run.
+#include <dlfcn.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "bench_support.h"
+#include "etcd_peer.h"
+#include "shm_claims.h"
+#include "shmsched/transport.h"
+
+namespace {
+
+using namespace shmsched;
+using namespace shmsched::bench;
+
+// What the plugin reports to its host.
+struct Host {
+  std::atomic<std::uint64_t> delivered{0}, failed{0};
+  std::mutex mu;
+  std::condition_variable claimed_cv;
+  std::map<std::string, Clock::time_point> claimed;  // execution id -> when the claim arrived
+  std::string first_error;
+
+  static void log(void*, shmsched_log_level level, const char* m) {
+    if (level >= SHMSCHED_LOG_WARN) std::fprintf(stderr, "  plugin: %s\n", m);
+  }
+  static void delivery(void* ctx, std::uint64_t, int ok, const char* error) {
+    auto* h = static_cast<Host*>(ctx);
+    if (ok) {
+      h->delivered++;
+    } else {
+      std::lock_guard lock(h->mu);
+      if (h->failed++ == 0) h->first_error = error ? error : "";
+    }
+  }
+  static int inbound(void* ctx, const std::uint8_t* body, std::size_t len,
+                     shmsched_inbound_done done) {
+    auto* h = static_cast<Host*>(ctx);
+    const auto now = Clock::now();
+    auto oh = msgpack::unpack(reinterpret_cast<const char*>(body), len);
+    if (ipc::get_string(oh.get(), "op").value_or("") == "claim") {
+      std::lock_guard lock(h->mu);
+      h->claimed[ipc::get_string(oh.get(), "execution_id").value_or("")] = now;
+      h->claimed_cv.notify_all();
+    }
+    if (done.ack) done.ack(done.op_ctx);
+    return SHMSCHED_OK;
+  }
+};
+
+class Plugin {
+ public:
+  Plugin(const std::string& dir, std::map<std::string, std::string> options, Host& host) {
+    const std::string path = dir + "/libshmsched_transport_etcd.so";
+    lib_ = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+    if (!lib_) throw std::runtime_error(std::string("dlopen: ") + ::dlerror());
+    auto entry = reinterpret_cast<shmsched_transport_entry_fn>(
+        ::dlsym(lib_, SHMSCHED_TRANSPORT_ENTRY_SYMBOL));
+    api_ = entry();
+    shmsched_host h{&host, Host::log, Host::delivery, Host::inbound};
+    std::vector<shmsched_kv> kv;
+    for (const auto& [k, v] : options) kv.push_back({k.c_str(), v.c_str()});
+    char err[512] = {};
+    t_ = api_->create(kv.data(), kv.size(), &h, err, sizeof err);
+    if (!t_ || api_->start(t_, err, sizeof err) != SHMSCHED_OK) {
+      throw std::runtime_error(std::string("etcd plugin: ") + err);
+    }
+  }
+  ~Plugin() {
+    api_->stop(t_);
+    api_->destroy(t_);
+  }
+  // Hands every message over as the supervisor does, offering the rest again after a refusal.
+  void publish(std::vector<shmsched_message>& msgs, std::vector<std::uint64_t>& tokens) {
+    std::size_t at = 0;
+    while (at < msgs.size()) {
+      int refusal = SHMSCHED_OK;
+      const std::size_t n = std::min<std::size_t>(1024, msgs.size() - at);
+      at += api_->publish_batch(t_, msgs.data() + at, tokens.data() + at, n, &refusal);
+      if (refusal == SHMSCHED_ERR_BUSY) std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  }
+
+ private:
+  void* lib_ = nullptr;
+  const shmsched_transport_api* api_ = nullptr;
+  shmsched_transport* t_ = nullptr;
+};
+
+// A CreatePodCommand as shmschedd encodes it, with a 64-byte payload (about 230 bytes).
+std::string command_body(const std::string& id) {
+  const std::string payload(64, 'p');
+  const auto* p = reinterpret_cast<const std::byte*>(payload.data());
+  const auto b = MapBuilder()
+                     .str("type", "CreatePodCommand")
+                     .integer("timestamp", wall_ns())
+                     .str("execution_id", id)
+                     .str("user_id", "bench")
+                     .str("priority", "normal")
+                     .bin("payload", std::vector<std::byte>(p, p + payload.size()))
+                     .string_map("metadata", {})
+                     .integer("attempt", 1)
+                     .strings("required_capabilities", {})
+                     .integer("timeout_seconds", 0)
+                     .finish();
+  return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+}
+
+// Dispatches n executions named <tag><i>; returns acknowledged dispatches per second.
+double dispatch_rate(const std::string& plugin_dir, const std::string& url, const std::string& tag,
+                     int n, std::map<std::string, std::string> extra) {
+  Host host;
+  extra["endpoints"] = url;
+  extra["prefix"] = "/bench";
+  extra["write_events"] = "false";
+  Plugin plugin(plugin_dir, extra, host);
+  std::vector<std::string> ids, bodies;
+  for (int i = 0; i < n; ++i) {
+    ids.push_back(tag + std::to_string(i));
+    bodies.push_back(command_body(ids.back()));
+  }
+  std::vector<shmsched_message> msgs;
+  std::vector<std::uint64_t> tokens;
+  for (int i = 0; i < n; ++i) {
+    msgs.push_back({"CreatePodCommand", ids[i].c_str(), "CreatePodCommand",
+                    reinterpret_cast<const std::uint8_t*>(bodies[i].data()), bodies[i].size(), 1});
+    tokens.push_back(static_cast<std::uint64_t>(i + 1));
+  }
+  const auto t0 = Clock::now();
+  plugin.publish(msgs, tokens);
+  while (host.delivered + host.failed < static_cast<std::uint64_t>(n)) {
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (host.failed) {
+    std::printf("  %llu deliveries failed, first: %s\n",
+                static_cast<unsigned long long>(host.failed.load()), host.first_error.c_str());
+  }
+  return static_cast<double>(host.delivered) / secs;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int n = 100000, claims = 1000;
+  std::string plugin_dir = SHMSCHED_PLUGIN_DIR;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--n" && i + 1 < argc)
+      n = std::atoi(argv[++i]);
+    else if (a == "--claims" && i + 1 < argc)
+      claims = std::atoi(argv[++i]);
+    else if (a == "--plugin-dir" && i + 1 < argc)
+      plugin_dir = argv[++i];
+    else {
+      std::fprintf(stderr, "usage: %s [--n N] [--claims M] [--plugin-dir DIR]\n", argv[0]);
+      return 2;
+    }
+  }
+  LocalEtcd etcd;
+  std::printf("etcd %s at %s (single member, fsync on; its log: %s)\n",
+              etcd.server_version().c_str(), etcd.client_url().c_str(), etcd.log_path().c_str());
+
+  std::printf("acknowledged dispatches (CreatePodCommand, ~230 B, ack = etcd answered the txn):\n");
+  const double batched = dispatch_rate(plugin_dir, etcd.client_url(), "b", n, {});
+  std::printf("  %-52s %10.0f /s  (%d executions)\n", "batched: 64 per transaction, 8 in flight",
+              batched, n);
+  const int m = std::min(n, 3000);
+  const double single = dispatch_rate(plugin_dir, etcd.client_url(), "s", m,
+                                      {{"batch_size", "1"}, {"max_in_flight", "1"}});
+  std::printf("  %-52s %10.0f /s  (%d executions)\n", "unbatched: 1 per transaction, 1 in flight",
+              single, m);
+  std::printf("  batched / unbatched: %.1fx\n", batched / single);
+
+  // Claims: the executions c0.. dispatched by a running plugin whose watch reports claims.
+  std::printf("claim latency (%d claims):\n", claims);
+  Host host;
+  Plugin plugin(plugin_dir,
+                {{"endpoints", etcd.client_url()}, {"prefix", "/bench"}, {"write_events", "false"}},
+                host);
+  {
+    std::vector<std::string> ids, bodies;
+    std::vector<shmsched_message> msgs;
+    std::vector<std::uint64_t> tokens;
+    for (int i = 0; i < claims; ++i) {
+      ids.push_back("c" + std::to_string(i));
+      bodies.push_back(command_body(ids.back()));
+    }
+    for (int i = 0; i < claims; ++i) {
+      msgs.push_back({"CreatePodCommand", ids[i].c_str(), "CreatePodCommand",
+                      reinterpret_cast<const std::uint8_t*>(bodies[i].data()), bodies[i].size(),
+                      1});
+      tokens.push_back(static_cast<std::uint64_t>(i + 1));
+    }
+    plugin.publish(msgs, tokens);
+    while (host.delivered < static_cast<std::uint64_t>(claims)) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  }
+  EtcdClaimClient worker(etcd.client_url());
+  std::vector<double> answered, seen;
+  for (int i = 0; i < claims; ++i) {
+    const std::string id = "c" + std::to_string(i);
+    const auto t0 = Clock::now();
+    if (!worker.claim("/bench/tasks/" + id + "/owner", "bench-worker")) {
+      std::fprintf(stderr, "claim of %s lost\n", id.c_str());
+      return 1;
+    }
+    answered.push_back(ns_since(t0));
+    std::unique_lock lock(host.mu);
+    if (!host.claimed_cv.wait_for(lock, std::chrono::seconds(10),
+                                  [&] { return host.claimed.count(id) > 0; })) {
+      std::fprintf(stderr, "the plugin never reported the claim of %s\n", id.c_str());
+      return 1;
+    }
+    seen.push_back(std::chrono::duration<double, std::nano>(host.claimed[id] - t0).count());
+  }
+  const auto shm = shm_claim_latency(claims * 10);
+  print_latency("shared memory: Producer::claim (one CAS)", shm);
+  const auto a = percentiles(answered);
+  const auto s = percentiles(seen);
+  print_latency("etcd: claim transaction answered (worker knows)", a);
+  print_latency("etcd: claim handed to the supervisor (watch)", s);
+  std::printf("  etcd claim (watch) / shared-memory claim at p50: %.0fx, at p99: %.0fx\n",
+              s.p50 / shm.p50, s.p99 / shm.p99);
+  return 0;
+}
