@@ -374,7 +374,7 @@ TEST_F(EtcdE2E, SwapFromZeromqToEtcdAndToKafkaPlusEtcdBySighupKeepsQueuedWork) {
       return ingress.op("status", "both").str("state") == "dispatched";
     })) << "kafka did not acknowledge it too:\n"
         << d.log_text();
-    EXPECT_EQ(d.signal(SIGTERM), 0);
+    EXPECT_EQ(d.signal(SIGTERM), 0) << d.log_text();
     ::kill(mock, SIGTERM);
     ::waitpid(mock, nullptr, 0);
     std::fclose(from);

@@ -167,6 +167,7 @@ namespace {
 struct ReplyContext {
   std::shared_ptr<Supervisor> to;
   std::string what;
+  bool quiet;
 };
 }  // namespace
 
@@ -187,8 +188,8 @@ void Supervisor::detach() {
 }
 
 bool Supervisor::hand_over(const std::string& op, const std::string& what,
-                           const std::atomic<bool>& running) {
-  auto* ctx = new ReplyContext{self_.lock(), what};
+                           const std::atomic<bool>& running, bool quiet) {
+  auto* ctx = new ReplyContext{self_.lock(), what, quiet};
   const shmsched_inbound_done done{on_reply, on_ack, ctx};
   while (running) {
     if (host_.inbound(host_.host_ctx, reinterpret_cast<const std::uint8_t*>(op.data()), op.size(),
@@ -221,9 +222,9 @@ void Supervisor::on_reply(void* c, const std::uint8_t* body, std::size_t len) {
                 std::string(v->via.str.ptr, v->via.str.size);
       }
     }
-    ctx->to->log(SHMSCHED_LOG_INFO, "etcd: the supervisor " +
-                                        std::string(refused ? "refused " : "did not grant ") +
-                                        ctx->what + " (" + text + ")");
+    ctx->to->log(ctx->quiet ? SHMSCHED_LOG_DEBUG : SHMSCHED_LOG_INFO,
+                 "etcd: the supervisor " + std::string(refused ? "refused " : "did not grant ") +
+                     ctx->what + " (" + text + ")");
   } catch (const std::exception& e) {
     ctx->to->log(SHMSCHED_LOG_WARN,
                  "etcd: unreadable answer to " + ctx->what + ": " + std::string(e.what()));

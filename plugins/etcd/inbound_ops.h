@@ -46,8 +46,10 @@ class Supervisor {
   explicit Supervisor(const shmsched_host& host) : host_(host) {}
 
   void log(shmsched_log_level level, const std::string& message);
-  // Offers `op` until the host takes it or `running` turns false (then returns false).
-  bool hand_over(const std::string& op, const std::string& what, const std::atomic<bool>& running);
+  // Offers `op` until the host takes it or `running` turns false (then returns false). A
+  // refusal is logged, at debug level when `quiet` (a resync repeats what was done before).
+  bool hand_over(const std::string& op, const std::string& what, const std::atomic<bool>& running,
+                 bool quiet = false);
   // After stop(): replies that still arrive are dropped, not logged through a dead host.
   void detach();
 

@@ -52,9 +52,9 @@ void StateWatcher::pause(std::chrono::milliseconds d) {
   wake_.wait_for(lock, d, [&] { return !running_; });
 }
 
-void StateWatcher::send(const std::string& op, const std::string& what) {
+void StateWatcher::send(const std::string& op, const std::string& what, bool quiet) {
   supervisor_->log(SHMSCHED_LOG_DEBUG, "etcd: handing over " + what);
-  supervisor_->hand_over(op, what, running_);
+  supervisor_->hand_over(op, what, running_, quiet);
 }
 
 void StateWatcher::run() {
@@ -141,7 +141,7 @@ bool StateWatcher::resync(std::int64_t& revision) {
   std::set<std::string> present;
   for (const auto& [w, value] : values) {
     present.insert(w);
-    registered(w, value);
+    registered(w, value, true);
   }
   std::vector<std::string> vanished;
   {
@@ -152,7 +152,7 @@ bool StateWatcher::resync(std::int64_t& revision) {
   }
   for (const auto& w : vanished) gone(w);
   for (const auto& o : owners) {
-    owner(o.id, o.value, "");
+    owner(o.id, o.value, "", true);
     // Finished, but not yet under the retention lease (its final event was never written).
     if (!o.leased && (starts_with(o.value, kCompleted) || starts_with(o.value, kFailed))) {
       writer_.retain(o.id, o.value.substr(o.value.find(':') + 1));
@@ -236,20 +236,20 @@ StateWatcher::End StateWatcher::watch(std::int64_t& last) {
 }
 
 void StateWatcher::owner(const std::string& id, const std::string& value,
-                         const std::string& previous) {
+                         const std::string& previous, bool quiet) {
   if (value == previous || value == kUnclaimed || value.empty()) return;
   if (starts_with(value, kCompleted)) {
     const std::string worker = value.substr(kCompleted.size());
-    send(ops::complete(id, worker), "the completion of " + id + " by " + worker);
+    send(ops::complete(id, worker), "the completion of " + id + " by " + worker, quiet);
   } else if (starts_with(value, kFailed)) {
     const std::string worker = value.substr(kFailed.size());
-    send(ops::fail(id, worker), "the failure of " + id + " by " + worker);
+    send(ops::fail(id, worker), "the failure of " + id + " by " + worker, quiet);
   } else {
-    send(ops::claim(value, id), "the claim of " + id + " by " + value);
+    send(ops::claim(value, id), "the claim of " + id + " by " + value, quiet);
   }
 }
 
-void StateWatcher::registered(const std::string& worker, const std::string& value) {
+void StateWatcher::registered(const std::string& worker, const std::string& value, bool quiet) {
   std::vector<std::string> capabilities;
   std::uint32_t capacity = 1;
   std::string error;
@@ -260,7 +260,8 @@ void StateWatcher::registered(const std::string& worker, const std::string& valu
                                             "capacity: int})");
     return;
   }
-  send(ops::register_worker(worker, capabilities, capacity), "the registration of " + worker);
+  send(ops::register_worker(worker, capabilities, capacity), "the registration of " + worker,
+       quiet);
   std::lock_guard lock(mu_);
   workers_.insert(worker);
 }

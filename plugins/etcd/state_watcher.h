@@ -47,10 +47,12 @@ class StateWatcher {
   void beat();
   bool resync(std::int64_t& revision);
   End watch(std::int64_t& last);
-  void owner(const std::string& id, const std::string& value, const std::string& previous);
-  void registered(const std::string& worker, const std::string& value);
+  // `quiet`: from a resync, which repeats what may have been handed over before.
+  void owner(const std::string& id, const std::string& value, const std::string& previous,
+             bool quiet = false);
+  void registered(const std::string& worker, const std::string& value, bool quiet = false);
   void gone(const std::string& worker);
-  void send(const std::string& op, const std::string& what);
+  void send(const std::string& op, const std::string& what, bool quiet = false);
   void pause(std::chrono::milliseconds d);
 
   const Options& options_;
