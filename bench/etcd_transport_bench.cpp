@@ -1,6 +1,6 @@
 // The etcd transport, measured in one run against a real local etcd (Debian's etcd-server):
 //
-//   etcd_transport_bench [--n N] [--claims M] [--plugin-dir DIR]
+//   etcd_transport_bench [--n N] [--claims M] [--plugin-dir DIR] [--no-footprint]
 //
 // - acknowledged dispatches per second: N CreatePodCommands handed to the plugin (loaded with
 //   dlopen, driven through the plugin ABI exactly as shmschedd drives it: publish_batch of up to
@@ -13,6 +13,9 @@
 //   keep-alive connection), timed until etcd answered (the worker knows it won) and until the
 //   plugin's watch handed the claim to the supervisor (the host's inbound callback). Beside the
 //   shared-memory claim (one compare-and-swap), measured in the same run.
+// - etcd's footprint: N executions dispatched then completed with a retention of 2 s; the key
+//   count and database size before, at the peak, after the retention, and after a compaction and
+//   defragmentation (which etcd's operators schedule; the transport does neither).
 #include <dlfcn.h>
 
 #include <atomic>
@@ -160,10 +163,106 @@ double dispatch_rate(const std::string& plugin_dir, const std::string& url, cons
   return static_cast<double>(host.delivered) / secs;
 }
 
+// etcdctl's output for `args` against `endpoint`.
+std::string etcdctl(const std::string& endpoint, const std::string& args) {
+  const std::string cmd = "/usr/bin/etcdctl --endpoints=" + endpoint + " " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (!p) throw std::runtime_error("popen " + cmd);
+  std::string out;
+  char buf[65536];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
+
+// A number after `"<field>":` in etcdctl's JSON output.
+std::int64_t json_number(const std::string& json, const std::string& field) {
+  const auto at = json.find("\"" + field + "\":");
+  if (at == std::string::npos) throw std::runtime_error("no " + field + " in " + json);
+  return std::stoll(json.substr(at + field.size() + 3));
+}
+
+struct Footprint {
+  std::int64_t keys = 0, db_size = 0, revision = 0;
+};
+
+Footprint footprint(const std::string& endpoint) {
+  Footprint f;
+  const std::string status = etcdctl(endpoint, "endpoint status -w json");
+  f.db_size = json_number(status, "dbSize");
+  f.revision = json_number(status, "revision");
+  // etcd 3.4's etcdctl has no --count-only; the JSON of a keys-only read has the count.
+  f.keys = json_number(etcdctl(endpoint, "get --prefix / --keys-only --limit=1 -w json"), "count");
+  return f;
+}
+
+void print_footprint(const char* when, const Footprint& f) {
+  std::printf("  %-52s keys %7lld  db size %8.1f MB  revision %lld\n", when,
+              static_cast<long long>(f.keys), static_cast<double>(f.db_size) / 1e6,
+              static_cast<long long>(f.revision));
+}
+
+// n executions dispatched, then finished (ExecutionCompleted), with a retention of 2 s: etcd's
+// key count and database size before, at the peak, after the retention, and after the
+// compaction and defragmentation that etcd's operators schedule (the transport does neither).
+void churn(const std::string& plugin_dir, const std::string& url, int n) {
+  const std::string endpoint = url.substr(url.find("//") + 2);
+  std::printf("etcd footprint of %d executions, dispatched then completed (retention 2 s):\n", n);
+  const Footprint before = footprint(endpoint);
+  print_footprint("before", before);
+  Host host;
+  Plugin plugin(plugin_dir, {{"endpoints", url}, {"prefix", "/churn"}, {"retention_seconds", "2"}},
+                host);
+  std::vector<std::string> ids, commands, completions;
+  for (int i = 0; i < n; ++i) {
+    ids.push_back("x" + std::to_string(i));
+    commands.push_back(command_body(ids.back()));
+    const auto b = MapBuilder()
+                       .str("type", "ExecutionCompleted")
+                       .integer("timestamp", wall_ns())
+                       .str("execution_id", ids.back())
+                       .str("user_id", "bench")
+                       .str("worker_id", "w")
+                       .integer("exit_code", 0)
+                       .finish();
+    completions.emplace_back(reinterpret_cast<const char*>(b.data()), b.size());
+  }
+  auto send = [&](const char* type, const std::vector<std::string>& bodies, int command) {
+    std::vector<shmsched_message> msgs;
+    std::vector<std::uint64_t> tokens;
+    for (int i = 0; i < n; ++i) {
+      msgs.push_back({type, ids[i].c_str(), type,
+                      reinterpret_cast<const std::uint8_t*>(bodies[i].data()), bodies[i].size(),
+                      command});
+      tokens.push_back(static_cast<std::uint64_t>(i + 1));
+    }
+    const std::uint64_t want = host.delivered + static_cast<std::uint64_t>(n);
+    plugin.publish(msgs, tokens);
+    while (host.delivered + host.failed < want) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  };
+  send("CreatePodCommand", commands, 1);
+  print_footprint("dispatched", footprint(endpoint));
+  send("ExecutionCompleted", completions, 0);
+  print_footprint("completed (keys under the retention lease)", footprint(endpoint));
+  const auto t0 = Clock::now();
+  Footprint after = footprint(endpoint);
+  while (after.keys > before.keys && Clock::now() - t0 < std::chrono::seconds(60)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    after = footprint(endpoint);
+  }
+  print_footprint("after the retention", after);
+  etcdctl(endpoint, "compact " + std::to_string(after.revision) + " --physical");
+  etcdctl(endpoint, "defrag");
+  print_footprint("after etcdctl compact + defrag", footprint(endpoint));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int n = 100000, claims = 1000;
+  bool footprint_run = true;
   std::string plugin_dir = SHMSCHED_PLUGIN_DIR;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -174,7 +273,8 @@ int main(int argc, char** argv) {
     else if (a == "--plugin-dir" && i + 1 < argc)
       plugin_dir = argv[++i];
     else {
-      std::fprintf(stderr, "usage: %s [--n N] [--claims M] [--plugin-dir DIR]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--n N] [--claims M] [--plugin-dir DIR] [--no-footprint]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -236,6 +336,9 @@ int main(int argc, char** argv) {
     }
     seen.push_back(std::chrono::duration<double, std::nano>(host.claimed[id] - t0).count());
   }
+  const auto slowest = std::max_element(seen.begin(), seen.end());
+  std::printf("  slowest claim through the watch: #%d of %d, %.1f ms\n",
+              static_cast<int>(slowest - seen.begin()) + 1, claims, *slowest / 1e6);
   const auto shm = shm_claim_latency(claims * 10);
   print_latency("shared memory: Producer::claim (one CAS)", shm);
   const auto a = percentiles(answered);
@@ -244,5 +347,6 @@ int main(int argc, char** argv) {
   print_latency("etcd: claim handed to the supervisor (watch)", s);
   std::printf("  etcd claim (watch) / shared-memory claim at p50: %.0fx, at p99: %.0fx\n",
               s.p50 / shm.p50, s.p99 / shm.p99);
+  if (footprint_run) churn(plugin_dir, etcd.client_url(), n);
   return 0;
 }
