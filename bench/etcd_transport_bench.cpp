@@ -1,13 +1,15 @@
 // The etcd transport, measured in one run against a real local etcd (Debian's etcd-server):
 //
-//   etcd_transport_bench [--n N] [--claims M] [--plugin-dir DIR] [--no-footprint]
+//   etcd_transport_bench [--n N] [--claims M] [--plugin-dir DIR] [--bin-dir DIR] [--no-footprint]
 //
 // - acknowledged dispatches per second: N CreatePodCommands handed to the plugin (loaded with
 //   dlopen, driven through the plugin ABI exactly as shmschedd drives it: publish_batch of up to
 //   1024 messages, the supervisor's pass) until every one's delivery callback said ok, which the
 //   plugin reports only once etcd answered the transaction that wrote it. Batched (the defaults:
 //   64 executions per transaction, 8 transactions in flight) beside unbatched (one execution per
-//   transaction, one at a time: what a transaction per dispatch gives).
+//   transaction, one at a time: what a transaction per dispatch gives). Then the whole path: a
+//   real shmschedd (transports zeromq,etcd) takes N submits through shared memory and counts
+//   each dispatch once etcd acknowledged it; with and without lifecycle events written to etcd.
 // - claim latency through etcd: a worker claims a dispatched execution with the seeds'
 //   transaction (compare owner == "unclaimed", put the worker id; over etcd's JSON gateway, a
 //   keep-alive connection), timed until etcd answered (the worker knows it won) and until the
@@ -17,6 +19,8 @@
 //   count and database size before, at the peak, after the retention, and after a compaction and
 //   defragmentation (which etcd's operators schedule; the transport does neither).
 #include <dlfcn.h>
+
+#include <filesystem>
 
 #include <atomic>
 #include <condition_variable>
@@ -266,12 +270,50 @@ void churn(const std::string& plugin_dir, int n) {
   print_footprint("after etcdctl compact + defrag", footprint(endpoint));
 }
 
+// The whole path: a real shmschedd (transports zeromq,etcd) takes n submits through shared memory
+// and counts a dispatch only once every transport acknowledged it (etcd: answered the
+// transaction). Returns acknowledged dispatches per second.
+double through_shmschedd(const std::string& bin_dir, const std::string& plugin_dir,
+                         const std::string& url, int n, bool events) {
+  Daemon d;
+  d.dir = "/tmp/shmsched-etcd-bench-" + std::to_string(::getpid());
+  std::filesystem::create_directories(d.dir);
+  g_daemon_args = {"--transports=zeromq,etcd", "--etcd.endpoints=" + url,
+                   "--etcd.prefix=/e2e" + std::string(events ? "-events" : ""),
+                   "--etcd.write_events=" + std::string(events ? "true" : "false")};
+  start_daemon(d, bin_dir, plugin_dir, static_cast<std::uint64_t>(n));
+  ipc::ClientOptions o;
+  o.segment = d.segment;
+  o.endpoint = "ipc://" + d.dir + "/ingress.sock";
+  ipc::Client client(o);
+  auto dispatched = [&] {
+    auto oh = client.call(MapBuilder().str("op", "stats").finish());
+    return ipc::get_int(*ipc::find_field(oh.get(), "counters"), "dispatched").value_or(0);
+  };
+  ipc::protocol::SubmitOp op;
+  op.user_id = "bench";
+  op.payload.assign(64, std::byte{'x'});
+  const auto t0 = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    op.execution_id = "e" + std::to_string(i);
+    if (!client.submit(op).result.accepted()) throw std::runtime_error("a submit was refused");
+  }
+  while (dispatched() < n && Clock::now() - t0 < std::chrono::seconds(300)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  const auto acked = dispatched();
+  std::filesystem::remove_all(d.dir);
+  return static_cast<double>(acked) / secs;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   int n = 100000, claims = 1000;
   bool footprint_run = true;
   std::string plugin_dir = SHMSCHED_PLUGIN_DIR;
+  std::string bin_dir = SHMSCHED_BIN_DIR;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--n" && i + 1 < argc)
@@ -280,9 +322,15 @@ int main(int argc, char** argv) {
       claims = std::atoi(argv[++i]);
     else if (a == "--plugin-dir" && i + 1 < argc)
       plugin_dir = argv[++i];
+    else if (a == "--bin-dir" && i + 1 < argc)
+      bin_dir = argv[++i];
+    else if (a == "--no-footprint")
+      footprint_run = false;
     else {
-      std::fprintf(stderr, "usage: %s [--n N] [--claims M] [--plugin-dir DIR] [--no-footprint]\n",
-                   argv[0]);
+      std::fprintf(
+          stderr,
+          "usage: %s [--n N] [--claims M] [--plugin-dir DIR] [--bin-dir DIR] [--no-footprint]\n",
+          argv[0]);
       return 2;
     }
   }
@@ -300,6 +348,14 @@ int main(int argc, char** argv) {
   std::printf("  %-52s %10.0f /s  (%d executions)\n", "unbatched: 1 per transaction, 1 in flight",
               single, m);
   std::printf("  batched / unbatched: %.1fx\n", batched / single);
+  std::printf("through shmschedd (submits through shared memory, counted once acknowledged):\n");
+  for (const bool events : {false, true}) {
+    const double rate = through_shmschedd(bin_dir, plugin_dir, etcd.client_url(), n, events);
+    std::printf("  %-52s %10.0f /s  (%d executions)\n",
+                events ? "etcd.write_events = true (the default)"
+                       : "etcd.write_events = false (commands only)",
+                rate, n);
+  }
 
   // Claims: the executions c0.. dispatched by a running plugin whose watch reports claims.
   std::printf("claim latency (%d claims):\n", claims);

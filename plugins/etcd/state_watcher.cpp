@@ -285,7 +285,7 @@ void StateWatcher::beat() {
     }
     for (const auto& w : workers) {
       if (!running_) return;
-      send(ops::heartbeat(w), "the heartbeat of " + w);
+      send(ops::heartbeat(w), "the heartbeat of " + w, /*quiet=*/true);  // every few seconds
     }
   }
 }
