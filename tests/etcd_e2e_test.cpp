@@ -415,6 +415,30 @@ TEST(EtcdAuth, UserAndPasswordAreUsedAndAWrongPasswordIsRefused) {
   std::filesystem::remove_all(dir);
 }
 
+// etcd serving https: the transport verifies it with etcd.tls_ca_file; without the CA it cannot
+// start (the certificate is not trusted).
+TEST(EtcdTls, AnHttpsEndpointIsVerifiedWithTheConfiguredCa) {
+  EtcdCluster etcd(1, /*tls=*/true);
+  const Etcdctl ctl = etcd.ctl();
+  {
+    EtcdDaemon d("https://" + etcd.endpoint(0), {"--etcd.tls_ca_file=" + etcd.dir() + "/ca.crt"});
+    ASSERT_TRUE(d.ingress->submit("secure", "u").ok());
+    ASSERT_TRUE(eventually([&] { return ctl.get(d.key("commands/secure")).has_value(); }))
+        << d.daemon->log_text();
+  }
+  const std::string dir = temp_dir("etcd-tls");
+  const std::string segment = unique("shmsched-e2e-etls");
+  Daemon d(dir, segment,
+           {"--transports=etcd", "--etcd.endpoints=https://" + etcd.endpoint(0),
+            "--etcd.dial_timeout_ms=1000"});
+  d.start(false);
+  EXPECT_NE(d.wait_exit(), 0);
+  EXPECT_THAT(d.log_text(), HasSubstr("cannot reach etcd at " + etcd.endpoint(0)));
+  EXPECT_THAT(d.log_text(), HasSubstr("etcd.tls_ca_file"));
+  ipc::Segment::remove(segment);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(EtcdOptions, BadOptionsAreRefusedWithTheKeyAndTheFix) {
   const std::string dir = temp_dir("etcd-opts");
   const std::string segment = unique("shmsched-e2e-eopts");

@@ -86,9 +86,12 @@ inline CommandResult run_command(const std::vector<std::string>& argv,
 // etcdctl (API v3) against `endpoints` ("127.0.0.1:p1,127.0.0.1:p2").
 class Etcdctl {
  public:
-  explicit Etcdctl(std::string endpoints) : endpoints_(std::move(endpoints)) {}
+  // `flags`: more global flags (--cacert=..., --user=...).
+  explicit Etcdctl(std::string endpoints, std::vector<std::string> flags = {})
+      : endpoints_(std::move(endpoints)), flags_(std::move(flags)) {}
 
   CommandResult run(std::vector<std::string> args, const std::string& input = "") const {
+    args.insert(args.begin(), flags_.begin(), flags_.end());
     args.insert(args.begin(), {"/usr/bin/etcdctl", "--endpoints=" + endpoints_,
                                "--command-timeout=5s", "--dial-timeout=2s"});
     return run_command(args, input);
@@ -150,7 +153,24 @@ class Etcdctl {
 
  private:
   std::string endpoints_;
+  std::vector<std::string> flags_;
 };
+
+// A throwaway certificate authority and a server certificate for 127.0.0.1 signed by it (openssl),
+// in `dir`: ca.crt, server.crt, server.key.
+inline void make_test_certificates(const std::string& dir) {
+  const std::string script =
+      "set -e; cd '" + dir +
+      "'; openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 "
+      "-subj /CN=shmsched-test-ca 2>/dev/null; "
+      "openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr "
+      "-subj /CN=127.0.0.1 2>/dev/null; "
+      "printf 'subjectAltName=IP:127.0.0.1' > san.ext; "
+      "openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
+      "-out server.crt -days 1 -extfile san.ext 2>/dev/null";
+  const auto r = run_command({"/bin/sh", "-c", script});
+  if (r.exit_code != 0) throw std::runtime_error("openssl: " + r.out);
+}
 
 // msgpack {capabilities: [...], capacity: n}: a worker's registration value (short strings only).
 inline std::string registration_value(const std::vector<std::string>& capabilities, int capacity) {
@@ -171,10 +191,12 @@ inline std::string registration_value(const std::vector<std::string>& capabiliti
 // N etcd members on loopback forming one cluster.
 class EtcdCluster {
  public:
-  explicit EtcdCluster(int members = 1) {
+  // With `tls`, clients speak https with a certificate from make_test_certificates (in dir()).
+  explicit EtcdCluster(int members = 1, bool tls = false) : tls_(tls) {
     dir_ = "/tmp/shmsched-etcd-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++);
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
+    if (tls_) make_test_certificates(dir_);
     std::string initial;
     for (int i = 0; i < members; ++i) {
       Member m;
@@ -208,8 +230,10 @@ class EtcdCluster {
     for (const auto& m : members_) {
       if (m.pid > 0) s += (s.empty() ? "" : ",") + address(m);
     }
+    if (tls_) return Etcdctl(s, {"--cacert=" + dir_ + "/ca.crt"});
     return Etcdctl(s);
   }
+  const std::string& dir() const { return dir_; }
 
   // SIGKILL, and reaped.
   void kill(int i) {
@@ -224,7 +248,8 @@ class EtcdCluster {
   void start(int i, int client_port = 0) {
     Member& m = members_[i];
     const int port = client_port ? client_port : m.client_port;
-    const std::string client = "http://127.0.0.1:" + std::to_string(port);
+    const std::string client =
+        std::string(tls_ ? "https" : "http") + "://127.0.0.1:" + std::to_string(port);
     const std::string peer = "http://127.0.0.1:" + std::to_string(m.peer_port);
     std::vector<std::string> args = {"/usr/bin/etcd",
                                      "--name=" + m.name,
@@ -238,6 +263,10 @@ class EtcdCluster {
                                      "--initial-cluster-token=shmsched-test",
                                      "--logger=zap",
                                      "--log-outputs=" + dir_ + "/" + m.name + ".log"};
+    if (tls_) {
+      args.push_back("--cert-file=" + dir_ + "/server.crt");
+      args.push_back("--key-file=" + dir_ + "/server.key");
+    }
     m.pid = ::fork();
     if (m.pid == 0) {
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // no etcd outlives its test
@@ -278,6 +307,7 @@ class EtcdCluster {
     static int n = 0;
     return n;
   }
+  bool tls_ = false;
   std::string dir_;
   std::string initial_cluster_;
   std::vector<Member> members_;

@@ -44,7 +44,8 @@ std::string describe(const grpc::Status& status) {
 }
 
 Connection::Connection(const Options& o)
-    : dial_timeout_(o.dial_timeout),
+    : tls_(o.tls()),
+      dial_timeout_(o.dial_timeout),
       request_timeout_(o.request_timeout),
       user_(o.user),
       password_(o.password) {
@@ -93,7 +94,10 @@ bool Connection::connect(std::string& error) {
   }
   for (const auto& e : endpoints_) tried += (tried.empty() ? "" : ", ") + e.address;
   error = "cannot reach etcd at " + tried + " within " + std::to_string(dial_timeout_.count()) +
-          " ms (etcd.dial_timeout_ms): is etcd running, and are etcd.endpoints right?";
+          " ms (etcd.dial_timeout_ms): is etcd running, and are etcd.endpoints right?" +
+          (tls_ ? " With TLS: does etcd.tls_ca_file hold the CA that signed etcd's certificate, "
+                  "and does the certificate name the endpoint's address?"
+                : "");
   return false;
 }
 

@@ -56,6 +56,7 @@ class Connection {
   };
   bool authenticate(std::string& error);
 
+  bool tls_;
   std::vector<Endpoint> endpoints_;
   std::atomic<std::size_t> current_{0};
   std::chrono::milliseconds dial_timeout_;
