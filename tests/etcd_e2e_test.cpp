@@ -386,7 +386,7 @@ TEST_F(EtcdE2E, SwapFromZeromqToEtcdAndToKafkaPlusEtcdBySighupKeepsQueuedWork) {
 // etcd with authentication on: the transport logs in with etcd.user/etcd.password (its token on
 // every call, the watch included); a wrong password stops the start with a clear message.
 TEST(EtcdAuth, UserAndPasswordAreUsedAndAWrongPasswordIsRefused) {
-  EtcdCluster etcd(1);
+  EtcdCluster etcd(1, false, {"--auth-token-ttl=1"});  // tokens expire after a second unused
   const Etcdctl ctl = etcd.ctl();
   ASSERT_EQ(ctl.run({"user", "add", "root", "--new-user-password=s3cret"}).exit_code, 0);
   ASSERT_EQ(ctl.run({"auth", "enable"}).exit_code, 0);
@@ -402,6 +402,13 @@ TEST(EtcdAuth, UserAndPasswordAreUsedAndAWrongPasswordIsRefused) {
                     .exit_code == 0);
     ASSERT_TRUE(eventually([&] { return d.state("authed") == "completed"; }))
         << d.daemon->log_text();
+    // Once the token has expired, the next dispatch is refused by etcd, the transport fetches a
+    // new token and the supervisor's next attempt goes through.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // the expiry under test
+    ASSERT_TRUE(d.ingress->submit("after-expiry", "u").ok());
+    ASSERT_TRUE(eventually([&] { return d.state("after-expiry") == "dispatched"; }))
+        << d.daemon->log_text();
+    EXPECT_THAT(d.daemon->log_text(), HasSubstr("invalid auth token"));  // the path was taken
   }
   const std::string dir = temp_dir("etcd-auth");
   const std::string segment = unique("shmsched-e2e-eauth");

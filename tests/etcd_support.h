@@ -192,7 +192,9 @@ inline std::string registration_value(const std::vector<std::string>& capabiliti
 class EtcdCluster {
  public:
   // With `tls`, clients speak https with a certificate from make_test_certificates (in dir()).
-  explicit EtcdCluster(int members = 1, bool tls = false) : tls_(tls) {
+  // `extra`: more flags for every member (e.g. --auth-token-ttl=1).
+  explicit EtcdCluster(int members = 1, bool tls = false, std::vector<std::string> extra = {})
+      : tls_(tls), extra_(std::move(extra)) {
     dir_ = "/tmp/shmsched-etcd-" + std::to_string(::getpid()) + "-" + std::to_string(counter()++);
     std::filesystem::remove_all(dir_);
     std::filesystem::create_directories(dir_);
@@ -263,6 +265,7 @@ class EtcdCluster {
                                      "--initial-cluster-token=shmsched-test",
                                      "--logger=zap",
                                      "--log-outputs=" + dir_ + "/" + m.name + ".log"};
+    args.insert(args.end(), extra_.begin(), extra_.end());
     if (tls_) {
       args.push_back("--cert-file=" + dir_ + "/server.crt");
       args.push_back("--key-file=" + dir_ + "/server.key");
@@ -308,6 +311,7 @@ class EtcdCluster {
     return n;
   }
   bool tls_ = false;
+  std::vector<std::string> extra_;
   std::string dir_;
   std::string initial_cluster_;
   std::vector<Member> members_;

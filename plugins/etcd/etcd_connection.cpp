@@ -126,8 +126,10 @@ Connection::Stubs Connection::current() {
 
 bool Connection::failed(std::size_t index, const grpc::Status& status) {
   if (status.error_code() == grpc::StatusCode::UNAUTHENTICATED && !user_.empty()) {
-    std::string ignored;  // the next call fails again and says so
-    return authenticate(ignored);
+    // The token expired (etcd's simple tokens live 5 minutes unused, and die with a restart):
+    // the next context() fetches a new one (not here: this may be a gRPC callback thread).
+    reauthenticate_ = true;
+    return true;
   }
   if (!unreachable(status) && status.error_message().find("no leader") == std::string::npos) {
     return false;
@@ -140,6 +142,10 @@ bool Connection::failed(std::size_t index, const grpc::Status& status) {
 }
 
 std::unique_ptr<grpc::ClientContext> Connection::context(bool deadline) {
+  if (reauthenticate_.exchange(false)) {
+    std::string ignored;  // a failure shows in the call that follows
+    authenticate(ignored);
+  }
   auto ctx = std::make_unique<grpc::ClientContext>();
   if (deadline) ctx->set_deadline(std::chrono::system_clock::now() + request_timeout_);
   // A stream to a member cut off from the others is ended by etcd instead of going quiet.

@@ -43,7 +43,8 @@ class Connection {
   // call is worth repeating (not a refusal of the request itself).
   bool failed(std::size_t index, const grpc::Status& status);
 
-  // A context with the request deadline (or none, for a watch stream) and the auth token.
+  // A context with the request deadline (or none, for a watch stream) and the auth token (fetched
+  // again first when a call found it expired). Not from a gRPC callback: it may block.
   std::unique_ptr<grpc::ClientContext> context(bool deadline = true);
 
   std::chrono::milliseconds request_timeout() const { return request_timeout_; }
@@ -64,6 +65,7 @@ class Connection {
   std::string user_, password_;
   std::mutex token_mu_;
   std::string token_;
+  std::atomic<bool> reauthenticate_{false};
 };
 
 // True for the status codes that mean "etcd was not there or could not answer now" (worth a
