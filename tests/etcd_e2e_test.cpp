@@ -190,6 +190,22 @@ TEST_F(EtcdE2E, ARegistrationWhoseLeaseExpiresIsALostWorker) {
   EXPECT_EQ(ctl.get(d.key("tasks/orphan/owner")), "unclaimed");
 }
 
+// etcd is the truth for a worker registered there: one the supervisor dropped (here: unregistered
+// over the ingress) while its registration lasts is registered again at its next heartbeat.
+TEST_F(EtcdE2E, AWorkerTheSupervisorDroppedIsRegisteredAgainWhileItsRegistrationLasts) {
+  EtcdDaemon d(shared_->endpoints(), {"--etcd.worker_heartbeat_ms=200"});
+  const Etcdctl ctl = shared_->ctl();
+  register_worker(ctl, d, "keeper", {"gpu"});
+  ASSERT_TRUE(eventually([&] { return counter(*d.ingress, "workers") == 1; }));
+  ASSERT_TRUE(
+      d.ingress
+          ->call(MapBuilder().str("op", "unregister_worker").str("worker_id", "keeper").finish())
+          .ok());
+  d.wait_log("registering worker keeper again");
+  ASSERT_TRUE(eventually([&] { return counter(*d.ingress, "workers") == 1; }))
+      << d.daemon->log_text();
+}
+
 TEST_F(EtcdE2E, KeysOfFinishedExecutionsGoAfterTheRetention) {
   EtcdDaemon d(shared_->endpoints(),
                {"--max-active-executions=4000", "--etcd.retention_seconds=2"});

@@ -168,6 +168,7 @@ struct ReplyContext {
   std::shared_ptr<Supervisor> to;
   std::string what;
   bool quiet;
+  Supervisor::Refused refused;
 };
 }  // namespace
 
@@ -188,8 +189,8 @@ void Supervisor::detach() {
 }
 
 bool Supervisor::hand_over(const std::string& op, const std::string& what,
-                           const std::atomic<bool>& running, bool quiet) {
-  auto* ctx = new ReplyContext{self_.lock(), what, quiet};
+                           const std::atomic<bool>& running, bool quiet, Refused refused) {
+  auto* ctx = new ReplyContext{self_.lock(), what, quiet, std::move(refused)};
   const shmsched_inbound_done done{on_reply, on_ack, ctx};
   while (running) {
     if (host_.inbound(host_.host_ctx, reinterpret_cast<const std::uint8_t*>(op.data()), op.size(),
@@ -214,6 +215,12 @@ void Supervisor::on_reply(void* c, const std::uint8_t* body, std::size_t len) {
     const auto* claimed = field(m, "claimed");
     const bool refused = ok && ok->type == msgpack::type::BOOLEAN && !ok->via.boolean;
     const bool lost = claimed && claimed->type == msgpack::type::BOOLEAN && !claimed->via.boolean;
+    if (refused && ctx->refused) {
+      const auto* error = field(m, "error");
+      ctx->refused(error && error->type == msgpack::type::STR
+                       ? std::string(error->via.str.ptr, error->via.str.size)
+                       : std::string());
+    }
     if (!refused && !lost) return;
     std::string text;
     for (const char* key : {"error", "message", "owner", "reason"}) {

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -46,10 +47,14 @@ class Supervisor {
   explicit Supervisor(const shmsched_host& host) : host_(host) {}
 
   void log(shmsched_log_level level, const std::string& message);
+  // Called with the error code when the supervisor refuses an operation; from the supervisor's
+  // thread, possibly after the plugin stopped: it must only note what to do.
+  using Refused = std::function<void(const std::string& error)>;
+
   // Offers `op` until the host takes it or `running` turns false (then returns false). A
   // refusal is logged, at debug level when `quiet` (a resync repeats what was done before).
   bool hand_over(const std::string& op, const std::string& what, const std::atomic<bool>& running,
-                 bool quiet = false);
+                 bool quiet = false, Refused refused = {});
   // After stop(): replies that still arrive are dropped, not logged through a dead host.
   void detach();
 

@@ -146,7 +146,7 @@ bool StateWatcher::resync(std::int64_t& revision) {
   std::vector<std::string> vanished;
   {
     std::lock_guard lock(mu_);
-    for (const auto& w : workers_) {
+    for (const auto& [w, value] : workers_) {
       if (!present.count(w)) vanished.push_back(w);
     }
   }
@@ -263,7 +263,7 @@ void StateWatcher::registered(const std::string& worker, const std::string& valu
   send(ops::register_worker(worker, capabilities, capacity), "the registration of " + worker,
        quiet);
   std::lock_guard lock(mu_);
-  workers_.insert(worker);
+  workers_[worker] = value;
 }
 
 void StateWatcher::gone(const std::string& worker) {
@@ -278,14 +278,32 @@ void StateWatcher::gone(const std::string& worker) {
 void StateWatcher::beat() {
   while (running_) {
     pause(options_.worker_heartbeat);
-    std::vector<std::string> workers;
+    std::vector<std::pair<std::string, std::string>> workers;
     {
       std::lock_guard lock(mu_);
       workers.assign(workers_.begin(), workers_.end());
     }
-    for (const auto& w : workers) {
+    std::set<std::string> forgotten;
+    {
+      std::lock_guard lock(forgotten_->mu);
+      forgotten.swap(forgotten_->workers);
+    }
+    for (const auto& [w, value] : workers) {
       if (!running_) return;
-      send(ops::heartbeat(w), "the heartbeat of " + w, /*quiet=*/true);  // every few seconds
+      if (forgotten.count(w)) {
+        supervisor_->log(SHMSCHED_LOG_INFO, "etcd: registering worker " + w +
+                                                " again: the supervisor did not know it, and its "
+                                                "registration is still in etcd");
+        registered(w, value);
+        continue;
+      }
+      supervisor_->log(SHMSCHED_LOG_DEBUG, "etcd: handing over the heartbeat of " + w);
+      supervisor_->hand_over(ops::heartbeat(w), "the heartbeat of " + w, running_, /*quiet=*/true,
+                             [f = forgotten_, w = w](const std::string& error) {
+                               if (error != "not_found") return;
+                               std::lock_guard lock(f->mu);
+                               f->workers.insert(w);
+                             });
     }
   }
 }

@@ -18,6 +18,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -64,8 +65,16 @@ class StateWatcher {
   std::atomic<bool> running_{false};
   std::mutex mu_;
   std::condition_variable wake_;
-  grpc::ClientContext* stream_ = nullptr;  // the watch in progress (cancelled by stop)
-  std::set<std::string> workers_;          // registrations seen and not deleted
+  grpc::ClientContext* stream_ = nullptr;       // the watch in progress (cancelled by stop)
+  std::map<std::string, std::string> workers_;  // registrations seen and not deleted: values
+  // Workers whose heartbeat the supervisor did not know (it dropped them: max_workers, an
+  // unregister over the ingress): registered again from their etcd value. Shared with the
+  // refusal callbacks, which may run after this watcher is gone.
+  struct Forgotten {
+    std::mutex mu;
+    std::set<std::string> workers;
+  };
+  std::shared_ptr<Forgotten> forgotten_ = std::make_shared<Forgotten>();
   std::thread thread_, heartbeat_thread_;
   std::chrono::steady_clock::time_point next_failure_log_{};
 };
