@@ -8,6 +8,7 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
@@ -457,6 +458,42 @@ TEST(Writer, DiskErrorsAreStickyValues) {
   ASSERT_GE(rec.records.size(), 1u);
   EXPECT_EQ(rec.records[0].payload, "kept");
   EXPECT_TRUE(open_writer(options(dir.path())));
+}
+
+// Records a writer wrote and never synced (it was killed between its write and its fdatasync)
+// are in the page cache, and a new writer reads them back: it syncs them before it calls them
+// durable, since a supervisor answers durable submits from that LSN. Before the fix, the new writer
+// reported them durable without any sync.
+TEST(Writer, AReopenedJournalSyncsWhatTheLastWriterLeftUnsynced) {
+  TempDir dir("unsynced");
+  {
+    auto o = options(dir.path());
+    o.fault_injector = [](IoOp op, const std::string& path) {
+      return op == IoOp::kSync && !path.ends_with(".tmp") ? EIO : 0;  // written, never synced
+    };
+    auto w = open_writer(std::move(o));
+    ASSERT_TRUE(w);
+    ASSERT_TRUE(w->append(1, std::string_view("written, not synced")));
+    ASSERT_FALSE(w->wait_durable(1).ok());
+  }
+  std::mutex mu;  // the writer's thread calls the injector too once open() has returned
+  std::vector<std::pair<IoOp, std::string>> io;
+  auto o = options(dir.path());
+  o.fault_injector = [&](IoOp op, const std::string& path) {
+    std::lock_guard lock(mu);
+    io.emplace_back(op, path);
+    return 0;
+  };
+  auto w = open_writer(std::move(o));
+  ASSERT_TRUE(w);
+  ASSERT_EQ(w->durable_lsn(), 1u) << "the record was not read back";
+  const auto names = segment_names(dir.path());
+  ASSERT_FALSE(names.empty());
+  std::lock_guard lock(mu);
+  const bool synced = std::any_of(io.begin(), io.end(), [&](const auto& e) {
+    return e.first == IoOp::kSync && e.second.ends_with(names.back());
+  });
+  EXPECT_TRUE(synced) << "the record is called durable without a sync since it was written";
 }
 
 TEST(Writer, InjectedReadOnlyAndFullDisk) {

@@ -101,6 +101,9 @@ Status Writer::start(const RecordVisitor& visit) {
     if (::lseek(seg->fd, static_cast<off_t>(end.size), SEEK_SET) < 0) {
       return os_error(errno, dir, "cannot seek in " + end.path);
     }
+    // What it holds may have been written by a writer killed before its fdatasync: readable
+    // from the page cache, and not yet on the disk. It is called durable below, so sync it.
+    if (Status s = sync_data(seg->fd, dir, end.path, options_.fault_injector)) return s;
     seg->seq = end.seq;
     seg->path = end.path;
     seg->size = end.size;
