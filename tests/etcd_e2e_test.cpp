@@ -4,12 +4,17 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
+
 #include <atomic>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
 
 #include "daemon_support.h"
 #include "etcd_support.h"
 #include "shmsched/ipc/queue.h"
+#include "shmsched/transport.h"
 
 namespace shmsched::test {
 namespace {
@@ -469,6 +474,117 @@ TEST(EtcdOptions, BadOptionsAreRefusedWithTheKeyAndTheFix) {
   }
   ipc::Segment::remove(segment);
   std::filesystem::remove_all(dir);
+}
+
+// The plugin loaded on its own (dlopen), under a host that records what the plugin reports.
+struct DirectHost {
+  std::mutex mu;
+  std::condition_variable cv;
+  std::map<std::uint64_t, int> delivered;   // token -> times reported
+  int entered = 0, left = 0;                // delivery callbacks begun, ended
+  std::chrono::milliseconds hold_first{0};  // the first delivery callback takes this long
+  std::atomic<bool> stop_returned{false};
+  std::atomic<int> after_stop{0};  // callbacks that ran on after stop() returned
+
+  static void log(void*, shmsched_log_level, const char*) {}
+  static void delivery(void* ctx, std::uint64_t token, int, const char*) {
+    auto* h = static_cast<DirectHost*>(ctx);
+    bool first = false;
+    {
+      std::lock_guard lock(h->mu);
+      first = h->entered++ == 0;
+    }
+    h->cv.notify_all();
+    if (first) std::this_thread::sleep_for(h->hold_first);
+    if (h->stop_returned) ++h->after_stop;
+    {
+      std::lock_guard lock(h->mu);
+      ++h->delivered[token];
+      ++h->left;
+    }
+    h->cv.notify_all();
+  }
+  static int inbound(void*, const std::uint8_t*, std::size_t, shmsched_inbound_done done) {
+    if (done.ack) done.ack(done.op_ctx);
+    return SHMSCHED_OK;
+  }
+  shmsched_host host() { return shmsched_host{this, log, delivery, inbound}; }
+};
+
+struct DirectPlugin {
+  void* lib = nullptr;
+  const shmsched_transport_api* api = nullptr;
+  shmsched_transport* t = nullptr;
+
+  DirectPlugin(DirectHost& host, const std::vector<std::pair<std::string, std::string>>& options) {
+    lib = ::dlopen(SHMSCHED_PLUGIN_DIR "/libshmsched_transport_etcd.so", RTLD_NOW | RTLD_LOCAL);
+    if (!lib) throw std::runtime_error(::dlerror());
+    api = reinterpret_cast<shmsched_transport_entry_fn>(
+        ::dlsym(lib, SHMSCHED_TRANSPORT_ENTRY_SYMBOL))();
+    std::vector<shmsched_kv> kv;
+    for (const auto& [k, v] : options) kv.push_back({k.c_str(), v.c_str()});
+    const shmsched_host h = host.host();
+    char err[512] = {};
+    t = api->create(kv.data(), kv.size(), &h, err, sizeof err);
+    if (!t) throw std::runtime_error(err);
+    if (api->start(t, err, sizeof err) != SHMSCHED_OK) throw std::runtime_error(err);
+  }
+  ~DirectPlugin() {
+    if (t) api->destroy(t);
+    ::dlclose(lib);
+  }
+};
+
+// msgpack {execution_id: id, attempt: 1}: enough of a CreatePodCommand for the plugin.
+std::string command_body(const std::string& id) {
+  std::string b =
+      "\x82\xac"
+      "execution_id";
+  b += static_cast<char>(0xa0 | id.size());
+  b += id;
+  b += "\xa7"
+       "attempt\x01";
+  return b;
+}
+
+// stop() must not return while a delivery of an answered transaction is still being reported:
+// the ABI promises no callback after it returns (the host then frees what the callbacks use).
+TEST_F(EtcdE2E, StopReturnsOnlyAfterEveryDeliveryWasReported) {
+  DirectHost host;
+  host.hold_first = std::chrono::milliseconds(300);
+  const std::string prefix = "/" + unique("direct");
+  auto plugin = std::make_unique<DirectPlugin>(
+      host, std::vector<std::pair<std::string, std::string>>{{"endpoints", shared_->endpoints()},
+                                                             {"prefix", prefix}});
+  std::vector<std::string> ids, bodies;
+  std::vector<shmsched_message> msgs;
+  std::vector<std::uint64_t> tokens;
+  for (int i = 0; i < 3; ++i) {
+    ids.push_back("d" + std::to_string(i));
+    bodies.push_back(command_body(ids.back()));
+  }
+  for (int i = 0; i < 3; ++i) {
+    msgs.push_back({"CreatePodCommand", ids[i].c_str(), "CreatePodCommand",
+                    reinterpret_cast<const std::uint8_t*>(bodies[i].data()), bodies[i].size(), 1});
+    tokens.push_back(100 + i);
+  }
+  int refusal = 0;
+  ASSERT_EQ(plugin->api->publish_batch(plugin->t, msgs.data(), tokens.data(), 3, &refusal), 3u);
+  {
+    std::unique_lock lock(host.mu);
+    ASSERT_TRUE(host.cv.wait_for(lock, std::chrono::seconds(20), [&] { return host.entered > 0; }));
+  }
+  // etcd answered; the first delivery is being reported: stop now.
+  plugin->api->stop(plugin->t);
+  host.stop_returned = true;
+  {
+    std::unique_lock lock(host.mu);
+    host.cv.wait_for(lock, std::chrono::seconds(5), [&] { return host.left == 3; });
+    EXPECT_EQ(host.left, 3);
+    for (const auto token : tokens) EXPECT_EQ(host.delivered[token], 1) << token;
+  }
+  EXPECT_EQ(host.after_stop, 0) << "delivery callbacks ran after stop() returned";
+  plugin.reset();
 }
 
 }  // namespace

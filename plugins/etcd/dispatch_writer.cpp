@@ -248,14 +248,12 @@ void DispatchWriter::send(std::unique_ptr<Batch> batch) {
 }
 
 void DispatchWriter::answered(Batch* b, const grpc::Status& status) {
-  std::unique_ptr<Batch> batch;
-  std::vector<Item> failed;
+  // The batch stays in flight until every outcome is reported: stop() waits for that, and the
+  // ABI allows no callback after stop() returned (the host frees what its callbacks use).
+  Batch* batch = b;
   bool stopping = false;
   {
     std::lock_guard lock(mu_);
-    auto it = in_flight_.find(b);
-    batch = std::move(it->second);
-    in_flight_.erase(it);
     stopping = stopping_;
   }
   if (status.ok()) {
@@ -314,7 +312,9 @@ void DispatchWriter::answered(Batch* b, const grpc::Status& status) {
               (retry ? "" : ". etcd refused the request itself: see its message"));
     }
   }
-  batch.reset();
+  // Nothing of this object is touched once the batch is gone: stop() may return then.
+  std::lock_guard lock(mu_);
+  in_flight_.erase(b);
   settled_.notify_all();
   wake_.notify_one();
 }
