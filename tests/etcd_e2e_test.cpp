@@ -587,5 +587,35 @@ TEST_F(EtcdE2E, StopReturnsOnlyAfterEveryDeliveryWasReported) {
   plugin.reset();
 }
 
+// An etcd whose store began again (data directory wiped, an old backup restored) has a revision
+// below the one the watch had reached: the watch must not wait for that revision to come back
+// (every completion written until then would be missed), it reads the current state instead.
+TEST(EtcdRestart, AWipedEtcdWithALowerRevisionStillDeliversCompletions) {
+  EtcdCluster etcd(1);
+  EtcdDaemon d(etcd.endpoints(), {"--dispatch-backoff-ms=50", "--max-backoff-ms=1000",
+                                  "--etcd.request_timeout_ms=1000"});
+  const Etcdctl ctl = etcd.ctl();
+  // Revisions the watch sees (keys under tasks/ that are not owners), then a completion it acts
+  // on: it has passed all of them.
+  for (int i = 0; i < 15; ++i)
+    ASSERT_TRUE(ctl.put(d.key("tasks/filler/" + std::to_string(i)), "x"));
+  ASSERT_TRUE(d.ingress->submit("before", "u").ok());
+  ASSERT_TRUE(eventually([&] { return ctl.get(d.key("commands/before")).has_value(); }));
+  ASSERT_TRUE(ctl.put(d.key("tasks/before/owner"), "completed:w"));
+  ASSERT_TRUE(eventually([&] { return d.state("before") == "completed"; })) << d.daemon->log_text();
+
+  etcd.wipe(0);
+  etcd.wait_healthy();
+  ASSERT_LT(ctl.revision(), 10);
+  ASSERT_TRUE(d.ingress->submit("after", "u").ok());
+  ASSERT_TRUE(eventually([&] { return ctl.get(d.key("commands/after")).has_value(); },
+                         std::chrono::seconds(30)))
+      << d.daemon->log_text();
+  ASSERT_TRUE(ctl.put(d.key("tasks/after/owner"), "completed:w"));
+  ASSERT_TRUE(eventually([&] { return d.state("after") == "completed"; }))
+      << "the completion written after etcd began again was missed:\n"
+      << d.daemon->log_text();
+}
+
 }  // namespace
 }  // namespace shmsched::test

@@ -296,6 +296,13 @@ class EtcdCluster {
     }
   }
   int client_port(int i) const { return members_[i].client_port; }
+  // SIGKILL, its data directory removed, started again on the same ports: a store that begins
+  // again at revision 1 (an operator wiped it, or restored an old backup).
+  void wipe(int i) {
+    kill(i);
+    std::filesystem::remove_all(dir_ + "/" + members_[i].name);
+    start(i);
+  }
 
  private:
   struct Member {

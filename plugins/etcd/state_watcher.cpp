@@ -186,6 +186,20 @@ StateWatcher::End StateWatcher::watch(std::int64_t& last) {
   if (stream->Write(req)) {
     etcdserverpb::WatchResponse resp;
     while (stream->Read(&resp)) {
+      if (resp.header().revision() > 0 && resp.header().revision() < last) {
+        // The store is behind what this watch has seen: etcd began again (its data directory
+        // wiped, an old backup restored). Waiting for revision last + 1 would miss everything
+        // written until the store gets there again: read the current state instead.
+        supervisor_->log(SHMSCHED_LOG_WARN,
+                         "etcd: " + connection_.address(stubs.index) + " is at revision " +
+                             std::to_string(resp.header().revision()) + ", behind revision " +
+                             std::to_string(last) +
+                             " that the watch had seen (etcd lost its data or was restored from "
+                             "a backup): reading the current state instead");
+        end = End::kCompacted;
+        ctx->TryCancel();
+        break;
+      }
       if (resp.canceled()) {
         if (resp.compact_revision() > 0) {
           supervisor_->log(SHMSCHED_LOG_WARN,
