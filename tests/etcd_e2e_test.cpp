@@ -617,5 +617,21 @@ TEST(EtcdRestart, AWipedEtcdWithALowerRevisionStillDeliversCompletions) {
       << d.daemon->log_text();
 }
 
+// Without lifecycle events in etcd (write_events = false) the keys of finished executions still
+// go after the retention: etcd stays bounded.
+TEST_F(EtcdE2E, WithoutEventsKeysOfFinishedExecutionsStillGoAfterTheRetention) {
+  EtcdDaemon d(shared_->endpoints(), {"--etcd.write_events=false", "--etcd.retention_seconds=2"});
+  const Etcdctl ctl = shared_->ctl();
+  for (const std::string id : {"x0", "x1"}) {
+    ASSERT_TRUE(d.ingress->submit(id, "u").ok());
+    ASSERT_TRUE(eventually([&] { return ctl.get(d.key("commands/" + id)).has_value(); }));
+    ASSERT_TRUE(ctl.put(d.key("tasks/" + id + "/owner"), "completed:w"));
+    ASSERT_TRUE(eventually([&] { return d.state(id) == "completed"; })) << d.daemon->log_text();
+  }
+  ASSERT_TRUE(
+      eventually([&] { return ctl.keys(d.prefix + "/").empty(); }, std::chrono::seconds(15)))
+      << ctl.keys(d.prefix + "/").size() << " keys left, e.g. " << ctl.keys(d.prefix + "/")[0];
+}
+
 }  // namespace
 }  // namespace shmsched::test

@@ -79,6 +79,19 @@ std::size_t DispatchWriter::take(const shmsched_message* msgs, const std::uint64
       const shmsched_message& m = msgs[taken];
       if (!m.is_command && !options_.write_events) {
         unwritten.push_back(taken);
+        // No events/ key, but an execution's final event still puts its keys under the
+        // retention lease: without it they would stay in etcd for ever.
+        const std::string_view type = m.type ? m.type : "";
+        if (m.key && *m.key && queue_.size() < options_.max_queued &&
+            (type == "ExecutionCompleted" || type == "ExecutionCancelled" ||
+             type == "ExecutionExpired" || type == "ExecutionFailed")) {
+          Item item;
+          item.type = type;
+          item.id = m.key;
+          item.internal = true;
+          item.fields = read_fields(m.body, m.body_len);
+          if (final_event(item.type, item.fields)) queue_.push_back(std::move(item));
+        }
         continue;
       }
       if (queue_.size() >= options_.max_queued) {

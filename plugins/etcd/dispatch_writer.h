@@ -55,7 +55,7 @@ class DispatchWriter {
   struct Item {
     std::string type, id, body;
     bool command = false;
-    bool internal = false;  // retain(): no delivery to report
+    bool internal = false;  // only the retention of its keys (no events/ key), no delivery
     std::uint64_t token = 0;
     MessageFields fields;
   };
