@@ -76,7 +76,9 @@ struct EtcdDaemon {
   std::unique_ptr<Daemon> daemon;
   std::unique_ptr<Ingress> ingress;
 
-  EtcdDaemon(const std::string& endpoints, std::vector<std::string> args) {
+  // `at`: the prefix (default: one of its own).
+  EtcdDaemon(const std::string& endpoints, std::vector<std::string> args, std::string at = "") {
+    if (!at.empty()) prefix = std::move(at);
     args.push_back("--transports=zeromq,etcd");
     args.push_back("--etcd.endpoints=" + endpoints);
     args.push_back("--etcd.prefix=" + prefix);
@@ -631,6 +633,36 @@ TEST_F(EtcdE2E, WithoutEventsKeysOfFinishedExecutionsStillGoAfterTheRetention) {
   ASSERT_TRUE(
       eventually([&] { return ctl.keys(d.prefix + "/").empty(); }, std::chrono::seconds(15)))
       << ctl.keys(d.prefix + "/").size() << " keys left, e.g. " << ctl.keys(d.prefix + "/")[0];
+}
+
+// An execution id used again while the keys of its earlier run are kept for the retention (a
+// supervisor that does not remember that run: restarted without a journal, or past the 100,000
+// finished ones it keeps): the new dispatch must be written, not taken for a repeat of the old.
+TEST_F(EtcdE2E, AnIdUsedAgainWithinTheRetentionIsDispatchedAfresh) {
+  const std::string prefix = "/" + unique("reuse");
+  const Etcdctl ctl = shared_->ctl();
+  {
+    EtcdDaemon d(shared_->endpoints(), {}, prefix);
+    ASSERT_TRUE(d.ingress->submit("again", "u").ok());
+    ASSERT_TRUE(eventually([&] { return ctl.get(d.key("commands/again")).has_value(); }));
+    ASSERT_TRUE(ctl.put(d.key("tasks/again/owner"), "completed:w"));
+    ASSERT_TRUE(eventually([&] { return d.state("again") == "completed"; }));
+    // Its final event put its keys under the retention lease.
+    ASSERT_TRUE(
+        eventually([&] { return ctl.get(d.key("events/again/ExecutionCompleted")).has_value(); }));
+  }
+  EtcdDaemon d(shared_->endpoints(), {}, prefix);
+  ASSERT_TRUE(d.ingress->submit("again", "u").ok());
+  ASSERT_TRUE(eventually([&] { return counter(*d.ingress, "dispatched") == 1; }))
+      << d.daemon->log_text();
+  EXPECT_EQ(ctl.get(d.key("tasks/again/owner")), "unclaimed")
+      << "the second run's dispatch wrote nothing:\n"
+      << d.daemon->log_text();
+  EXPECT_EQ(d.state("again"), "dispatched");
+  // Claimed and completed like any other.
+  ASSERT_TRUE(ctl.claim(d.key("tasks/again/owner"), "w2"));
+  ASSERT_TRUE(ctl.put(d.key("tasks/again/owner"), "completed:w2"));
+  ASSERT_TRUE(eventually([&] { return d.state("again") == "completed"; })) << d.daemon->log_text();
 }
 
 }  // namespace

@@ -215,13 +215,21 @@ bool DispatchWriter::build(std::unique_lock<std::mutex>&, Batch& batch) {
       const bool push = item.type == "TaskPush";
       std::string mark = std::to_string(item.fields.attempt);
       if (push) mark += ":" + item.fields.worker_id;
-      // Written unless tasks/<id>/dispatched already names this attempt (and worker).
+      // Written unless tasks/<id>/dispatched already names this attempt (and worker) of a run
+      // that has not finished: the keys of a finished run are under the retention lease, and an
+      // id used again meanwhile (by a supervisor that no longer remembers that run) is a new run
+      // whose dispatch must be written.
       auto* nested = batch.request.add_success()->mutable_request_txn();
       auto* c = nested->add_compare();
       c->set_key(keys_.dispatched(item.id));
       c->set_target(Compare::VALUE);
       c->set_result(Compare::EQUAL);
       c->set_value(mark);
+      auto* unleased = nested->add_compare();
+      unleased->set_key(keys_.dispatched(item.id));
+      unleased->set_target(Compare::LEASE);
+      unleased->set_result(Compare::EQUAL);
+      unleased->set_lease(0);
       put(nested->add_failure(), writes[0], item.body);
       put(nested->add_failure(), keys_.owner(item.id), "unclaimed");
       put(nested->add_failure(), keys_.dispatched(item.id), mark);
