@@ -665,5 +665,27 @@ TEST_F(EtcdE2E, AnIdUsedAgainWithinTheRetentionIsDispatchedAfresh) {
   ASSERT_TRUE(eventually([&] { return d.state("again") == "completed"; })) << d.daemon->log_text();
 }
 
+// Execution ids are any bytes up to 64 (the queue refuses nothing else): one with a '/' or a space
+// is dispatched, claimed and completed through etcd like any other.
+TEST_F(EtcdE2E, ExecutionIdsWithSlashesAndSpacesAreClaimedAndCompleted) {
+  EtcdDaemon d(shared_->endpoints(), {});
+  const Etcdctl ctl = shared_->ctl();
+  register_worker(ctl, d, "w", {});
+  ASSERT_TRUE(eventually([&] { return counter(*d.ingress, "workers") == 1; }));
+  ASSERT_TRUE(d.ingress->submit("job/7", "u").ok());
+  ASSERT_TRUE(d.ingress->submit("a b/owner", "u").ok());
+  ASSERT_TRUE(eventually([&] {
+    return ctl.get(d.key("commands/job/7")) && ctl.get(d.key("commands/a b/owner"));
+  })) << d.daemon->log_text();
+  ASSERT_TRUE(ctl.claim(d.key("tasks/job/7/owner"), "w"));
+  ASSERT_TRUE(eventually([&] { return counter(*d.ingress, "claims_won") == 1; }))
+      << d.daemon->log_text();
+  ASSERT_TRUE(ctl.put(d.key("tasks/job/7/owner"), "completed:w"));
+  ASSERT_TRUE(ctl.put(d.key("tasks/a b/owner/owner"), "completed:w"));
+  ASSERT_TRUE(eventually([&] { return d.state("job/7") == "completed"; })) << d.daemon->log_text();
+  ASSERT_TRUE(eventually([&] { return d.state("a b/owner") == "completed"; }))
+      << d.daemon->log_text();
+}
+
 }  // namespace
 }  // namespace shmsched::test

@@ -30,22 +30,29 @@ Keys::Parsed Keys::parse(std::string_view key) const {
   Parsed p;
   if (key.substr(0, root_.size()) != root_) return p;
   key.remove_prefix(root_.size());
-  // Ids contain no '/' (execution ids and worker ids are refused with one by the ingress).
-  auto middle = [](std::string_view rest, std::string_view suffix) -> std::optional<std::string> {
+  // An id is what lies between the folder and the suffix. Execution ids may hold a '/' (the
+  // queue takes any bytes): under tasks/ there is nothing but <id>/owner and <id>/dispatched, so
+  // tasks/<id>/owner names one id whatever it holds. Not so under workers/: the inbox key of an
+  // execution "registration" pushed to worker w is workers/w/inbox/registration, which must not
+  // register a worker "w/inbox": worker ids with a '/' are not recognised there.
+  auto middle = [](std::string_view rest, std::string_view suffix,
+                   bool slashes) -> std::optional<std::string> {
     if (rest.size() <= suffix.size() || rest.substr(rest.size() - suffix.size()) != suffix) {
       return std::nullopt;
     }
     rest.remove_suffix(suffix.size());
-    if (rest.empty() || rest.find('/') != std::string_view::npos) return std::nullopt;
+    if (rest.empty() || (!slashes && rest.find('/') != std::string_view::npos)) {
+      return std::nullopt;
+    }
     return std::string(rest);
   };
   if (key.rfind("tasks/", 0) == 0) {
-    if (auto id = middle(key.substr(6), "/owner")) {
+    if (auto id = middle(key.substr(6), "/owner", true)) {
       p.kind = Parsed::kOwner;
       p.id = std::move(*id);
     }
   } else if (key.rfind("workers/", 0) == 0) {
-    if (auto id = middle(key.substr(8), "/registration")) {
+    if (auto id = middle(key.substr(8), "/registration", false)) {
       p.kind = Parsed::kRegistration;
       p.id = std::move(*id);
     }
