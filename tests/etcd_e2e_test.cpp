@@ -549,6 +549,23 @@ std::string command_body(const std::string& id) {
   return b;
 }
 
+// msgpack {execution_id, attempt, worker_id}: enough of a TaskPush for the plugin.
+std::string push_body(const std::string& id, int attempt, const std::string& worker) {
+  std::string b =
+      "\x83\xac"
+      "execution_id";
+  b += static_cast<char>(0xa0 | id.size());
+  b += id;
+  b += "\xa7"
+       "attempt";
+  b += static_cast<char>(attempt);
+  b += "\xa9"
+       "worker_id";
+  b += static_cast<char>(0xa0 | worker.size());
+  b += worker;
+  return b;
+}
+
 // stop() must not return while a delivery of an answered transaction is still being reported:
 // the ABI promises no callback after it returns (the host then frees what the callbacks use).
 TEST_F(EtcdE2E, StopReturnsOnlyAfterEveryDeliveryWasReported) {
@@ -685,6 +702,41 @@ TEST_F(EtcdE2E, ExecutionIdsWithSlashesAndSpacesAreClaimedAndCompleted) {
   ASSERT_TRUE(eventually([&] { return d.state("job/7") == "completed"; })) << d.daemon->log_text();
   ASSERT_TRUE(eventually([&] { return d.state("a b/owner") == "completed"; }))
       << d.daemon->log_text();
+}
+
+// A push offered to another worker for the same attempt (nobody claimed it in time, as far as the
+// supervisor knew) must not reset an owner a worker wrote in etcd meanwhile: the claim that won
+// in etcd stays the only winner (the supervisor takes it when it arrives), or two workers would
+// both win a claim of one attempt and run it. A new attempt starts unclaimed.
+TEST_F(EtcdE2E, APushOfferedAgainForTheSameAttemptKeepsAClaimMadeMeanwhile) {
+  DirectHost host;
+  const std::string prefix = "/" + unique("repush");
+  DirectPlugin plugin(host, {{"endpoints", shared_->endpoints()}, {"prefix", prefix}});
+  const Etcdctl ctl = shared_->ctl();
+  std::uint64_t token = 0;
+  auto push = [&](int attempt, const std::string& worker) {
+    const std::string id = "x", body = push_body(id, attempt, worker), topic = "TaskPush." + worker;
+    const shmsched_message m{"TaskPush",    id.c_str(),
+                             topic.c_str(), reinterpret_cast<const std::uint8_t*>(body.data()),
+                             body.size(),   1};
+    const std::uint64_t t = ++token;
+    ASSERT_EQ(plugin.api->publish(plugin.t, &m, t), SHMSCHED_OK);
+    std::unique_lock lock(host.mu);
+    ASSERT_TRUE(
+        host.cv.wait_for(lock, std::chrono::seconds(20), [&] { return host.delivered.count(t); }));
+  };
+  const std::string owner = prefix + "/tasks/x/owner";
+  push(1, "w1");
+  ASSERT_TRUE(ctl.claim(owner, "w1"));
+  push(1, "w2");
+  EXPECT_EQ(ctl.get(prefix + "/tasks/x/dispatched"), "1:w2");
+  EXPECT_TRUE(ctl.get(prefix + "/workers/w2/inbox/x").has_value());
+  EXPECT_EQ(ctl.get(owner), "w1") << "the re-push took w1's claim away";
+  EXPECT_FALSE(ctl.claim(owner, "w2")) << "a second claimant won the same attempt";
+  // Attempt 2: unclaimed again, for anyone.
+  push(2, "w2");
+  EXPECT_EQ(ctl.get(owner), "unclaimed");
+  EXPECT_TRUE(ctl.claim(owner, "w2"));
 }
 
 }  // namespace
