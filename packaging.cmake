@@ -25,7 +25,7 @@ set(CPACK_PACKAGING_INSTALL_PREFIX ${CMAKE_INSTALL_PREFIX})
 set(CPACK_SET_DESTDIR ON)  # the configuration goes to /etc, outside the prefix
 set(CPACK_GENERATOR DEB)
 set(CPACK_DEB_COMPONENT_INSTALL ON)
-set(CPACK_COMPONENTS_ALL server kafka)
+set(CPACK_COMPONENTS_ALL server kafka etcd)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)  # depends on the runtime libraries it links, only
 set(CPACK_DEBIAN_PACKAGE_SECTION admin)
@@ -33,6 +33,8 @@ set(CPACK_DEBIAN_SERVER_PACKAGE_NAME shmsched)
 set(CPACK_DEBIAN_SERVER_PACKAGE_DEPENDS "systemd | systemd-standalone-sysusers")
 set(CPACK_DEBIAN_KAFKA_PACKAGE_NAME shmsched-transport-kafka)
 set(CPACK_DEBIAN_KAFKA_PACKAGE_DEPENDS "shmsched (= ${PROJECT_VERSION})")
+set(CPACK_DEBIAN_ETCD_PACKAGE_NAME shmsched-transport-etcd)  # gRPC and protobuf only there
+set(CPACK_DEBIAN_ETCD_PACKAGE_DEPENDS "shmsched (= ${PROJECT_VERSION})")
 # The configuration is a conffile (an edited one survives an upgrade); the user is created at
 # installation; nothing starts by itself.
 configure_file(packaging/conffiles.in ${CMAKE_BINARY_DIR}/packaging/conffiles @ONLY)

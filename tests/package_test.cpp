@@ -51,14 +51,16 @@ TEST(Package, BuildsInstallsAndRuns) {
   const Shell cpack = sh("cpack --config " + shell_quote(SHMSCHED_BINARY_DIR "/CPackConfig.cmake") +
                          " -B " + shell_quote(out));
   ASSERT_EQ(cpack.code, 0) << cpack.out;
-  std::string server_deb, kafka_deb;
+  std::string server_deb, kafka_deb, etcd_deb;
   for (const auto& e : fs::directory_iterator(out)) {
     const std::string name = e.path().filename().string();
     if (name.rfind("shmsched_", 0) == 0 && e.path().extension() == ".deb") server_deb = e.path();
     if (name.rfind("shmsched-transport-kafka_", 0) == 0) kafka_deb = e.path();
+    if (name.rfind("shmsched-transport-etcd_", 0) == 0) etcd_deb = e.path();
   }
   ASSERT_FALSE(server_deb.empty()) << cpack.out;
   ASSERT_FALSE(kafka_deb.empty()) << cpack.out;
+  ASSERT_FALSE(etcd_deb.empty()) << cpack.out;
 
   // Runtime libraries only; librdkafka only with the kafka transport; the configuration is a
   // conffile.
@@ -68,6 +70,10 @@ TEST(Package, BuildsInstallsAndRuns) {
   EXPECT_THAT(depends.out, Not(HasSubstr("-dev")));
   EXPECT_THAT(sh("dpkg-deb -f " + shell_quote(kafka_deb) + " Depends").out,
               HasSubstr("librdkafka"));
+  EXPECT_THAT(depends.out, Not(HasSubstr("grpc")));  // gRPC only with the etcd transport
+  EXPECT_THAT(sh("dpkg-deb -f " + shell_quote(etcd_deb) + " Depends").out, HasSubstr("libgrpc"));
+  EXPECT_THAT(sh("dpkg-deb --contents " + shell_quote(etcd_deb)).out,
+              HasSubstr("/shmsched/plugins/libshmsched_transport_etcd.so"));
   const Shell conffiles = sh("dpkg-deb --info " + shell_quote(server_deb) + " conffiles");
   EXPECT_THAT(conffiles.out, HasSubstr(SHMSCHED_CONFIG_FILE));
   const Shell contents = sh("dpkg-deb --contents " + shell_quote(server_deb));
