@@ -576,6 +576,7 @@ struct Restart {
   double to_log_ms = -1;      // exec -> "rebuilt it from the journal"
   double to_ingress_ms = -1;  // exec -> the ingress answers
   std::uint64_t restored = 0;
+  std::string phases;  // what shmschedd says of its phases: "(journal read in ..., ...)"
 };
 
 // Starts shmschedd on the journal after its segment was removed; times the rebuild.
@@ -591,6 +592,9 @@ Restart restart(Shmschedd& s, const Setup& setup, const std::string& segment,
     throw std::runtime_error("restore from the journal failed");
   }
   r.to_ingress_ms = ms_since(s.exec_at, *ingress);
+  if (const auto at = line->second.find("(journal read in"); at != std::string::npos) {
+    r.phases = line->second.substr(at);
+  }
   r.to_log_ms = ms_since(s.exec_at, line->first);
   // "... rebuilt it from the journal DIR: N execution(s), ..."
   const auto at = line->second.find(journal + ": ");
@@ -794,9 +798,9 @@ int run(int argc, char** argv) {
         (cold ? cold_ingress : warm_ingress).push_back(x.to_ingress_ms);
         std::printf(
             "  round %d, journal %s page cache: rebuilt %llu in %7.0f ms (log line), "
-            "ingress answers at %7.0f ms\n",
+            "ingress answers at %7.0f ms %s\n",
             r, cold ? "dropped from the" : "in the   ", static_cast<unsigned long long>(x.restored),
-            x.to_log_ms, x.to_ingress_ms);
+            x.to_log_ms, x.to_ingress_ms, x.phases.c_str());
         std::fflush(stdout);
         if (x.restored != recovery_n) {
           std::printf("  the journal gave back %llu executions, not %llu\n",

@@ -79,7 +79,10 @@ bool Supervisor::open_journal(std::vector<JournaledExecution>& live) {
         "shmschedd is restarted with the cause fixed; memory submits go on",
         e.message);
   };
+  const auto started = Clock::now();
   journal_ = ExecutionJournal::open(o, live);
+  journal_read_ms_ =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
   const auto& report = journal_->open_report();
   if (report.torn_bytes > 0 || report.salvaged || !report.incomplete_snapshot_file.empty()) {
     spdlog::warn("journal {}: {}", config_.journal_dir, report.summary());
@@ -135,13 +138,13 @@ void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
     spdlog::info("journal {}: nothing to restore", config_.journal_dir);
     return;
   }
-  std::stable_partition(live.begin(), live.end(), [](const auto& e) { return e.dispatched; });
-  restored_unannounced_.reserve(live.size());
+  const auto started = Clock::now();
   // Accepted once already: the per-user cap does not refuse them now.
   segment_->set_max_executions_per_user(8388608);  // the largest the segment takes
   ipc::Producer producer(segment_);
+  restored_slots_.assign(live.size() + live.size() / 8 + 1024, 0);
   std::size_t dispatched = 0;
-  for (const auto& e : live) {
+  const auto fill = [&](const JournaledExecution& e) {
     ipc::SubmitRequest r;
     r.execution_id = e.execution_id;
     r.user_id = e.user_id;
@@ -157,10 +160,10 @@ void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
     const auto res = producer.submit(r);
     // Announced before the crash: not again (a local client's submissions that land between
     // them meanwhile are announced as usual). A duplicate was put in by a fill cut short.
-    if (res.accepted() || res.admission == Admission::kDuplicate) {
-      restored_unannounced_.insert(e.execution_id);
+    if (res.admission == Admission::kDuplicate) {
+      restored_duplicates_.insert(e.execution_id);
+      return;
     }
-    if (res.admission == Admission::kDuplicate) continue;
     if (!res.accepted()) {
       throw std::runtime_error(
           "cannot restore execution " + e.execution_id + " from the journal " +
@@ -168,14 +171,27 @@ void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
           std::to_string(live.size()) +
           " live executions: configure a queue that holds them, e.g. max_queue_size)");
     }
+    if (res.slot >= restored_slots_.size()) restored_slots_.resize(res.slot * 2 + 1, 0);
+    restored_slots_[res.slot] = restored_tag(res.generation);
+    ++restored_pending_;
     if (e.dispatched) ++dispatched;
+  };
+  // The dispatched ones first (at the head of their priority), each group in journal order.
+  for (const auto& e : live) {
+    if (e.dispatched) fill(e);
   }
+  for (const auto& e : live) {
+    if (!e.dispatched) fill(e);
+  }
+  if (restored_pending_ == 0) restored_slots_ = {};
   segment_->set_max_executions_per_user(config_.queue.max_executions_per_user);
 
   spdlog::warn(
       "the queue's segment was new: rebuilt it from the journal {}: {} execution(s), of which {} "
-      "had been dispatched and will be dispatched again",
-      config_.journal_dir, live.size(), dispatched);
+      "had been dispatched and will be dispatched again (journal read in {} ms, queue refilled "
+      "in {} ms)",
+      config_.journal_dir, live.size(), dispatched, journal_read_ms_,
+      std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count());
 }
 
 // Both exist: the segment is the newer truth (it has what the journal was not yet told). An
@@ -246,11 +262,17 @@ void Supervisor::journal_snapshot() {
 }
 
 bool Supervisor::restored_announcement(const ipc::ExecutionView& v) {
-  if (restored_unannounced_.empty()) return false;
-  const auto it = restored_unannounced_.find(std::string(v.execution_id));
-  if (it == restored_unannounced_.end()) return false;
-  restored_unannounced_.erase(it);
-  if (restored_unannounced_.empty()) restored_unannounced_ = {};  // give the memory back
+  if (restored_pending_ > 0 && v.slot < restored_slots_.size() &&
+      restored_slots_[v.slot] == restored_tag(v.generation)) {
+    restored_slots_[v.slot] = 0;
+    if (--restored_pending_ == 0) restored_slots_ = {};  // give the memory back
+    return true;
+  }
+  if (restored_duplicates_.empty()) return false;
+  const auto it = restored_duplicates_.find(std::string(v.execution_id));
+  if (it == restored_duplicates_.end()) return false;
+  restored_duplicates_.erase(it);
+  if (restored_duplicates_.empty()) restored_duplicates_ = {};
   return true;
 }
 

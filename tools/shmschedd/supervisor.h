@@ -209,8 +209,17 @@ class Supervisor {
   void journal_accepted(const ipc::ExecutionView& v);
   // True (once) for an execution filled back from the journal: announced before the reboot.
   bool restored_announcement(const ipc::ExecutionView& v);
-  absl::flat_hash_set<std::string> restored_unannounced_;
+  // Filled back from the journal and not announced yet: by slot (restored_tag of the slot's
+  // generation, 0 for none: no string per execution, a million of them after a reboot), and by
+  // id those a fill cut short had put in already (found as duplicates).
+  static constexpr std::uint64_t restored_tag(std::uint32_t generation) {
+    return (1ULL << 32) | generation;
+  }
+  std::vector<std::uint64_t> restored_slots_;
+  std::size_t restored_pending_ = 0;
+  absl::flat_hash_set<std::string> restored_duplicates_;
   bool segment_created_here_ = false;  // by this start, for a fill from the journal
+  std::int64_t journal_read_ms_ = 0;   // how long open_journal took (said when it refills)
   void journal_event(const core::Event& ev);
   void journal_trouble(const journal::Error& e);
   void release_after_journal(ipc::ActiveRef ref);
