@@ -813,5 +813,21 @@ TEST(EtcdLimits, ABatchTooLargeForEtcdIsWrittenOneCommandATime) {
   EXPECT_TRUE(etcd.ctl().get("/limits/commands/c0").has_value());
 }
 
+// A worker id that reads as an owner value of its own ("unclaimed", "completed:<w>",
+// "failed:<w>") cannot claim through etcd: its claim would be taken for no claim at all (a second
+// worker wins the same attempt too) or for w's completion (finished before it ran). Such a
+// registration is refused, with a line that says why; the others are registered.
+TEST_F(EtcdE2E, AWorkerIdThatReadsAsAnOwnerValueIsNotRegistered) {
+  EtcdDaemon d(shared_->endpoints(), {});
+  const Etcdctl ctl = shared_->ctl();
+  register_worker(ctl, d, "completed:x", {"gpu"});
+  register_worker(ctl, d, "unclaimed", {"gpu"});
+  register_worker(ctl, d, "fine", {"gpu"});
+  d.wait_log("etcd: ignored the registration " + d.key("workers/unclaimed/registration"));
+  d.wait_log("etcd: ignored the registration " + d.key("workers/completed:x/registration"));
+  ASSERT_TRUE(eventually([&] { return counter(*d.ingress, "workers") == 1; }));
+  EXPECT_EQ(counter(*d.ingress, "workers"), 1);
+}
+
 }  // namespace
 }  // namespace shmsched::test
