@@ -249,25 +249,30 @@ bool DispatchWriter::build(std::unique_lock<std::mutex>&, Batch& batch) {
       // keeps a claim a worker made in etcd meanwhile: etcd's claim has one winner per attempt.
       // Same attempt: dispatched (as it was before this transaction) is "<attempt>" or
       // "<attempt>:<worker>", i.e. from "<attempt>:" to "<attempt>;", and not under the lease.
-      const std::string attempt = std::to_string(item.fields.attempt);
-      auto* same_push = nested->add_failure()->mutable_request_txn();
-      for (const auto& [result, value] :
-           {std::pair{Compare::GREATER, attempt + ":"}, std::pair{Compare::LESS, attempt + ";"}}) {
-        auto* bound = same_push->add_compare();
-        bound->set_key(keys_.dispatched(item.id));
-        bound->set_target(Compare::VALUE);
-        bound->set_result(result);
-        bound->set_value(value);
+      // (A command is never offered again for its attempt under another mark: no check.)
+      if (push) {
+        const std::string attempt = std::to_string(item.fields.attempt);
+        auto* same_push = nested->add_failure()->mutable_request_txn();
+        for (const auto& [result, value] : {std::pair{Compare::GREATER, attempt + ":"},
+                                            std::pair{Compare::LESS, attempt + ";"}}) {
+          auto* bound = same_push->add_compare();
+          bound->set_key(keys_.dispatched(item.id));
+          bound->set_target(Compare::VALUE);
+          bound->set_result(result);
+          bound->set_value(value);
+        }
+        *same_push->add_compare() = *unleased;
+        auto* same_command = same_push->add_failure()->mutable_request_txn();
+        auto* equal = same_command->add_compare();
+        equal->set_key(keys_.dispatched(item.id));
+        equal->set_target(Compare::VALUE);
+        equal->set_result(Compare::EQUAL);
+        equal->set_value(attempt);
+        *same_command->add_compare() = *unleased;
+        put(same_command->add_failure(), keys_.owner(item.id), "unclaimed");
+      } else {
+        put(nested->add_failure(), keys_.owner(item.id), "unclaimed");
       }
-      *same_push->add_compare() = *unleased;
-      auto* same_command = same_push->add_failure()->mutable_request_txn();
-      auto* equal = same_command->add_compare();
-      equal->set_key(keys_.dispatched(item.id));
-      equal->set_target(Compare::VALUE);
-      equal->set_result(Compare::EQUAL);
-      equal->set_value(attempt);
-      *same_command->add_compare() = *unleased;
-      put(same_command->add_failure(), keys_.owner(item.id), "unclaimed");
       put(nested->add_failure(), keys_.dispatched(item.id), mark);
       if (!old_inbox.empty()) {
         nested->add_failure()->mutable_request_delete_range()->set_key(old_inbox);
