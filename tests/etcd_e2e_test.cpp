@@ -483,13 +483,15 @@ struct DirectHost {
   std::mutex mu;
   std::condition_variable cv;
   std::map<std::uint64_t, int> delivered;   // token -> times reported
+  std::map<std::uint64_t, bool> ok;         // token -> the last outcome reported
+  std::vector<Map> ops;                     // the operations handed over
   int entered = 0, left = 0;                // delivery callbacks begun, ended
   std::chrono::milliseconds hold_first{0};  // the first delivery callback takes this long
   std::atomic<bool> stop_returned{false};
   std::atomic<int> after_stop{0};  // callbacks that ran on after stop() returned
 
   static void log(void*, shmsched_log_level, const char*) {}
-  static void delivery(void* ctx, std::uint64_t token, int, const char*) {
+  static void delivery(void* ctx, std::uint64_t token, int ok, const char*) {
     auto* h = static_cast<DirectHost*>(ctx);
     bool first = false;
     {
@@ -502,11 +504,19 @@ struct DirectHost {
     {
       std::lock_guard lock(h->mu);
       ++h->delivered[token];
+      h->ok[token] = ok != 0;
       ++h->left;
     }
     h->cv.notify_all();
   }
-  static int inbound(void*, const std::uint8_t*, std::size_t, shmsched_inbound_done done) {
+  static int inbound(void* ctx, const std::uint8_t* body, std::size_t len,
+                     shmsched_inbound_done done) {
+    auto* h = static_cast<DirectHost*>(ctx);
+    {
+      std::lock_guard lock(h->mu);
+      h->ops.push_back(decode(body, len));
+    }
+    h->cv.notify_all();
     if (done.ack) done.ack(done.op_ctx);
     return SHMSCHED_OK;
   }
@@ -737,6 +747,86 @@ TEST_F(EtcdE2E, APushOfferedAgainForTheSameAttemptKeepsAClaimMadeMeanwhile) {
   push(2, "w2");
   EXPECT_EQ(ctl.get(owner), "unclaimed");
   EXPECT_TRUE(ctl.claim(owner, "w2"));
+}
+
+// A command etcd refuses for its size alone (a payload above etcd's request limit, 1.5 MiB by
+// default, with max_payload_bytes raised) can never be written: published again and again it
+// held every other dispatch back by the supervisor's backoff (up to max_backoff_ms each time),
+// for ever. The transport fails that execution (no retry) with an error that names the limit.
+TEST_F(EtcdE2E, ACommandTooLargeForEtcdFailsAndHoldsNothingBack) {
+  EtcdDaemon d(shared_->endpoints(), {"--max-payload-bytes=4194304"});
+  const std::vector<std::byte> big(2 << 20, std::byte{'x'});
+  ASSERT_TRUE(d.ingress
+                  ->call(MapBuilder()
+                             .str("op", "submit")
+                             .str("execution_id", "huge")
+                             .str("user_id", "u")
+                             .bin("payload", big)
+                             .finish())
+                  .ok());
+  ASSERT_TRUE(eventually([&] { return d.state("huge") == "failed"; })) << d.daemon->log_text();
+  EXPECT_THAT(d.ingress->op("status", "huge").str("error"), HasSubstr("etcd"));
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(d.ingress->submit("small" + std::to_string(i), "u").ok());
+  ASSERT_TRUE(
+      eventually([&] { return counter(*d.ingress, "dispatched") == 5; }, std::chrono::seconds(5)))
+      << d.daemon->log_text();
+}
+
+// A transaction etcd refuses as too large (its --max-request-bytes set lower than the batches)
+// is not a verdict on each command in it: they are written one per transaction, and only one
+// that is too large alone is refused.
+TEST(EtcdLimits, ABatchTooLargeForEtcdIsWrittenOneCommandATime) {
+  EtcdCluster etcd(1, false, {"--max-request-bytes=262144"});
+  DirectHost host;
+  DirectPlugin plugin(host, {{"endpoints", etcd.endpoints()}, {"prefix", "/limits"}});
+  std::vector<std::string> ids, bodies;
+  for (int i = 0; i < 4; ++i) {
+    ids.push_back("c" + std::to_string(i));
+    // msgpack {execution_id, attempt: 1, payload: bin 32}: 100 KB each, the last 400 KB.
+    std::string b = command_body(ids.back());
+    b[0] = '\x83';
+    const std::uint32_t n = i == 3 ? 400000 : 100000;
+    b += "\xa7payload\xc6";
+    for (int shift = 24; shift >= 0; shift -= 8) b += static_cast<char>((n >> shift) & 0xff);
+    b += std::string(n, 'p');
+    bodies.push_back(b);
+  }
+  std::vector<shmsched_message> msgs;
+  std::vector<std::uint64_t> tokens;
+  for (int i = 0; i < 4; ++i) {
+    msgs.push_back({"CreatePodCommand", ids[i].c_str(), "CreatePodCommand",
+                    reinterpret_cast<const std::uint8_t*>(bodies[i].data()), bodies[i].size(), 1});
+    tokens.push_back(i + 1);
+  }
+  int refusal = 0;
+  ASSERT_EQ(plugin.api->publish_batch(plugin.t, msgs.data(), tokens.data(), 4, &refusal), 4u);
+  std::unique_lock lock(host.mu);
+  ASSERT_TRUE(host.cv.wait_for(lock, std::chrono::seconds(20), [&] { return host.left == 4; }));
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(host.ok[tokens[i]]) << ids[i];
+  EXPECT_FALSE(host.ok[tokens[3]]);
+  // The one too large alone is failed, for good.
+  ASSERT_TRUE(host.cv.wait_for(lock, std::chrono::seconds(5), [&] { return !host.ops.empty(); }));
+  EXPECT_EQ(host.ops[0].str("op"), "fail");
+  EXPECT_EQ(host.ops[0].str("execution_id"), "c3");
+  EXPECT_TRUE(host.ops[0].has("retry"));
+  lock.unlock();
+  EXPECT_TRUE(etcd.ctl().get("/limits/commands/c0").has_value());
+}
+
+// A worker id that reads as an owner value of its own ("unclaimed", "completed:<w>",
+// "failed:<w>") cannot claim through etcd: its claim would be taken for no claim at all (a second
+// worker wins the same attempt too) or for w's completion (finished before it ran). Such a
+// registration is refused, with a line that says why; the others are registered.
+TEST_F(EtcdE2E, AWorkerIdThatReadsAsAnOwnerValueIsNotRegistered) {
+  EtcdDaemon d(shared_->endpoints(), {});
+  const Etcdctl ctl = shared_->ctl();
+  register_worker(ctl, d, "completed:x", {"gpu"});
+  register_worker(ctl, d, "unclaimed", {"gpu"});
+  register_worker(ctl, d, "fine", {"gpu"});
+  d.wait_log("etcd: ignored the registration " + d.key("workers/unclaimed/registration"));
+  d.wait_log("etcd: ignored the registration " + d.key("workers/completed:x/registration"));
+  ASSERT_TRUE(eventually([&] { return counter(*d.ingress, "workers") == 1; }));
+  EXPECT_EQ(counter(*d.ingress, "workers"), 1);
 }
 
 }  // namespace

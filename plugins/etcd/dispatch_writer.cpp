@@ -15,6 +15,14 @@ using Clock = std::chrono::steady_clock;
 constexpr int kMaxOuterOps = 100;
 constexpr std::size_t kMaxTxnBytes = 1 << 20;
 
+// etcd refused the request for its size (--max-request-bytes: "request is too large"; above
+// gRPC's own limit: RESOURCE_EXHAUSTED) or its number of operations (--max-txn-ops).
+bool too_large(const grpc::Status& s) {
+  return s.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED ||
+         s.error_message().find("request is too large") != std::string::npos ||
+         s.error_message().find("too many operations") != std::string::npos;
+}
+
 bool final_event(const std::string& type, const MessageFields& f) {
   return type == "ExecutionCompleted" || type == "ExecutionCancelled" ||
          type == "ExecutionExpired" || (type == "ExecutionFailed" && !f.will_retry);
@@ -176,6 +184,11 @@ bool DispatchWriter::build(std::unique_lock<std::mutex>&, Batch& batch) {
   int ops = 0;
   while (!queue_.empty() && batch.items.size() < options_.batch_size) {
     Item& item = queue_.front();
+    if (item.solo && !batch.items.empty()) break;
+    if (!item.pushed_worker) {
+      const auto it = pushed_to_.find(item.id);
+      item.pushed_worker = it != pushed_to_.end() ? it->second : std::string();
+    }
     std::vector<std::string> writes;
     std::vector<std::string> retained;
     std::string old_inbox;
@@ -184,9 +197,9 @@ bool DispatchWriter::build(std::unique_lock<std::mutex>&, Batch& batch) {
       writes.push_back(push ? keys_.inbox(item.fields.worker_id, item.id) : keys_.command(item.id));
       writes.push_back(keys_.owner(item.id));
       writes.push_back(keys_.dispatched(item.id));
-      if (auto it = pushed_to_.find(item.id);
-          it != pushed_to_.end() && (!push || it->second != item.fields.worker_id)) {
-        old_inbox = keys_.inbox(it->second, item.id);  // an earlier push of it, elsewhere
+      if (const std::string& before = *item.pushed_worker;
+          !before.empty() && (!push || before != item.fields.worker_id)) {
+        old_inbox = keys_.inbox(before, item.id);  // an earlier push of it, elsewhere
         writes.push_back(old_inbox);
       }
     } else {
@@ -194,7 +207,7 @@ bool DispatchWriter::build(std::unique_lock<std::mutex>&, Batch& batch) {
       if (final_event(item.type, item.fields) && !item.id.empty()) {
         std::set<std::string> workers;
         if (!item.fields.worker_id.empty()) workers.insert(item.fields.worker_id);
-        if (auto it = pushed_to_.find(item.id); it != pushed_to_.end()) workers.insert(it->second);
+        if (!item.pushed_worker->empty()) workers.insert(*item.pushed_worker);
         retained = {keys_.command(item.id), keys_.owner(item.id), keys_.dispatched(item.id)};
         for (const auto& w : workers) retained.push_back(keys_.inbox(w, item.id));
         writes.insert(writes.end(), retained.begin(), retained.end());
@@ -236,25 +249,30 @@ bool DispatchWriter::build(std::unique_lock<std::mutex>&, Batch& batch) {
       // keeps a claim a worker made in etcd meanwhile: etcd's claim has one winner per attempt.
       // Same attempt: dispatched (as it was before this transaction) is "<attempt>" or
       // "<attempt>:<worker>", i.e. from "<attempt>:" to "<attempt>;", and not under the lease.
-      const std::string attempt = std::to_string(item.fields.attempt);
-      auto* same_push = nested->add_failure()->mutable_request_txn();
-      for (const auto& [result, value] :
-           {std::pair{Compare::GREATER, attempt + ":"}, std::pair{Compare::LESS, attempt + ";"}}) {
-        auto* bound = same_push->add_compare();
-        bound->set_key(keys_.dispatched(item.id));
-        bound->set_target(Compare::VALUE);
-        bound->set_result(result);
-        bound->set_value(value);
+      // (A command is never offered again for its attempt under another mark: no check.)
+      if (push) {
+        const std::string attempt = std::to_string(item.fields.attempt);
+        auto* same_push = nested->add_failure()->mutable_request_txn();
+        for (const auto& [result, value] : {std::pair{Compare::GREATER, attempt + ":"},
+                                            std::pair{Compare::LESS, attempt + ";"}}) {
+          auto* bound = same_push->add_compare();
+          bound->set_key(keys_.dispatched(item.id));
+          bound->set_target(Compare::VALUE);
+          bound->set_result(result);
+          bound->set_value(value);
+        }
+        *same_push->add_compare() = *unleased;
+        auto* same_command = same_push->add_failure()->mutable_request_txn();
+        auto* equal = same_command->add_compare();
+        equal->set_key(keys_.dispatched(item.id));
+        equal->set_target(Compare::VALUE);
+        equal->set_result(Compare::EQUAL);
+        equal->set_value(attempt);
+        *same_command->add_compare() = *unleased;
+        put(same_command->add_failure(), keys_.owner(item.id), "unclaimed");
+      } else {
+        put(nested->add_failure(), keys_.owner(item.id), "unclaimed");
       }
-      *same_push->add_compare() = *unleased;
-      auto* same_command = same_push->add_failure()->mutable_request_txn();
-      auto* equal = same_command->add_compare();
-      equal->set_key(keys_.dispatched(item.id));
-      equal->set_target(Compare::VALUE);
-      equal->set_result(Compare::EQUAL);
-      equal->set_value(attempt);
-      *same_command->add_compare() = *unleased;
-      put(same_command->add_failure(), keys_.owner(item.id), "unclaimed");
       put(nested->add_failure(), keys_.dispatched(item.id), mark);
       if (!old_inbox.empty()) {
         nested->add_failure()->mutable_request_delete_range()->set_key(old_inbox);
@@ -272,8 +290,10 @@ bool DispatchWriter::build(std::unique_lock<std::mutex>&, Batch& batch) {
       for (const auto& k : retained) attach_if_present(batch.request, k, lease_);
       if (!retained.empty()) pushed_to_.erase(item.id);
     }
+    const bool solo = item.solo;
     batch.items.push_back(std::move(item));
     queue_.pop_front();
+    if (solo) break;
   }
   return !batch.items.empty();
 }
@@ -306,6 +326,43 @@ void DispatchWriter::answered(Batch* b, const grpc::Status& status) {
       failures_backoff_ = std::chrono::milliseconds(0);
     }
     for (const auto& item : batch->items) deliver(item, true, "");
+  } else if (too_large(status) && !stopping) {
+    // Refused for its size, not for etcd being away: a batch is written again one message per
+    // transaction; a message too large alone never will be.
+    std::vector<Item> unwritable;
+    {
+      std::lock_guard lock(mu_);
+      if (batch->items.size() > 1) {
+        for (auto it = batch->items.rbegin(); it != batch->items.rend(); ++it) {
+          it->solo = true;
+          queue_.push_front(std::move(*it));
+        }
+      } else {
+        unwritable = std::move(batch->items);
+      }
+    }
+    if (!unwritable.empty()) {
+      const std::string why = "etcd refused to write it (" + describe(status) +
+                              "): it is larger than etcd takes in one request (etcd's "
+                              "--max-request-bytes, 1.5 MiB by default)";
+      for (const auto& item : unwritable) {
+        if (item.command) {
+          // Published again it would be refused again, and hold the supervisor's dispatch back
+          // each time: the execution fails (before the delivery's failure arrives).
+          supervisor_->log(SHMSCHED_LOG_ERROR, "etcd: failing execution " + item.id + ": its " +
+                                                   item.type + " (" +
+                                                   std::to_string(item.body.size()) +
+                                                   " bytes) cannot be written: " + why);
+          supervisor_->hand_over(ops::undeliverable(item.id, item.fields.attempt, why),
+                                 "the failure of " + item.id + " (too large for etcd)", running_);
+        } else if (!item.internal) {
+          supervisor_->log(SHMSCHED_LOG_WARN,
+                           "etcd: dropped the " + item.type + " event of " + item.id + " (" +
+                               std::to_string(item.body.size()) + " bytes): " + why);
+        }
+        deliver(item, false, why);
+      }
+    }
   } else {
     const bool retry = connection_.failed(batch->endpoint, status);
     const bool lease_gone = status.error_message().find("lease not found") != std::string::npos;
@@ -402,6 +459,7 @@ void DispatchWriter::stop() {
     std::lock_guard lock(mu_);
     if (stopping_ && !thread_.joinable()) return;
     stopping_ = true;
+    running_ = false;
     for (auto& [b, batch] : in_flight_) batch->context->TryCancel();
   }
   wake_.notify_all();

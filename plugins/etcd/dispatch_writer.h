@@ -12,6 +12,7 @@
 // retention. A failed event write is retried here (the supervisor only logs event outcomes).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -19,6 +20,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -58,6 +60,11 @@ class DispatchWriter {
     bool internal = false;  // only the retention of its keys (no events/ key), no delivery
     std::uint64_t token = 0;
     MessageFields fields;
+    // Sent in a transaction of its own (its batch was refused as too large for etcd).
+    bool solo = false;
+    // The worker an earlier push of it went to, as known when it was first put in a batch (so
+    // that it is the same when the item is sent again).
+    std::optional<std::string> pushed_worker;
   };
   struct Batch;
 
@@ -81,6 +88,7 @@ class DispatchWriter {
   std::map<Batch*, std::unique_ptr<Batch>> in_flight_;
   std::map<std::string, std::string> pushed_to_;  // execution id -> worker of its TaskPush
   bool stopping_ = false;
+  std::atomic<bool> running_{true};  // false once stop() began (for hand_over)
   std::thread thread_;
 
   std::int64_t lease_ = 0;

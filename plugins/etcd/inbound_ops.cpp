@@ -98,6 +98,23 @@ std::string heartbeat(std::string_view worker_id) {
   return finish(buf);
 }
 
+std::string undeliverable(std::string_view execution_id, std::int64_t attempt,
+                          std::string_view error) {
+  msgpack::sbuffer buf;
+  Packer p(buf);
+  p.pack_map(attempt > 0 ? 5 : 4);
+  pair(p, "op", "fail");
+  pair(p, "execution_id", execution_id);
+  pair(p, "error", error);
+  p.pack(std::string_view("retry"));
+  p.pack(false);
+  if (attempt > 0) {
+    p.pack(std::string_view("attempt"));
+    p.pack(attempt);
+  }
+  return finish(buf);
+}
+
 }  // namespace ops
 
 bool parse_registration(std::string_view value, std::vector<std::string>& capabilities,

@@ -25,6 +25,9 @@ std::string register_worker(std::string_view worker_id,
                             const std::vector<std::string>& capabilities, std::uint32_t capacity);
 std::string unregister_worker(std::string_view worker_id);
 std::string heartbeat(std::string_view worker_id);
+// fail without retry, for the given attempt only: the transport can never deliver it.
+std::string undeliverable(std::string_view execution_id, std::int64_t attempt,
+                          std::string_view error);
 }  // namespace ops
 
 // A registration value: msgpack {capabilities: [str], capacity: int}; both optional (an empty

@@ -267,6 +267,15 @@ void StateWatcher::registered(const std::string& worker, const std::string& valu
   std::vector<std::string> capabilities;
   std::uint32_t capacity = 1;
   std::string error;
+  if (worker == kUnclaimed || starts_with(worker, kCompleted) || starts_with(worker, kFailed)) {
+    // Its claim would read as no claim (a second claimant wins too) or as the completion or
+    // failure by another worker.
+    supervisor_->log(SHMSCHED_LOG_WARN,
+                     "etcd: ignored the registration " + keys_.registration(worker) +
+                         ": a worker id that reads as an owner value (unclaimed, completed:<w>, "
+                         "failed:<w>) cannot claim through tasks/<id>/owner: choose another id");
+    return;
+  }
   if (!parse_registration(value, capabilities, capacity, error)) {
     supervisor_->log(SHMSCHED_LOG_WARN, "etcd: ignored the registration " +
                                             keys_.registration(worker) + ": " + error +
