@@ -147,3 +147,43 @@ TEST(Segment, ParticipantTableFullIsReported) {
 
 }  // namespace
 }  // namespace shmsched::test
+
+namespace shmsched::test {
+namespace {
+
+// Pages of the shared-memory object /dev/shm/<name> that are in memory (another mapping of the
+// same object, so that what the segment's own mapping did is seen from outside).
+std::size_t resident_pages(const std::string& name) {
+  const int fd = ::open(("/dev/shm/" + name).c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return 0;
+  struct stat st {};
+  ::fstat(fd, &st);
+  const auto size = static_cast<std::size_t>(st.st_size);
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (p == MAP_FAILED) return 0;
+  const std::size_t page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> in((size + page - 1) / page);
+  ::mincore(p, size, in.data());
+  ::munmap(p, size);
+  std::size_t n = 0;
+  for (const unsigned char c : in) n += c & 1;
+  return n;
+}
+
+// A refill from the journal maps the slots it will fill in ahead (one madvise instead of a fault
+// per page); only what the entries need.
+TEST(Segment, PrefaultMapsInTheSlotsOfTheEntriesAndNoMore) {
+  ipc::SegmentConfig cfg = small_config();
+  cfg.max_queue_size = 2000;
+  cfg.max_payload_bytes = 8192;  // a slot spans more than two pages
+  TempSegment seg(cfg);
+  const std::size_t before = resident_pages(seg.name());
+  ASSERT_EQ(seg.segment()->prefault(100), 0) << "madvise(MADV_POPULATE_WRITE) failed";
+  const std::size_t after = resident_pages(seg.name());
+  EXPECT_GE(after - before, 200u) << "100 slots of over 8 KiB each were not mapped in";
+  EXPECT_LT(after - before, 1000u) << "more than the 100 entries' slots were mapped in";
+}
+
+}  // namespace
+}  // namespace shmsched::test

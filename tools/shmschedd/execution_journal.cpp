@@ -4,6 +4,7 @@
 #include <msgpack.hpp>
 
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <stdexcept>
 #include <unordered_map>
@@ -80,9 +81,33 @@ std::vector<std::byte> bin_of(const journal::Record& r, const msgpack::object& o
   return std::vector<std::byte>(p, p + o.via.bin.size);
 }
 
+// About how many records the journal's files hold, from their size (an accepted record with a
+// short id and a small payload takes some 100 bytes), for the replay's reservations. A low
+// estimate only lets the tables grow as they would have; a high one makes the id index larger
+// than it needs to be, and every probe into it a likelier cache miss.
+std::size_t records_estimate(const std::string& dir) {
+  std::error_code ec;
+  std::uint64_t bytes = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    std::error_code size_ec;
+    if (!e.is_regular_file(size_ec)) continue;
+    const std::uint64_t size = e.file_size(size_ec);
+    if (!size_ec) bytes += size;
+  }
+  return static_cast<std::size_t>(std::min<std::uint64_t>(bytes / 96, 1ULL << 24));
+}
+
 // The live set while the journal is replayed.
 class Replay {
  public:
+  // Room for `records` executions up front (a million of them would otherwise be moved each
+  // time the vector doubles, and the index rehashed as often).
+  void reserve(std::size_t records) {
+    order_.reserve(records);
+    live_.reserve(records);
+    by_id_.reserve(records);
+  }
+
   void apply(const journal::Record& r) {
     // One zone for every record (a million records, not a million allocations of one).
     zone_.clear();
@@ -151,15 +176,17 @@ class Replay {
   }
 
   std::vector<JournaledExecution> take() {
-    std::vector<JournaledExecution> out;
-    out.reserve(by_id_.size());
+    // Compacted in place: the live ones, in acceptance order, without a second vector.
+    by_id_ = {};
+    std::size_t kept = 0;
     for (std::size_t i = 0; i < order_.size(); ++i) {
-      if (live_[i]) out.push_back(std::move(order_[i]));
+      if (!live_[i]) continue;
+      if (kept != i) order_[kept] = std::move(order_[i]);
+      ++kept;
     }
-    order_.clear();
-    live_.clear();
-    by_id_.clear();
-    return out;
+    order_.resize(kept);
+    live_ = {};
+    return std::move(order_);
   }
 
  private:
@@ -184,6 +211,7 @@ std::unique_ptr<ExecutionJournal> ExecutionJournal::open(const Options& options,
   wo.max_pending_records = std::max<std::size_t>(wo.max_pending_records, wo.max_pending_bytes / 64);
   wo.on_error = options.on_error;
   Replay replay;
+  replay.reserve(records_estimate(options.dir));
   auto writer =
       journal::Writer::open(std::move(wo), [&](const journal::Record& r) { replay.apply(r); });
   if (!writer) {

@@ -1,6 +1,8 @@
 #include "shmsched/ipc/segment.h"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <boost/interprocess/exceptions.hpp>
@@ -227,6 +229,24 @@ bool Segment::remove(const std::string& name) {
 
 SegmentConfig Segment::config() const {
   return config_of(*view_->geo, *view_->hdr);
+}
+
+int Segment::prefault(std::uint64_t entries) const {
+  const detail::SegmentView& v = *view_;
+  const auto page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const auto populate = [&](std::uint64_t from, std::uint64_t to) {
+    to = std::min(to, v.geo->total_size);
+    from &= ~(page - 1);
+    if (from >= to) return 0;
+    return ::madvise(v.base + from, to - from, MADV_POPULATE_WRITE) == 0 ? 0 : errno;
+  };
+  // The id index is hashed: once there are as many entries as it has pages, about every page
+  // is touched. The slots of a new segment are taken in order.
+  if (entries >= (v.geo->off_slots - v.geo->off_dedup) / page) {
+    if (const int e = populate(v.geo->off_dedup, v.geo->off_slots)) return e;
+  }
+  const std::uint64_t n = std::min(entries, v.geo->slot_count);
+  return populate(v.geo->off_slots, v.geo->off_slots + n * v.geo->slot_stride);
 }
 
 std::uint64_t Segment::size_bytes() const {

@@ -51,6 +51,11 @@ class Segment {
   // The sizes the segment was created with (per_user_limit reflects the current setting).
   SegmentConfig config() const;
   std::uint64_t size_bytes() const;
+  // Maps in, writable, the memory the first `entries` slots use (and the id index), in one
+  // system call instead of a page fault per page: a refill of a new segment from the journal
+  // runs it beside the fill. Returns 0, or the errno of madvise(MADV_POPULATE_WRITE) (EINVAL
+  // before Linux 5.14: the pages then come one fault at a time, as always).
+  int prefault(std::uint64_t entries) const;
 
   // The per-user cap is a run-time setting of the owner.
   void set_max_executions_per_user(std::uint64_t limit);
