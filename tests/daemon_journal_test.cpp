@@ -1189,5 +1189,77 @@ TEST(DaemonJournal, SecondReviewAFillCutShortWhileTheJournalDiskIsFullLosesNothi
   EXPECT_EQ(listing(ingress).size(), 3u) << "dropped from the journal";
 }
 
+// Finding (durable marks): the reconcile at start compared ids only. A supervisor killed after
+// it cancelled x (answered) and before the finished record was written leaves a journal that
+// holds the old x; a shared-memory client that submitted x again meanwhile (durability disk,
+// announced by that supervisor, whose records never reached the disk) waits for its mark. The
+// next supervisor found "x" in both, wrote nothing, and marked the new x durable at start: the
+// journal held another occupant's record (user, payload), and never learned of this one (it was
+// announced already). A reboot brought back the cancelled x, and the acknowledged one was lost.
+TEST(DaemonJournal, ThirdReviewTheStartMarksOnlyAnOccupantTheJournalHolds) {
+  Journaled j({"--max-active-executions=1"});
+  j.daemon->start();
+  Ingress ingress(j.daemon->endpoint());
+  Events events(j.daemon->events_endpoint());
+  events.sync(ingress);
+  ASSERT_TRUE(ingress.call(submit_request("running", "u", "normal", "p", "disk")).ok());
+  wait_for_state(ingress, "running", "dispatched");
+  ASSERT_TRUE(ingress.call(submit_request("x", "old-user", "normal", "old", "disk")).ok());
+
+  ipc::ClientOptions o;
+  o.segment = j.segment;
+  o.endpoint = j.daemon->endpoint();
+  o.timeout = 20s;
+  ipc::Client client(o);
+  ASSERT_TRUE(client.shared_memory());
+  std::optional<ipc::ClientSubmitResult> result;
+  std::string error;
+  std::promise<void> returned;
+  auto done = returned.get_future();
+  std::thread submitter;
+  {
+    FrozenWriter writer(j.daemon->pid());
+    ASSERT_TRUE(ingress.op("cancel", "x").ok());  // answered; its record never reaches the disk
+    submitter = std::thread([&] {
+      ipc::protocol::SubmitOp op;
+      op.execution_id = "x";
+      op.user_id = "new-user";
+      op.payload = {std::byte{'n'}, std::byte{'e'}, std::byte{'w'}};
+      op.durability = ipc::protocol::Durability::kDisk;
+      try {
+        result = client.submit(op);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      returned.set_value();
+    });
+    // The supervisor announced the new x (its accepted record waits for the frozen writer).
+    int seen = 0;
+    while (seen < 2) {
+      auto e = events.next("ExecutionAccepted");
+      ASSERT_TRUE(e.has_value()) << "the new x was never announced";
+      if (e->str("execution_id") == "x") ++seen;
+    }
+    // An operation of the loop after it (a cancel announces first): the announce cursor has
+    // moved past the new x, so the next supervisor does not announce (and record) it again.
+    EXPECT_EQ(ingress.op("cancel", "no-such-execution").str("error"), "not_found");
+    EXPECT_EQ(done.wait_for(0ms), std::future_status::timeout) << "answered before the disk";
+    writer.kill_process(*j.daemon);
+  }
+  j.daemon->start();  // the same segment, the journal that holds the old x
+  submitter.join();
+  ASSERT_TRUE(error.empty()) << error;
+  ASSERT_TRUE(result.has_value());
+  ASSERT_TRUE(result->result.accepted()) << result->result.message;
+  ASSERT_TRUE(result->via_shared_memory);
+  j.crash_and_reboot();
+  j.daemon->start();
+  Ingress after(j.daemon->endpoint());
+  const auto status = after.op("status", "x");
+  EXPECT_EQ(status.str("user_id"), "new-user")
+      << "acknowledged as durable, and a reboot brought back the occupant before it ("
+      << status.str("user_id") << status.str("error") << ")";
+}
+
 }  // namespace
 }  // namespace shmsched::test
