@@ -1261,5 +1261,67 @@ TEST(DaemonJournal, ThirdReviewTheStartMarksOnlyAnOccupantTheJournalHolds) {
       << status.str("user_id") << status.str("error") << ")";
 }
 
+// Finding: a segment made for a restore was published with default durability memory, and the
+// configured default (durability = disk) was stored only once the queue was filled from the
+// journal and settled, seconds for a large journal. A shared-memory client whose submit named
+// no durability meanwhile had it acknowledged in shared memory at once: not on disk, and lost
+// by a power cut then. (The supervisor is stopped just after the segment appeared: nothing it
+// holds can be on disk.)
+TEST(DaemonJournal, ThirdReviewARestoredSegmentCarriesTheConfiguredDiskDurabilityFromItsCreation) {
+  Journaled j({"--durability=disk", "--max-active-executions=1"});
+  j.daemon->start();
+  {
+    auto seg = ipc::Segment::attach(j.segment);
+    ipc::Producer producer(seg);
+    const std::byte payload[1] = {std::byte{'p'}};
+    for (int i = 0; i < 3000; ++i) {
+      const std::string id = "j" + std::to_string(i);
+      const std::string user = "u" + std::to_string(i % 100);
+      ipc::SubmitRequest r;
+      r.execution_id = id;
+      r.user_id = user;
+      r.payload = payload;
+      ASSERT_TRUE(producer.submit(r).accepted()) << id;
+    }
+  }
+  Ingress(j.daemon->endpoint()).op("cancel", "no-such-execution");  // all announced
+  EXPECT_EQ(j.daemon->signal(SIGTERM), 0);                          // and on disk
+  ipc::Segment::remove(j.segment);                                  // a reboot
+
+  j.daemon->start(false);
+  std::shared_ptr<ipc::Segment> seg;
+  const auto deadline = Clock::now() + 10s;
+  while (!seg && Clock::now() < deadline) {
+    try {
+      seg = ipc::Segment::attach(j.segment);
+    } catch (const ipc::SegmentError&) {
+    }
+  }
+  ASSERT_TRUE(seg) << "the segment never appeared";
+  ASSERT_EQ(::kill(j.daemon->pid(), SIGSTOP), 0);  // in the middle of its start
+  ipc::ClientOptions o;
+  o.segment = j.segment;
+  o.endpoint = j.daemon->endpoint();
+  o.timeout = 300ms;
+  std::optional<ipc::ClientSubmitResult> r;
+  {
+    ipc::Client client(o);
+    ASSERT_TRUE(client.shared_memory());
+    ipc::protocol::SubmitOp op;  // no durability: the supervisor's default, disk
+    op.execution_id = "during-start";
+    op.user_id = "u";
+    op.payload = {std::byte{'p'}};
+    try {
+      r = client.submit(op);
+    } catch (const std::exception&) {
+      // No answer from the stopped supervisor: not acknowledged.
+    }
+  }
+  ::kill(j.daemon->pid(), SIGCONT);
+  EXPECT_FALSE(r && r->result.accepted())
+      << "acknowledged (via shared memory: " << (r && r->via_shared_memory)
+      << ") while the supervisor, stopped, could not have it on disk";
+}
+
 }  // namespace
 }  // namespace shmsched::test
