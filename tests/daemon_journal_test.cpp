@@ -1189,5 +1189,139 @@ TEST(DaemonJournal, SecondReviewAFillCutShortWhileTheJournalDiskIsFullLosesNothi
   EXPECT_EQ(listing(ingress).size(), 3u) << "dropped from the journal";
 }
 
+// Finding (durable marks): the reconcile at start compared ids only. A supervisor killed after
+// it cancelled x (answered) and before the finished record was written leaves a journal that
+// holds the old x; a shared-memory client that submitted x again meanwhile (durability disk,
+// announced by that supervisor, whose records never reached the disk) waits for its mark. The
+// next supervisor found "x" in both, wrote nothing, and marked the new x durable at start: the
+// journal held another occupant's record (user, payload), and never learned of this one (it was
+// announced already). A reboot brought back the cancelled x, and the acknowledged one was lost.
+TEST(DaemonJournal, ThirdReviewTheStartMarksOnlyAnOccupantTheJournalHolds) {
+  Journaled j({"--max-active-executions=1"});
+  j.daemon->start();
+  Ingress ingress(j.daemon->endpoint());
+  Events events(j.daemon->events_endpoint());
+  events.sync(ingress);
+  ASSERT_TRUE(ingress.call(submit_request("running", "u", "normal", "p", "disk")).ok());
+  wait_for_state(ingress, "running", "dispatched");
+  ASSERT_TRUE(ingress.call(submit_request("x", "old-user", "normal", "old", "disk")).ok());
+
+  ipc::ClientOptions o;
+  o.segment = j.segment;
+  o.endpoint = j.daemon->endpoint();
+  o.timeout = 20s;
+  ipc::Client client(o);
+  ASSERT_TRUE(client.shared_memory());
+  std::optional<ipc::ClientSubmitResult> result;
+  std::string error;
+  std::promise<void> returned;
+  auto done = returned.get_future();
+  std::thread submitter;
+  {
+    FrozenWriter writer(j.daemon->pid());
+    ASSERT_TRUE(ingress.op("cancel", "x").ok());  // answered; its record never reaches the disk
+    submitter = std::thread([&] {
+      ipc::protocol::SubmitOp op;
+      op.execution_id = "x";
+      op.user_id = "new-user";
+      op.payload = {std::byte{'n'}, std::byte{'e'}, std::byte{'w'}};
+      op.durability = ipc::protocol::Durability::kDisk;
+      try {
+        result = client.submit(op);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      returned.set_value();
+    });
+    // The supervisor announced the new x (its accepted record waits for the frozen writer).
+    int seen = 0;
+    while (seen < 2) {
+      auto e = events.next("ExecutionAccepted");
+      ASSERT_TRUE(e.has_value()) << "the new x was never announced";
+      if (e->str("execution_id") == "x") ++seen;
+    }
+    // An operation of the loop after it (a cancel announces first): the announce cursor has
+    // moved past the new x, so the next supervisor does not announce (and record) it again.
+    EXPECT_EQ(ingress.op("cancel", "no-such-execution").str("error"), "not_found");
+    EXPECT_EQ(done.wait_for(0ms), std::future_status::timeout) << "answered before the disk";
+    writer.kill_process(*j.daemon);
+  }
+  j.daemon->start();  // the same segment, the journal that holds the old x
+  submitter.join();
+  ASSERT_TRUE(error.empty()) << error;
+  ASSERT_TRUE(result.has_value());
+  ASSERT_TRUE(result->result.accepted()) << result->result.message;
+  ASSERT_TRUE(result->via_shared_memory);
+  j.crash_and_reboot();
+  j.daemon->start();
+  Ingress after(j.daemon->endpoint());
+  const auto status = after.op("status", "x");
+  EXPECT_EQ(status.str("user_id"), "new-user")
+      << "acknowledged as durable, and a reboot brought back the occupant before it ("
+      << status.str("user_id") << status.str("error") << ")";
+}
+
+// Finding: a segment made for a restore was published with default durability memory, and the
+// configured default (durability = disk) was stored only once the queue was filled from the
+// journal and settled, seconds for a large journal. A shared-memory client whose submit named
+// no durability meanwhile had it acknowledged in shared memory at once: not on disk, and lost
+// by a power cut then. (The supervisor is stopped just after the segment appeared: nothing it
+// holds can be on disk.)
+TEST(DaemonJournal, ThirdReviewARestoredSegmentCarriesTheConfiguredDiskDurabilityFromItsCreation) {
+  Journaled j({"--durability=disk", "--max-active-executions=1"});
+  j.daemon->start();
+  {
+    auto seg = ipc::Segment::attach(j.segment);
+    ipc::Producer producer(seg);
+    const std::byte payload[1] = {std::byte{'p'}};
+    for (int i = 0; i < 3000; ++i) {
+      const std::string id = "j" + std::to_string(i);
+      const std::string user = "u" + std::to_string(i % 100);
+      ipc::SubmitRequest r;
+      r.execution_id = id;
+      r.user_id = user;
+      r.payload = payload;
+      ASSERT_TRUE(producer.submit(r).accepted()) << id;
+    }
+  }
+  Ingress(j.daemon->endpoint()).op("cancel", "no-such-execution");  // all announced
+  EXPECT_EQ(j.daemon->signal(SIGTERM), 0);                          // and on disk
+  ipc::Segment::remove(j.segment);                                  // a reboot
+
+  j.daemon->start(false);
+  std::shared_ptr<ipc::Segment> seg;
+  const auto deadline = Clock::now() + 10s;
+  while (!seg && Clock::now() < deadline) {
+    try {
+      seg = ipc::Segment::attach(j.segment);
+    } catch (const ipc::SegmentError&) {
+    }
+  }
+  ASSERT_TRUE(seg) << "the segment never appeared";
+  ASSERT_EQ(::kill(j.daemon->pid(), SIGSTOP), 0);  // in the middle of its start
+  ipc::ClientOptions o;
+  o.segment = j.segment;
+  o.endpoint = j.daemon->endpoint();
+  o.timeout = 300ms;
+  std::optional<ipc::ClientSubmitResult> r;
+  {
+    ipc::Client client(o);
+    ASSERT_TRUE(client.shared_memory());
+    ipc::protocol::SubmitOp op;  // no durability: the supervisor's default, disk
+    op.execution_id = "during-start";
+    op.user_id = "u";
+    op.payload = {std::byte{'p'}};
+    try {
+      r = client.submit(op);
+    } catch (const std::exception&) {
+      // No answer from the stopped supervisor: not acknowledged.
+    }
+  }
+  ::kill(j.daemon->pid(), SIGCONT);
+  EXPECT_FALSE(r && r->result.accepted())
+      << "acknowledged (via shared memory: " << (r && r->via_shared_memory)
+      << ") while the supervisor, stopped, could not have it on disk";
+}
+
 }  // namespace
 }  // namespace shmsched::test

@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <thread>
+#include <unordered_map>
 #include <unordered_set>
 
 #include <spdlog/spdlog.h>
@@ -213,32 +214,46 @@ void Supervisor::restore_from_journal(std::vector<JournaledExecution>& live) {
 // Both exist: the segment is the newer truth (it has what the journal was not yet told). An
 // execution the journal holds and the segment does not has ended; one the segment holds and
 // the journal does not is recorded. Either difference is settled with a snapshot of the segment.
+// An id is not enough to say that the journal holds an entry: the id may be that of an earlier
+// occupant (x cancelled by a supervisor killed before its record was written, then submitted
+// again), or of another queue's entry (a journal directory used with another segment). Such an
+// entry counts as both ended and unknown: the start marks what the segment holds durable once
+// the journal is settled, and a journal that holds another x would answer for this one.
 void Supervisor::reconcile_with_journal(std::vector<JournaledExecution>& live) {
-  std::unordered_set<std::string> in_segment;
-  for (const auto& r : consumer_->list(std::nullopt, SIZE_MAX, false)) {
+  std::unordered_map<std::string, ipc::ExecutionRecord> in_segment;
+  for (auto& r : consumer_->list(std::nullopt, SIZE_MAX, false)) {
     // A slot whose execution has ended (its final event out, only its release left) is not live:
     // the supervisor that ended it may have died before its end was recorded.
     if (r.state == ipc::ExecutionState::kActive &&
         core::phase_of(r.annotation) == core::Phase::kFinished) {
       continue;
     }
-    in_segment.insert(r.execution_id);
+    std::string id = r.execution_id;
+    in_segment.emplace(std::move(id), std::move(r));
   }
-  std::size_t gone = 0;
+  std::size_t gone = 0, other = 0;
   std::unordered_set<std::string> journaled_ids;
   for (const auto& e : live) {
     journaled_ids.insert(e.execution_id);
-    if (!in_segment.count(e.execution_id)) ++gone;
+    const auto it = in_segment.find(e.execution_id);
+    if (it == in_segment.end()) {
+      ++gone;
+    } else if (const ipc::ExecutionRecord& r = it->second; r.enqueued_at_ns != e.enqueued_at_ns ||
+                                                           r.user_id != e.user_id ||
+                                                           r.priority != e.priority) {
+      ++other;  // the same id, another submission
+    }
   }
   std::size_t unknown = 0;
-  for (const auto& id : in_segment) {
+  for (const auto& [id, r] : in_segment) {
     if (!journaled_ids.count(id)) ++unknown;
   }
-  if (gone == 0 && unknown == 0) return;
+  if (gone == 0 && unknown == 0 && other == 0) return;
   spdlog::info(
       "journal {}: {} execution(s) it held are no longer in the queue (they ended), {} in the "
-      "queue were not in it yet: recording the queue as it is",
-      config_.journal_dir, gone, unknown);
+      "queue were not in it yet, {} in it under the id of another submission: recording the "
+      "queue as it is",
+      config_.journal_dir, gone, unknown, other);
   journal_snapshot();
 }
 

@@ -110,7 +110,13 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
   // start before an empty segment exists that would then look like the newer truth.
   std::vector<JournaledExecution> journaled;
   const bool restore = open_journal(journaled);
-  segment_ = ipc::Segment::open_or_create(config_.segment, config_.queue);
+  // The configured default durability is in the segment from its creation, and set at once in
+  // one that exists: a client that attaches while the queue is filled from the journal (which
+  // may take seconds) must not take a submit that names no durability for memory.
+  ipc::SegmentConfig segment_config = config_.queue;
+  segment_config.default_durability_disk = config_.durability == "disk";
+  segment_ = ipc::Segment::open_or_create(config_.segment, segment_config);
+  set_default_durability();
   segment_->set_max_executions_per_user(config_.queue.max_executions_per_user);
   // We hold the lock: a consumer still registered and alive is a supervisor that was killed a
   // moment ago (its lock went with its files, the process a little later), or one that ignores
@@ -124,7 +130,6 @@ Supervisor::Supervisor(Config config, int argc, const char* const* argv)
   } else {
     consumer_->set_durable_marks(false);  // a predecessor's journal may have set it
   }
-  set_default_durability();
   if (!config_.audit_dir.empty()) {
     audit::AuditWriterOptions o;
     o.dir = config_.audit_dir;

@@ -44,6 +44,7 @@ SegmentConfig config_of(const Geometry& g, const Header& h) {
   c.max_participants = g.max_participants;
   c.max_executions_per_user = h.per_user_limit.load(std::memory_order_relaxed);
   c.mode = h.mode;
+  c.default_durability_disk = h.default_durability_disk.load(std::memory_order_relaxed) != 0;
   return c;
 }
 
@@ -72,6 +73,7 @@ void initialise(void* base, const Geometry& g, const SegmentConfig& cfg) {
   h->mode = cfg.mode;
   h->per_user_limit.store(static_cast<std::uint32_t>(cfg.max_executions_per_user));
   h->queue_limit.store(static_cast<std::uint32_t>(cfg.max_queue_size));
+  h->default_durability_disk.store(cfg.default_durability_disk ? 1 : 0);
   detail::SegmentView v(base);
   for (std::uint64_t i = 0; i < g.max_participants; ++i)
     new (&v.participant(i)) detail::Participant{};

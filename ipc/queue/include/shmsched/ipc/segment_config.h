@@ -31,6 +31,10 @@ struct SegmentConfig {
   std::uint64_t max_executions_per_user = 100;
   // File mode of the segment; producers need read and write access.
   std::uint32_t mode = 0660;
+  // The durability a submit that names none gets (Header::default_durability_disk), published
+  // with the segment: a client that attaches while its supervisor is still starting (filling it
+  // from the journal) already sees it. The owner may change it at run time.
+  bool default_durability_disk = false;
 
   // Throws ConfigError naming the offending key when a value is out of range.
   void validate() const;
