@@ -79,6 +79,8 @@ DurableOutcome Producer::wait_durable(const SubmitResult& submitted,
     const std::uint32_t seq = hdr.durable_seq.load(std::memory_order_seq_cst);
     if (auto done = settled()) return *done;
     if (hdr.durable_marks.load(std::memory_order_seq_cst) == 0) {
+      // A last mark may have landed between the check above and the flag's clearing.
+      if (auto done = settled()) return *done;
       return DurableOutcome::kUnavailable;
     }
     const auto now = std::chrono::steady_clock::now();
