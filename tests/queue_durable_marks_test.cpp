@@ -219,10 +219,19 @@ TEST(QueueDurableMarks, ManyWaitersAllSeeTheirMarks) {
     while (!done) {
       const auto refs = announce_all(c);
       for (const auto& ref : refs) c.mark_durable(ref.slot, ref.generation);
-      if (!refs.empty()) c.wake_durable_waiters();
-      while (take_and_release(c) != "") {
+      // Taken before they were announced: journaled (and marked) as they are taken, as the
+      // supervisor does. An entry left unmarked would be found ended only at its waiter's next
+      // bounded sleep (100 ms), since giving a slot back wakes nobody.
+      std::vector<ipc::ActiveRef> taken;
+      ipc::ActiveRef ref;
+      while (!take(c, &ref).empty()) {
+        c.mark_durable(ref.slot, ref.generation);
+        taken.push_back(ref);
       }
-      std::this_thread::yield();
+      if (!refs.empty() || !taken.empty()) c.wake_durable_waiters();
+      for (const auto& t : taken) c.release(t);
+      // Polls as the supervisor's loop would (a spinning consumer starves the producers).
+      if (refs.empty() && taken.empty()) std::this_thread::sleep_for(50us);
     }
   });
   for (auto& t : producers) t.join();
