@@ -831,6 +831,111 @@ TEST_F(EtcdE2E, AWorkerIdThatReadsAsAnOwnerValueIsNotRegistered) {
   EXPECT_EQ(counter(*d.ingress, "workers"), 1);
 }
 
+// The plugin loaded on its own, with a retention of 2 s, publishing one message at a time and
+// waiting for etcd's answer.
+struct RetainingPlugin {
+  DirectHost host;
+  std::string prefix;
+  DirectPlugin plugin;
+  std::uint64_t token = 0;
+
+  RetainingPlugin(const std::string& endpoints, const std::string& prefix_)
+      : prefix(prefix_),
+        plugin(host, {{"endpoints", endpoints}, {"prefix", prefix}, {"retention_seconds", "2"}}) {}
+
+  void publish(const char* type, const std::string& id, const std::string& body, int command,
+               const std::string& topic = "") {
+    const std::string t = topic.empty() ? type : topic;
+    const shmsched_message m{type,        id.c_str(),
+                             t.c_str(),   reinterpret_cast<const std::uint8_t*>(body.data()),
+                             body.size(), command};
+    const std::uint64_t mine = ++token;
+    ASSERT_EQ(plugin.api->publish(plugin.t, &m, mine), SHMSCHED_OK);
+    std::unique_lock lock(host.mu);
+    ASSERT_TRUE(host.cv.wait_for(lock, std::chrono::seconds(20),
+                                 [&] { return host.delivered.count(mine) > 0; }));
+    ASSERT_TRUE(host.ok[mine]) << type << " " << id;
+  }
+  void push(const std::string& id, int attempt, const std::string& worker) {
+    publish("TaskPush", id, push_body(id, attempt, worker), 1, "TaskPush." + worker);
+  }
+  void completed(const std::string& id, const std::string& worker) {
+    publish("ExecutionCompleted", id,
+            to_string(MapBuilder()
+                          .str("type", "ExecutionCompleted")
+                          .str("execution_id", id)
+                          .str("user_id", "u")
+                          .str("worker_id", worker)
+                          .integer("exit_code", 0)
+                          .finish()),
+            0);
+  }
+  // The operations of `op` handed over for `id` so far.
+  int ops(const std::string& op, const std::string& id) {
+    std::lock_guard lock(host.mu);
+    return static_cast<int>(std::count_if(host.ops.begin(), host.ops.end(), [&](const Map& m) {
+      return m.str("op") == op && m.str("execution_id") == id;
+    }));
+  }
+  // Until an operation `op` for `id` was handed over.
+  bool wait_op(const std::string& op, const std::string& id) {
+    return eventually([&] { return ops(op, id) > 0; });
+  }
+
+  static std::string to_string(const std::vector<std::byte>& b) {
+    return std::string(reinterpret_cast<const char*>(b.data()), b.size());
+  }
+};
+
+// A finished execution's keys are put under the retention lease in one operation of the batch's
+// transaction when all are there; when one is not (the inbox of an earlier push, deleted when the
+// execution was pushed elsewhere), each one that is. Either way nothing of it is left after the
+// retention.
+TEST_F(EtcdE2E, AFinishedExecutionsKeysGoAfterTheRetentionEvenWhenOneIsMissing) {
+  RetainingPlugin p(shared_->endpoints(), "/" + unique("finish"));
+  const Etcdctl ctl = shared_->ctl();
+  p.push("all", 1, "w1");
+  p.push("moved", 1, "w1");
+  p.push("moved", 2, "w2");  // workers/w1/inbox/moved is deleted
+  ASSERT_FALSE(ctl.get(p.prefix + "/workers/w1/inbox/moved").has_value());
+  p.completed("all", "w1");
+  p.completed("moved", "w2");
+  EXPECT_TRUE(ctl.get(p.prefix + "/events/moved/ExecutionCompleted").has_value());
+  ASSERT_TRUE(
+      eventually([&] { return ctl.keys(p.prefix + "/").empty(); }, std::chrono::seconds(20)))
+      << ctl.keys(p.prefix + "/").size() << " keys left, e.g. " << ctl.keys(p.prefix + "/")[0];
+}
+
+// The watch reads no previous values (etcd would read each back from its database): the owner
+// put under the transport's own retention lease, which keeps a worker's completed:<w> for the
+// retention, is told apart by its lease and hands nothing over again; a worker's own put of the
+// same value still counts.
+TEST_F(EtcdE2E, TheRetentionsOwnPutOfAnOwnerIsNoOperation) {
+  RetainingPlugin p(shared_->endpoints(), "/" + unique("reput"));
+  const Etcdctl ctl = shared_->ctl();
+  const std::string owner = p.prefix + "/tasks/x/owner";
+  p.push("x", 1, "w");
+  ASSERT_TRUE(ctl.claim(owner, "w"));
+  ASSERT_TRUE(p.wait_op("claim", "x"));
+  ASSERT_TRUE(ctl.put(owner, "completed:w"));
+  ASSERT_TRUE(p.wait_op("complete", "x"));
+  p.completed("x", "w");  // the supervisor's answer: the owner is put again, under the lease
+  const auto leased = [&] {
+    const auto r = ctl.run({"get", owner, "-w", "json"});
+    return r.out.find("\"lease\":") != std::string::npos;
+  };
+  ASSERT_TRUE(eventually(leased));
+  // The watch hands events over in revision order: once a later put is handed over, the re-put
+  // was seen.
+  p.push("later", 1, "w");
+  ASSERT_TRUE(ctl.claim(p.prefix + "/tasks/later/owner", "w"));
+  ASSERT_TRUE(p.wait_op("claim", "later"));
+  EXPECT_EQ(p.ops("complete", "x"), 1) << "the retention's own put was taken for a completion";
+  // A worker writing its completion again is a completion again (the supervisor answers it).
+  ASSERT_TRUE(ctl.put(owner, "completed:w"));
+  EXPECT_TRUE(eventually([&] { return p.ops("complete", "x") == 2; }));
+}
+
 // etcd's size as etcdctl reports it: keys under every prefix, the database file, the part of it in
 // use, and the store's revision.
 struct Footprint {

@@ -37,8 +37,8 @@ void put(etcdserverpb::RequestOp* op, const std::string& key, const std::string&
 }
 
 // If `key` exists, keep its value and put it under `lease` (etcd then deletes it with the lease).
-void attach_if_present(TxnRequest& txn, const std::string& key, std::int64_t lease) {
-  auto* nested = txn.add_success()->mutable_request_txn();
+void attach_if_present(etcdserverpb::RequestOp* op, const std::string& key, std::int64_t lease) {
+  auto* nested = op->mutable_request_txn();
   auto* c = nested->add_compare();
   c->set_key(key);
   c->set_target(Compare::CREATE);
@@ -48,6 +48,34 @@ void attach_if_present(TxnRequest& txn, const std::string& key, std::int64_t lea
   p->set_key(key);
   p->set_ignore_value(true);
   p->set_lease(lease);
+}
+
+// An execution's final event (`event_key` empty: none) and its other keys put under `lease`, as
+// one operation of the batch's transaction: a nested transaction that puts them all again when
+// every key exists (the usual case) and otherwise each one that exists. One operation, not one
+// per key: etcd takes 128 operations per transaction (nested ones count against what the outer
+// transaction leaves), and each transaction costs etcd a commit: finishing 30,000 executions
+// took 9.3 s with a nested transaction per key (20 executions per transaction), against 1.3 s
+// to dispatch them 64 at a time.
+void finish(etcdserverpb::RequestOp* op, const std::string& event_key, const std::string& body,
+            const std::vector<std::string>& keys, std::int64_t lease) {
+  auto* nested = op->mutable_request_txn();
+  if (!event_key.empty()) {
+    put(nested->add_success(), event_key, body, lease);
+    put(nested->add_failure(), event_key, body, lease);
+  }
+  for (const auto& key : keys) {
+    auto* c = nested->add_compare();
+    c->set_key(key);
+    c->set_target(Compare::CREATE);
+    c->set_result(Compare::GREATER);
+    c->set_create_revision(0);
+    auto* p = nested->add_success()->mutable_request_put();
+    p->set_key(key);
+    p->set_ignore_value(true);
+    p->set_lease(lease);
+    attach_if_present(nested->add_failure(), key, lease);
+  }
 }
 
 }  // namespace
@@ -213,7 +241,7 @@ bool DispatchWriter::build(std::unique_lock<std::mutex>&, Batch& batch) {
         writes.insert(writes.end(), retained.begin(), retained.end());
       }
     }
-    const int item_ops = item.command ? 1 : static_cast<int>(writes.size());
+    const int item_ops = 1;  // a command, an event, or a final event with its keys (finish)
     const bool clash = std::any_of(writes.begin(), writes.end(),
                                    [&](const std::string& k) { return keys.count(k) > 0; });
     if (!batch.items.empty() &&
@@ -283,12 +311,14 @@ bool DispatchWriter::build(std::unique_lock<std::mutex>&, Batch& batch) {
         pushed_to_.erase(item.id);
       }
     } else {
-      if (!item.internal) {
-        put(batch.request.add_success(), keys_.event(item.id.empty() ? "-" : item.id, item.type),
-            item.body, lease_);
+      const std::string event =
+          item.internal ? std::string() : keys_.event(item.id.empty() ? "-" : item.id, item.type);
+      if (retained.empty()) {
+        if (!event.empty()) put(batch.request.add_success(), event, item.body, lease_);
+      } else {
+        finish(batch.request.add_success(), event, item.body, retained, lease_);
+        pushed_to_.erase(item.id);
       }
-      for (const auto& k : retained) attach_if_present(batch.request, k, lease_);
-      if (!retained.empty()) pushed_to_.erase(item.id);
     }
     const bool solo = item.solo;
     batch.items.push_back(std::move(item));
@@ -437,6 +467,11 @@ std::int64_t DispatchWriter::retention_lease(std::string& error) {
     error = s.ok() ? resp.error() : describe(s);
     return 0;
   }
+  {
+    std::lock_guard lock(leases_mu_);
+    granted_leases_.push_back(resp.id());
+    if (granted_leases_.size() > 1024) granted_leases_.pop_front();
+  }
   std::lock_guard lock(mu_);
   lease_ = resp.id();
   // One lease serves the finished executions of a tenth of the retention: their keys go between
@@ -474,6 +509,12 @@ void DispatchWriter::stop() {
   }
   for (const auto& item : left)
     deliver(item, false, "the etcd transport stopped before writing it");
+}
+
+bool DispatchWriter::retention_lease_granted(std::int64_t lease) const {
+  std::lock_guard lock(leases_mu_);
+  return std::find(granted_leases_.rbegin(), granted_leases_.rend(), lease) !=
+         granted_leases_.rend();
 }
 
 }  // namespace shmsched::etcd

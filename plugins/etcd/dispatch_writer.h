@@ -47,6 +47,9 @@ class DispatchWriter {
   // Puts an execution's keys under the retention lease (an execution found finished by a resync
   // whose final event was never written, e.g. the plugin stopped first).
   void retain(const std::string& execution_id, const std::string& worker_id);
+  // Whether `lease` is one of the last retention leases this writer granted: a put under it is
+  // this transport putting a finished execution's keys under the retention, not a worker.
+  bool retention_lease_granted(std::int64_t lease) const;
   // Waits up to timeout for everything taken to be answered; returns how many are not.
   std::size_t flush(std::chrono::milliseconds timeout);
   // Ends the thread, cancels transactions in flight and fails what is still queued (all
@@ -90,6 +93,11 @@ class DispatchWriter {
   bool stopping_ = false;
   std::atomic<bool> running_{true};  // false once stop() began (for hand_over)
   std::thread thread_;
+
+  // The last retention leases granted (one per tenth of the retention, at least a second apart:
+  // 1,024 cover over 17 minutes of them), for retention_lease_granted.
+  mutable std::mutex leases_mu_;
+  std::deque<std::int64_t> granted_leases_;
 
   std::int64_t lease_ = 0;
   std::chrono::steady_clock::time_point lease_until_{};  // when to grant the next one

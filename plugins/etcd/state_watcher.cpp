@@ -152,7 +152,7 @@ bool StateWatcher::resync(std::int64_t& revision) {
   }
   for (const auto& w : vanished) gone(w);
   for (const auto& o : owners) {
-    owner(o.id, o.value, "", true);
+    owner(o.id, o.value, true);
     // Finished, but not yet under the retention lease (its final event was never written).
     if (!o.leased && (starts_with(o.value, kCompleted) || starts_with(o.value, kFailed))) {
       writer_.retain(o.id, o.value.substr(o.value.find(':') + 1));
@@ -180,7 +180,9 @@ StateWatcher::End StateWatcher::watch(std::int64_t& last) {
   create->set_key(keys_.tasks());
   create->set_range_end(prefix_end(keys_.workers()));  // tasks/ .. workers/, nothing else
   create->set_start_revision(last + 1);
-  create->set_prev_kv(true);
+  // No previous values: etcd would read each one back from its database, which halved the rate
+  // at which executions finish (their keys are put again under the retention lease, each such
+  // put an event here). What they served is told apart without them (below).
   End end = End::kBroken;
   std::string why;
   if (stream->Write(req)) {
@@ -218,10 +220,21 @@ StateWatcher::End StateWatcher::watch(std::int64_t& last) {
         const auto p = keys_.parse(ev.kv().key());
         const bool put = ev.type() == mvccpb::Event::PUT;
         if (p.kind == Keys::Parsed::kOwner && put) {
-          owner(p.id, ev.kv().value(), ev.has_prev_kv() ? ev.prev_kv().value() : "");
+          // An owner put under one of this transport's retention leases is its own, putting the
+          // keys of a finished execution under the retention with their values: nobody's claim,
+          // completion or failure.
+          if (ev.kv().lease() == 0 || !writer_.retention_lease_granted(ev.kv().lease())) {
+            owner(p.id, ev.kv().value());
+          }
         } else if (p.kind == Keys::Parsed::kRegistration) {
-          // A put that only refreshes the lease of the same value changes nothing.
-          if (put && !(ev.has_prev_kv() && ev.prev_kv().value() == ev.kv().value())) {
+          // A put of the value the worker is registered with changes nothing.
+          bool known = false;
+          if (put) {
+            std::lock_guard lock(mu_);
+            const auto it = workers_.find(p.id);
+            known = it != workers_.end() && it->second == ev.kv().value();
+          }
+          if (put && !known) {
             registered(p.id, ev.kv().value());
           } else if (!put) {
             gone(p.id);
@@ -249,9 +262,8 @@ StateWatcher::End StateWatcher::watch(std::int64_t& last) {
   return End::kBroken;
 }
 
-void StateWatcher::owner(const std::string& id, const std::string& value,
-                         const std::string& previous, bool quiet) {
-  if (value == previous || value == kUnclaimed || value.empty()) return;
+void StateWatcher::owner(const std::string& id, const std::string& value, bool quiet) {
+  if (value == kUnclaimed || value.empty()) return;
   if (starts_with(value, kCompleted)) {
     const std::string worker = value.substr(kCompleted.size());
     send(ops::complete(id, worker), "the completion of " + id + " by " + worker, quiet);

@@ -11,7 +11,9 @@
 //   workers/<worker>/registration deleted      -> unregister_worker (its lease expired: the
 //                                                 worker is gone, its executions go back)
 // A resync repeats the operations of the state it reads; the supervisor answers repeats
-// harmlessly (already claimed by that worker, already finished).
+// harmlessly (already claimed by that worker, already finished). An owner put under one of the
+// transport's own retention leases (the keys of a finished execution put under the retention)
+// is no operation.
 #pragma once
 
 #include <atomic>
@@ -49,8 +51,7 @@ class StateWatcher {
   bool resync(std::int64_t& revision);
   End watch(std::int64_t& last);
   // `quiet`: from a resync, which repeats what may have been handed over before.
-  void owner(const std::string& id, const std::string& value, const std::string& previous,
-             bool quiet = false);
+  void owner(const std::string& id, const std::string& value, bool quiet = false);
   void registered(const std::string& worker, const std::string& value, bool quiet = false);
   void gone(const std::string& worker);
   void send(const std::string& op, const std::string& what, bool quiet = false);
