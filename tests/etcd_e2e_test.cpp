@@ -936,6 +936,130 @@ TEST_F(EtcdE2E, TheRetentionsOwnPutOfAnOwnerIsNoOperation) {
   EXPECT_TRUE(eventually([&] { return p.ops("complete", "x") == 2; }));
 }
 
+// Found by review: a final event's body went into both branches of its nested transaction, so
+// etcd received it twice against its request limit (--max-request-bytes, 1.5 MiB): a 900 KB
+// ExecutionFailed (a worker's long error) was refused as too large, the event dropped and the
+// execution's keys never put under the retention lease.
+TEST_F(EtcdE2E, ReviewAFinalEventOf900KBIsWrittenAndItsKeysGoAfterTheRetention) {
+  RetainingPlugin p(shared_->endpoints(), "/" + unique("bigfinal"));
+  const Etcdctl ctl = shared_->ctl();
+  p.push("big", 1, "w");
+  const std::string body = RetainingPlugin::to_string(MapBuilder()
+                                                          .str("type", "ExecutionFailed")
+                                                          .str("execution_id", "big")
+                                                          .str("user_id", "u")
+                                                          .str("worker_id", "w")
+                                                          .str("error", std::string(900000, 'e'))
+                                                          .boolean("will_retry", false)
+                                                          .finish());
+  const shmsched_message m{"ExecutionFailed", "big",
+                           "ExecutionFailed", reinterpret_cast<const std::uint8_t*>(body.data()),
+                           body.size(),       0};
+  ASSERT_EQ(p.plugin.api->publish(p.plugin.t, &m, 777), SHMSCHED_OK);
+  {
+    std::unique_lock lock(p.host.mu);
+    ASSERT_TRUE(p.host.cv.wait_for(lock, std::chrono::seconds(20),
+                                   [&] { return p.host.delivered.count(777) > 0; }));
+    EXPECT_TRUE(p.host.ok[777]) << "a 900 KB final event was refused by etcd";
+  }
+  EXPECT_TRUE(ctl.get(p.prefix + "/events/big/ExecutionFailed").has_value());
+  EXPECT_TRUE(
+      eventually([&] { return ctl.keys(p.prefix + "/").empty(); }, std::chrono::seconds(10)))
+      << ctl.keys(p.prefix + "/").size() << " keys left, e.g. " << ctl.keys(p.prefix + "/")[0];
+}
+
+// Found by review: the batch counted a final event's body once against its 1 MiB, and sent it
+// twice: batches of 30 KB final events were refused by etcd and written one event per
+// transaction.
+TEST_F(EtcdE2E, ReviewFinalEventsOf30KBAreWrittenInAFewTransactions) {
+  DirectHost host;
+  const std::string prefix = "/" + unique("bytes");
+  DirectPlugin plugin(host, {{"endpoints", shared_->endpoints()}, {"prefix", prefix}});
+  const Etcdctl ctl = shared_->ctl();
+  constexpr int n = 40;
+  std::vector<std::string> ids, bodies;
+  for (int i = 0; i < n; ++i) {
+    ids.push_back("b" + std::to_string(i));
+    bodies.push_back(RetainingPlugin::to_string(MapBuilder()
+                                                    .str("type", "ExecutionFailed")
+                                                    .str("execution_id", ids.back())
+                                                    .str("user_id", "u")
+                                                    .str("worker_id", "w")
+                                                    .str("error", std::string(30000, 'e'))
+                                                    .boolean("will_retry", false)
+                                                    .finish()));
+  }
+  std::vector<shmsched_message> msgs;
+  std::vector<std::uint64_t> tokens;
+  for (int i = 0; i < n; ++i) {
+    msgs.push_back({"ExecutionFailed", ids[i].c_str(), "ExecutionFailed",
+                    reinterpret_cast<const std::uint8_t*>(bodies[i].data()), bodies[i].size(), 0});
+    tokens.push_back(i + 1);
+  }
+  const std::int64_t before = ctl.revision();
+  int refusal = 0;
+  ASSERT_EQ(plugin.api->publish_batch(plugin.t, msgs.data(), tokens.data(), n, &refusal),
+            static_cast<std::size_t>(n));
+  std::unique_lock lock(host.mu);
+  ASSERT_TRUE(host.cv.wait_for(lock, std::chrono::seconds(30), [&] { return host.left == n; }));
+  for (const auto t : tokens) EXPECT_TRUE(host.ok[t]) << t;
+  lock.unlock();
+  EXPECT_LE(ctl.revision() - before, 3) << "final events were written one transaction each";
+}
+
+// etcd's budget of 128 operations per transaction, with nested ones counted against what the
+// outer one leaves: a batch of 100 (the largest batch_size) final events, each with two inbox
+// keys (the execution went from w1 to w2: both are retained), one of them missing for half, is
+// one transaction, and leaves nothing after the retention.
+TEST_F(EtcdE2E, AFullBatchOfFinishesWithTwoInboxesEachIsOneTransaction) {
+  DirectHost host;
+  const std::string prefix = "/" + unique("fullbatch");
+  DirectPlugin plugin(host, {{"endpoints", shared_->endpoints()},
+                             {"prefix", prefix},
+                             {"batch_size", "100"},
+                             {"retention_seconds", "2"}});
+  const Etcdctl ctl = shared_->ctl();
+  constexpr int n = 100;
+  std::vector<std::string> ids, commands, pushes, completions;
+  for (int i = 0; i < n; ++i) {
+    ids.push_back("f" + std::to_string(i));
+    commands.push_back(command_body(ids.back()));
+    pushes.push_back(push_body(ids.back(), 1, "w1"));
+    completions.push_back(RetainingPlugin::to_string(MapBuilder()
+                                                         .str("type", "ExecutionCompleted")
+                                                         .str("execution_id", ids.back())
+                                                         .str("user_id", "u")
+                                                         .str("worker_id", i % 2 ? "w1" : "w2")
+                                                         .integer("exit_code", 0)
+                                                         .finish()));
+  }
+  std::uint64_t token = 0;
+  auto send = [&](const char* type, const char* topic, const std::vector<std::string>& b,
+                  int command) {
+    std::vector<shmsched_message> msgs;
+    std::vector<std::uint64_t> tokens;
+    for (int i = 0; i < n; ++i) {
+      msgs.push_back({type, ids[i].c_str(), topic,
+                      reinterpret_cast<const std::uint8_t*>(b[i].data()), b[i].size(), command});
+      tokens.push_back(++token);
+    }
+    int refusal = 0;
+    ASSERT_EQ(plugin.api->publish_batch(plugin.t, msgs.data(), tokens.data(), n, &refusal),
+              static_cast<std::size_t>(n));
+    std::unique_lock lock(host.mu);
+    ASSERT_TRUE(host.cv.wait_for(lock, std::chrono::seconds(30),
+                                 [&] { return host.left == static_cast<int>(token); }));
+    for (const auto t : tokens) ASSERT_TRUE(host.ok[t]) << type << " " << t;
+  };
+  send("CreatePodCommand", "CreatePodCommand", commands, 1);
+  send("TaskPush", "TaskPush.w1", pushes, 1);
+  const std::int64_t before = ctl.revision();
+  send("ExecutionCompleted", "ExecutionCompleted", completions, 0);
+  EXPECT_LE(ctl.revision() - before, 2) << "the batch of finishes was split";
+  EXPECT_TRUE(eventually([&] { return ctl.keys(prefix + "/").empty(); }, std::chrono::seconds(15)))
+      << ctl.keys(prefix + "/").size() << " keys left, e.g. " << ctl.keys(prefix + "/")[0];
+}
+
 // etcd's size as etcdctl reports it: keys under every prefix, the database file, the part of it in
 // use, and the store's revision.
 struct Footprint {
