@@ -1100,15 +1100,15 @@ void publish_all(DirectPlugin& plugin, std::vector<shmsched_message>& msgs,
   }
 }
 
-// etcd's footprint, measured: a run of 100,000 executions (SHMSCHED_ETCD_FOOTPRINT_EXECUTIONS;
+// etcd's footprint, measured: a run of 100,000 executions (SHMSCHED_FOOTPRINT_EXECUTIONS;
 // 0 skips it, as the ASan build does), dispatched and then finished, leaves etcd's key
 // count where it started once the retention has passed, and its database, once compacted, holds
 // what it held before (bbolt reuses the freed pages; a defragmentation, which etcd's operators
 // schedule, gives them back to the filesystem as well).
 TEST(EtcdFootprint, ARunOfExecutionsLeavesEtcdsKeysAndDatabaseWhereTheyStarted) {
-  const char* env = std::getenv("SHMSCHED_ETCD_FOOTPRINT_EXECUTIONS");
+  const char* env = std::getenv("SHMSCHED_FOOTPRINT_EXECUTIONS");
   const int n = env ? std::atoi(env) : 100000;
-  if (n <= 0) GTEST_SKIP() << "SHMSCHED_ETCD_FOOTPRINT_EXECUTIONS=" << env;
+  if (n <= 0) GTEST_SKIP() << "SHMSCHED_FOOTPRINT_EXECUTIONS=" << env;
   EtcdCluster etcd;
   const Etcdctl ctl(etcd.endpoints(), {"--command-timeout=120s"});
   const Footprint before = footprint(ctl);
