@@ -697,6 +697,82 @@ TEST(DaemonJournal, ASharedMemoryDiskSubmitWaitsAcrossASupervisorKillForTheDisk)
       << "acknowledged as durable, and lost by a reboot";
 }
 
+// Client::submit_many through shared memory: the batch goes into the segment, and the call
+// returns once every disk submit of it is on disk (one wait, not one per submit). While the
+// journal cannot write, a short timeout names how many are queued and not confirmed; a duplicate
+// inside the batch is answered as submit() would answer it. A reboot keeps all it acknowledged.
+TEST(DaemonJournal, ABatchOfSharedMemoryDiskSubmitsIsAnsweredOnceAllAreOnDisk) {
+  Journaled j({});
+  j.daemon->start();
+  auto batch = [](const std::string& prefix, std::size_t n) {
+    std::vector<ipc::protocol::SubmitOp> ops(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      ops[i].execution_id = prefix + std::to_string(i);
+      ops[i].user_id = "u";
+      ops[i].payload = {std::byte{'p'}};
+      ops[i].durability = ipc::protocol::Durability::kDisk;
+    }
+    return ops;
+  };
+  ipc::ClientOptions o;
+  o.segment = j.segment;
+  o.endpoint = j.daemon->endpoint();
+  o.timeout = 60s;
+  std::vector<ipc::ClientSubmitResult> results;
+  std::string error;
+  {
+    FrozenWriter writer(j.daemon->pid());
+    ipc::ClientOptions quick = o;
+    quick.timeout = 300ms;
+    ipc::Client impatient(quick);
+    ASSERT_TRUE(impatient.shared_memory());
+    try {
+      impatient.submit_many(batch("early-", 20));
+      ADD_FAILURE() << "a batch was confirmed while the journal could not write";
+    } catch (const ipc::ClientError& e) {
+      EXPECT_THAT(e.what(), HasSubstr("20 of the batch's 20 executions are queued"));
+    }
+    ipc::Client client(o);
+    std::promise<void> returned;
+    auto done = returned.get_future();
+    std::thread submitter([&] {
+      auto ops = batch("b-", 50);
+      ops[49].execution_id = "b-7";  // a duplicate inside the batch
+      try {
+        results = client.submit_many(ops);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+      returned.set_value();
+    });
+    {
+      Ingress ingress(j.daemon->endpoint());
+      wait_for_state(ingress, "b-48", "queued");  // the supervisor has seen the batch
+    }
+    EXPECT_EQ(done.wait_for(200ms), std::future_status::timeout)
+        << "answered before the batch was on disk";
+    writer.thaw();
+    submitter.join();
+  }
+  ASSERT_TRUE(error.empty()) << error;
+  ASSERT_EQ(results.size(), 50u);
+  for (std::size_t i = 0; i < 49; ++i) {
+    EXPECT_TRUE(results[i].result.accepted()) << i << ": " << results[i].result.message;
+    EXPECT_TRUE(results[i].via_shared_memory);
+    EXPECT_EQ(results[i].execution_id, "b-" + std::to_string(i));
+  }
+  EXPECT_EQ(results[49].result.admission, Admission::kDuplicate);
+  j.crash_and_reboot();
+  j.daemon->start();
+  Ingress ingress(j.daemon->endpoint());
+  const auto l = listing(ingress);
+  for (std::size_t i = 0; i < 49; ++i) {
+    EXPECT_TRUE(l.count("b-" + std::to_string(i))) << "b-" << i << " acknowledged, and lost";
+  }
+  // The early batch was queued before its timeout, and written once the writer went on.
+  EXPECT_TRUE(l.count("early-19"));
+}
+
 // Finding: a supervisor killed after an execution's end was decided and before its finished
 // record was written leaves the slot marked finished (the release waits for the record). The
 // next supervisor on the same segment releases that slot (Scheduler: Recovered in phase

@@ -52,6 +52,22 @@ msgpack::object_handle Client::call(const std::vector<std::byte>& request) {
   }
 }
 
+bool Client::wants_disk(const protocol::SubmitOp& op) const {
+  return op.durability ? *op.durability == protocol::Durability::kDisk
+                       : segment_ && segment_->default_durability_disk();
+}
+
+namespace {
+
+std::string not_confirmed(const std::string& what, std::chrono::milliseconds timeout) {
+  return what + " queued in shared memory, but shmschedd did not confirm it on disk within " +
+         std::to_string(timeout.count()) +
+         " ms: is shmschedd running? It survives a process crash, and may not survive a reboot "
+         "(the same id answers duplicate while it is queued)";
+}
+
+}  // namespace
+
 ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
   ClientSubmitResult out;
   out.execution_id = op.execution_id.empty() ? protocol::new_uuid() : op.execution_id;
@@ -59,12 +75,14 @@ ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
   // the supervisor's default, which it publishes in the segment) goes there too when the
   // supervisor marks entries once they are on disk, and waits for the mark; else through the
   // ingress, where the supervisor answers (or refuses) it.
-  const bool disk = op.durability ? *op.durability == protocol::Durability::kDisk
-                                  : segment_ && segment_->default_durability_disk();
+  const bool disk = wants_disk(op);
   if (producer_ && (!disk || producer_->durable_marks())) {
     out.result = producer_->submit(protocol::to_submit_request(op, out.execution_id));
     out.via_shared_memory = true;
-    if (disk && out.result.accepted()) await_disk(out);
+    if (disk && out.result.accepted() &&
+        !await_disk(out, std::chrono::steady_clock::now() + options_.timeout)) {
+      throw ClientError(not_confirmed("execution " + out.execution_id + " is", options_.timeout));
+    }
     return out;
   }
   protocol::MapBuilder m;
@@ -97,11 +115,45 @@ ClientSubmitResult Client::submit(const protocol::SubmitOp& op) {
   return out;
 }
 
-void Client::await_disk(ClientSubmitResult& out) {
-  switch (producer_->wait_durable(out.result, options_.timeout)) {
+std::vector<ClientSubmitResult> Client::submit_many(std::span<const protocol::SubmitOp> ops) {
+  std::vector<ClientSubmitResult> out;
+  out.reserve(ops.size());
+  std::vector<std::size_t> to_await;  // accepted in shared memory, waiting for their marks
+  for (const auto& op : ops) {
+    const bool disk = wants_disk(op);
+    if (producer_ && (!disk || producer_->durable_marks())) {
+      ClientSubmitResult r;
+      r.execution_id = op.execution_id.empty() ? protocol::new_uuid() : op.execution_id;
+      r.result = producer_->submit(protocol::to_submit_request(op, r.execution_id));
+      r.via_shared_memory = true;
+      if (disk && r.result.accepted()) to_await.push_back(out.size());
+      out.push_back(std::move(r));
+    } else {
+      out.push_back(submit(op));
+    }
+  }
+  // One deadline for the batch: the marks come per journal batch, so after the first wait the
+  // rest are mostly there already.
+  const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
+  std::size_t unconfirmed = 0;
+  for (const auto i : to_await) {
+    if (!await_disk(out[i], deadline)) ++unconfirmed;
+  }
+  if (unconfirmed > 0) {
+    throw ClientError(not_confirmed(std::to_string(unconfirmed) + " of the batch's " +
+                                        std::to_string(ops.size()) + " executions are",
+                                    options_.timeout));
+  }
+  return out;
+}
+
+bool Client::await_disk(ClientSubmitResult& out, std::chrono::steady_clock::time_point deadline) {
+  const auto left = std::max(deadline - std::chrono::steady_clock::now(),
+                             std::chrono::steady_clock::duration::zero());
+  switch (producer_->wait_durable(out.result, left)) {
     case DurableOutcome::kDurable:
     case DurableOutcome::kEnded:  // finished or cancelled already: nothing left to lose
-      return;
+      return true;
     case DurableOutcome::kUnavailable:
       out.result.admission = Admission::kQueueFull;
       out.result.message =
@@ -110,15 +162,11 @@ void Client::await_disk(ClientSubmitResult& out) {
           "stopped) before it was on disk: it survives a process crash, and may not survive a "
           "reboot. Do not submit it again under another id (the same id answers duplicate while "
           "it is queued)";
-      return;
+      return true;
     case DurableOutcome::kTimedOut:
-      throw ClientError("execution " + out.execution_id +
-                        " is queued in shared memory, but shmschedd did not confirm it on disk "
-                        "within " +
-                        std::to_string(options_.timeout.count()) +
-                        " ms: is shmschedd running? It survives a process crash, and may not "
-                        "survive a reboot (the same id answers duplicate while it is queued)");
+      return false;
   }
+  return false;
 }
 
 ClientClaimResult Client::claim(const std::string& worker_id, std::uint32_t worker_number,
