@@ -226,6 +226,15 @@ class LogWatch {
     });
     return found;
   }
+  // Every line containing `text`, so far.
+  std::vector<std::string> matching(const std::string& text) {
+    std::lock_guard lk(mu_);
+    std::vector<std::string> out;
+    for (const auto& l : lines_) {
+      if (l.second.find(text) != std::string::npos) out.push_back(l.second);
+    }
+    return out;
+  }
   void dump(const char* why) {
     std::lock_guard lk(mu_);
     std::fprintf(stderr, "durable_bench: %s; shmschedd said:\n", why);
@@ -296,7 +305,7 @@ struct Shmschedd {
 // holds `capacity` executions and dispatches one at a time (max_active_executions = 1: what is
 // submitted stays queued, as in a Redis list). Returns once the ingress answers.
 void start(Shmschedd& s, const Setup& setup, const std::string& segment, const std::string& journal,
-           const char* durability) {
+           const char* durability, const char* log_level = "warn") {
   s.d.dir = setup.work + "/run";
   s.d.segment = segment;
   s.journal = journal;
@@ -310,7 +319,7 @@ void start(Shmschedd& s, const Setup& setup, const std::string& segment, const s
       "--max-active-executions=1", "--max-executions-per-user=" + cap,
       "--max-payload-bytes=256",   "--max-extras-bytes=64",
       "--max-participants=256",    "--zeromq.sndhwm=10000000",
-      "--metrics-listen=off",      "--log-level=warn",
+      "--metrics-listen=off",      std::string("--log-level=") + log_level,
       "--journal-dir=" + journal,  std::string("--durability=") + durability};
   args.insert(args.end(), setup.daemon_args.begin(), setup.daemon_args.end());
   int pipefd[2];
@@ -771,7 +780,7 @@ int run(int argc, char** argv) {
     fs::remove_all(journal);
     {
       Shmschedd s;
-      start(s, setup, segment, journal, "memory");
+      start(s, setup, segment, journal, "memory", "info");  // info: its snapshots' lines
       const auto up = wait_ingress(s, std::chrono::seconds(60));
       if (!up) {
         s.log->dump("shmschedd did not answer within 60 s");
@@ -807,6 +816,10 @@ int run(int argc, char** argv) {
         return 1;
       }
       fill_s = std::chrono::duration<double>(Clock::now() - t0).count();
+      // Snapshots are taken on the loop: how long each held it up.
+      for (const auto& line : s.log->matching("snapshot of")) {
+        std::printf("  during the fill: %s\n", line.c_str());
+      }
       stop_ms = s.stop();
       if (stop_ms < 0) {
         std::printf("  shmschedd did not exit on SIGTERM within 120 s\n");

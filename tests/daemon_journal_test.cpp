@@ -313,6 +313,71 @@ TEST(DaemonJournal, TheRebuiltQueueKeepsOrderPrioritiesUsersAndPayloads) {
   EXPECT_THAT(j.daemon->log_text(), HasSubstr("of which 1 had been dispatched"));
 }
 
+// The supervisor's snapshots (journal_snapshot_min_bytes small, so that a few submits make one
+// due): a snapshot restates the live queue, the dispatched and the queued in their order and not
+// the finished, and a reboot after it, with records written after it too, brings back exactly
+// what the queue held.
+TEST(DaemonJournal, ASnapshotRestatesTheLiveQueueInItsOrderWithoutTheFinished) {
+  Journaled j(
+      {"--max-active-executions=2", "--durability=disk", "--journal-snapshot-min-bytes=4096"});
+  j.daemon->start();
+  const std::string big(300, 'x');
+  auto queue_in_order = [&] {
+    auto seg = ipc::Segment::attach(j.segment);
+    ipc::Producer reader(seg);
+    auto all = reader.list(std::nullopt, 1000);
+    std::map<Priority, std::vector<std::string>> out;
+    std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) {
+      if (a.state != b.state) return a.state == ipc::ExecutionState::kActive;
+      return a.queue_position.value_or(0) < b.queue_position.value_or(0);
+    });
+    for (const auto& r : all) out[r.priority].push_back(r.execution_id);
+    return out;
+  };
+  {
+    Ingress ingress(j.daemon->endpoint());
+    for (const char* id : {"a1", "a2"}) {
+      ASSERT_TRUE(ingress.call(submit_request(id, "u", "normal", big, "")).ok());
+    }
+    ASSERT_TRUE(ingress.complete("a1").ok());
+    const char* priorities[] = {"low", "normal", "high", "critical"};
+    for (int i = 0; i < 24; ++i) {
+      const std::string id = "q-" + std::to_string(i);
+      ASSERT_TRUE(
+          ingress
+              .call(submit_request(id, "user-" + std::to_string(i % 3), priorities[i % 4], big, ""))
+              .ok());
+    }
+    const auto deadline = Clock::now() + 10s;
+    while (j.daemon->log_text().find("snapshot of") == std::string::npos &&
+           Clock::now() < deadline) {
+      std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_THAT(j.daemon->log_text(), HasSubstr("snapshot of"));
+    // Records after the snapshot: submits and an end.
+    for (const char* id : {"after-1", "after-2"}) {
+      ASSERT_TRUE(ingress.call(submit_request(id, "u", "high", big, "")).ok());
+    }
+    ASSERT_TRUE(ingress.complete("a2").ok());
+    const auto settled = Clock::now() + 5s;
+    while (listing(ingress).count("a2") && Clock::now() < settled) {
+      std::this_thread::sleep_for(5ms);
+    }
+    ASSERT_FALSE(listing(ingress).count("a2"));
+  }
+  const auto before = queue_in_order();
+  std::size_t n = 0;
+  for (const auto& [p, ids] : before) n += ids.size();
+  ASSERT_EQ(n, 26u);
+  j.crash_and_reboot();
+  j.daemon->start();
+  EXPECT_EQ(queue_in_order(), before);
+  Ingress ingress(j.daemon->endpoint());
+  const auto present = listing(ingress);
+  EXPECT_FALSE(present.count("a1"));
+  EXPECT_FALSE(present.count("a2"));
+}
+
 // A finished, a cancelled and an expired execution never come back, even when the segment is
 // lost right after a clean stop; the slot of a finished one is given back only once its end is
 // on disk, so not even a SIGKILL right after the answer brings a completed one back.

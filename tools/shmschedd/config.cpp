@@ -179,6 +179,11 @@ po::options_description describe(Config& c, Raw& raw) {
       po::value<std::string>(&raw.journal_salvage)->default_value(raw.journal_salvage),
       "start over damage in the middle of the journal: keep the records before it, set the rest "
       "aside (true, false)")(
+      "journal_snapshot_min_bytes",
+      po::value<std::uint64_t>(&c.journal_snapshot_min_bytes)
+          ->default_value(c.journal_snapshot_min_bytes),
+      "journal written between two snapshots, at least; a snapshot rewrites the live executions "
+      "and lets older files go (also due at twice the last snapshot; fixed at start)")(
       "metrics_listen", po::value<std::string>(&c.metrics_listen)->default_value(c.metrics_listen),
       "host:port of the HTTP endpoint: /metrics (Prometheus), /healthz and the dashboard (off or "
       "empty = none; fixed at start)")(
@@ -349,6 +354,8 @@ void validate(Config& c, const Raw& raw) {
   require(raw.journal_salvage == "true" || raw.journal_salvage == "false", "journal_salvage",
           raw.journal_salvage, "true or false");
   c.journal_salvage = raw.journal_salvage == "true";
+  require(c.journal_snapshot_min_bytes >= 4096, "journal_snapshot_min_bytes",
+          c.journal_snapshot_min_bytes, "use at least 4096");
   if (raw.journal_dir.empty()) {
     const char* state = std::getenv("STATE_DIRECTORY");  // systemd's StateDirectory=
     c.journal_dir = state && *state ? std::string(state) + "/journal" : "";

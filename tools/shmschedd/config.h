@@ -64,6 +64,8 @@ struct Config {
   // Start over damage in the middle of the journal, keeping what precedes it (set aside, not
   // deleted, what follows).
   bool journal_salvage = false;
+  // Journal written between two snapshots, at least (fixed at start).
+  std::uint64_t journal_snapshot_min_bytes = 64ull << 20;
   // The HTTP endpoint of metrics and the dashboard (docs/operations.md). "off" or empty: none.
   std::string metrics_listen = "127.0.0.1:9464";
   // The dashboard may cancel (for local users, by the ingress's identity rules); else read-only.

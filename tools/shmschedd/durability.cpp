@@ -14,6 +14,7 @@
 #include <cstring>
 #include <filesystem>
 #include <thread>
+#include <tuple>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -28,15 +29,16 @@ namespace protocol = ipc::protocol;
 
 namespace {
 
-JournaledExecution journaled(const ipc::ExecutionRecord& r) {
+// Takes what it can from `r` (a listing's record, used once).
+JournaledExecution journaled(ipc::ExecutionRecord&& r) {
   JournaledExecution e;
-  e.execution_id = r.execution_id;
-  e.user_id = r.user_id;
+  e.execution_id = std::move(r.execution_id);
+  e.user_id = std::move(r.user_id);
   e.priority = r.priority;
   e.enqueued_at_ns = r.enqueued_at_ns;
   e.attempt = r.attempt;
   e.timeout_seconds = r.timeout_seconds;
-  e.payload = r.payload;
+  e.payload = std::move(r.payload);
   if (!r.required_capabilities.empty() || !r.metadata.empty()) {
     e.extras = ipc::encode_extras(r.required_capabilities, r.metadata);
   }
@@ -72,6 +74,7 @@ bool Supervisor::open_journal(std::vector<JournaledExecution>& live) {
   ExecutionJournal::Options o;
   o.dir = config_.journal_dir;
   o.salvage = config_.journal_salvage;
+  o.snapshot_min_bytes = config_.journal_snapshot_min_bytes;
   o.max_record_bytes = static_cast<std::uint32_t>(std::min<std::uint64_t>(
       config_.queue.max_payload_bytes + config_.queue.max_extras_bytes + 1024,
       journal::kMaxPayloadBytes));
@@ -258,6 +261,7 @@ void Supervisor::reconcile_with_journal(std::vector<JournaledExecution>& live) {
 }
 
 void Supervisor::journal_snapshot() {
+  const auto started = Clock::now();
   // Slots finished but not yet given back (their end is recorded) are not live any more.
   std::unordered_set<std::string> ending;
   for (const auto& [lsn, ref] : durable_releases_) {
@@ -269,17 +273,28 @@ void Supervisor::journal_snapshot() {
     return r.state == ipc::ExecutionState::kActive &&
            core::phase_of(r.annotation) == core::Phase::kFinished;
   });
-  // Dispatched first, then the queue in dequeue order (FIFO within each priority).
-  std::stable_sort(records.begin(), records.end(), [](const auto& a, const auto& b) {
-    const bool aa = a.state == ipc::ExecutionState::kActive;
-    const bool ba = b.state == ipc::ExecutionState::kActive;
-    if (aa != ba) return aa;
-    return a.queue_position.value_or(0) < b.queue_position.value_or(0);
-  });
+  // Dispatched first, then the queue in dequeue order (FIFO within each priority). The keys are
+  // sorted, not the records: moving a million records with their strings stalled the loop.
+  struct Key {
+    bool queued;
+    std::uint64_t position;
+    std::uint32_t index;  // the listing's order breaks ties, as a stable sort would
+    bool operator<(const Key& o) const {
+      return std::tie(queued, position, index) < std::tie(o.queued, o.position, o.index);
+    }
+  };
+  std::vector<Key> order;
+  order.reserve(records.size());
+  for (std::uint32_t i = 0; i < records.size(); ++i) {
+    const auto& r = records[i];
+    order.push_back(Key{r.state != ipc::ExecutionState::kActive, r.queue_position.value_or(0), i});
+  }
+  std::sort(order.begin(), order.end());
   std::vector<journal::SnapshotRecord> out;
   out.reserve(records.size() + records.size() / 4);
-  for (const auto& r : records) ExecutionJournal::snapshot_records(journaled(r), out);
-  const auto started = Clock::now();
+  for (const auto& k : order) {
+    ExecutionJournal::snapshot_records(journaled(std::move(records[k.index])), out);
+  }
   auto lsn = journal_->write_snapshot(out);
   if (!lsn) {
     spdlog::error("journal {}: the snapshot was not written: {}", config_.journal_dir,
@@ -287,8 +302,8 @@ void Supervisor::journal_snapshot() {
     return;
   }
   spdlog::info(
-      "journal {}: snapshot of {} live execution(s) queued in {} ms", config_.journal_dir,
-      records.size(),
+      "journal {}: snapshot of {} live execution(s) listed and queued for the disk in {} ms",
+      config_.journal_dir, order.size(),
       std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count());
 }
 

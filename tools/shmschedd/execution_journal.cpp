@@ -226,6 +226,7 @@ std::unique_ptr<ExecutionJournal> ExecutionJournal::open(const Options& options,
   live = replay.take();
   std::unique_ptr<ExecutionJournal> j(new ExecutionJournal(options.dir, std::move(*writer)));
   j->bytes_since_snapshot_ = j->stats().journal_bytes;
+  j->snapshot_min_bytes_ = options.snapshot_min_bytes;
   return j;
 }
 
@@ -320,8 +321,9 @@ journal::Result<Lsn> ExecutionJournal::write_snapshot(
 
 bool ExecutionJournal::snapshot_due() const {
   // The journal follows the live state, not the history: at most about three times the last
-  // snapshot, and at least 64 MiB between snapshots (each one rewrites every live payload).
-  return bytes_since_snapshot_ > std::max<std::uint64_t>(64ull << 20, 2 * last_snapshot_bytes_);
+  // snapshot, and at least snapshot_min_bytes between snapshots (each one rewrites every live
+  // payload, on the loop).
+  return bytes_since_snapshot_ > std::max(snapshot_min_bytes_, 2 * last_snapshot_bytes_);
 }
 
 }  // namespace shmsched::daemon

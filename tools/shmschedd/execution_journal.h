@@ -52,6 +52,9 @@ class ExecutionJournal {
     // What may wait for the disk, at most: beyond, the journal is failed (records are never
     // dropped and the loop never waits for the disk).
     std::size_t max_pending_bytes = 1ull << 30;
+    // Journal written since the last snapshot before the next one, at least (the next one is
+    // due at twice the last snapshot's size when that is more).
+    std::uint64_t snapshot_min_bytes = 64ull << 20;
     // Called on the writer thread when it fails (the error is sticky until a restart).
     std::function<void(const journal::Error&)> on_error;
   };
@@ -109,6 +112,7 @@ class ExecutionJournal {
   journal::Error failed_;
   std::atomic<bool> has_failed_{false};
   std::uint64_t bytes_since_snapshot_ = 0;
+  std::uint64_t snapshot_min_bytes_ = 64ull << 20;
   std::uint64_t last_snapshot_bytes_ = 0;
 };
 
