@@ -331,5 +331,40 @@ TEST(Scheduler, AnExecutionWaitingForAWorkerExpires) {
   EXPECT_EQ(h.s.taken(), 0u);
 }
 
+// A worker's fail sent twice (its client repeated the request) and naming no attempt, the
+// second arriving while the execution waits out the backoff before its next attempt: nobody
+// has that attempt yet, so the repeat is about the failed one. It is answered as ignored, not
+// taken for a failure of the next attempt, which would burn it (here the last one: the
+// execution would fail for good without ever running again).
+TEST(Scheduler, AWorkersRepeatedFailDuringTheRetryBackoffBurnsNoAttempt) {
+  SchedulerConfig c;
+  c.max_attempts = 2;
+  c.retry_backoff_ms = 1000;
+  Harness h(c);
+  h.in(input::TransportUp{1, "zeromq"});
+  const auto p = h.take("e1", 7);
+  h.in(input::Delivery{1, p.token, true});
+  const input::Fail report{1, "e1", "boom", std::string("w1"), std::nullopt, true, std::nullopt};
+  h.in(report);
+  ASSERT_EQ(h.all<action::SetAttempt>().size(), 1u);
+  auto repeated = report;
+  repeated.op = 2;
+  h.in(repeated);
+  const auto answers = h.all<action::Answer>();
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_TRUE(answers[0].reply.ok);
+  ASSERT_FALSE(answers[0].reply.fields.empty());
+  EXPECT_EQ(answers[0].reply.fields[0].first, "ignored");
+  EXPECT_TRUE(h.all<action::Publish>().empty()) << "the repeat was taken for a new failure";
+  EXPECT_TRUE(h.all<action::SetAttempt>().empty());
+  // The next attempt goes out once the backoff is over.
+  h.t.mono_ns += 2 * kSec;
+  h.advance();
+  const auto pubs = h.all<action::Publish>();
+  ASSERT_EQ(pubs.size(), 1u);
+  EXPECT_EQ(pubs[0].event.type, EventType::kCreatePodCommand);
+  EXPECT_EQ(pubs[0].event.attempt, 2u);
+}
+
 }  // namespace
 }  // namespace shmsched::core

@@ -158,6 +158,7 @@ Scheduler::Exec& Scheduler::admit(const std::string& id) {
   e.live = true;
   e.slot = 0;
   e.phase = Phase::kUnknown;
+  e.retry_wait = false;
   e.level = 2;
   e.ready_at = 0;
   e.publish_failures = 0;
@@ -451,7 +452,10 @@ Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
                                            "' and nobody has claimed it: claim it first"));
     return nullptr;
   }
-  if (attempt && *attempt != e.info.attempt) {
+  // A worker's report that names no attempt, while the execution waits out the backoff before
+  // its next attempt (not published since the failure): no worker has that attempt, so the
+  // report is about an earlier one (a repeated fail would otherwise burn the next).
+  if ((attempt && *attempt != e.info.attempt) || (worker && !attempt && e.retry_wait)) {
     ++counters_.stale_reports;
     answer(out, op,
            Reply::success()
@@ -537,6 +541,7 @@ void Scheduler::fail(Exec& e, std::string error, std::optional<std::string> reas
     e.publish_failures = 0;
     ++e.info.attempt;
     hold(e, now.mono_ns + backoff_ns(config_.retry_backoff_ms, e.info.attempt - 1), true, out);
+    e.retry_wait = true;
     e.acked.clear();
     out.push_back(action::SetAttempt{e.slot, e.info.attempt});
   }
@@ -784,6 +789,7 @@ void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
     p.to.push_back(id);
   }
   set_phase(e, Phase::kDispatching, out);
+  e.retry_wait = false;
   if (e.dispatched_at == 0) {
     e.dispatched_at = now.mono_ns;
     arm_timeout(e, now);

@@ -457,6 +457,7 @@ class Scheduler {
     std::uint32_t owner_no = 0;     // the owner's worker number, as the claim word says
     bool owner_wait = false;        // held until its owner (not a live worker) registers again
     bool closing = false;           // parked, its claims being closed (see park())
+    bool retry_wait = false;        // failed, its next attempt held for the backoff, unpublished
     std::uint64_t claim_seq = 0;    // invalidates older entries of the claim heap
   };
   using ExecIndex = std::uint32_t;
