@@ -24,6 +24,7 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // A REQ client with a short timeout: a call to a killed supervisor fails fast (not acknowledged).
 class QuickClient {
@@ -1462,6 +1463,331 @@ TEST(DaemonJournal, ThirdReviewARestoredSegmentCarriesTheConfiguredDiskDurabilit
   EXPECT_FALSE(r && r->result.accepted())
       << "acknowledged (via shared memory: " << (r && r->via_shared_memory)
       << ") while the supervisor, stopped, could not have it on disk";
+}
+
+// ---- Findings of the review of submit_many and the snapshot's order (fourth review) ----
+
+std::vector<ipc::protocol::SubmitOp> review_ops(std::size_t n, ipc::protocol::Durability d) {
+  std::vector<ipc::protocol::SubmitOp> ops(n);
+  for (auto& op : ops) {
+    op.user_id = "u";
+    op.payload = {std::byte{'p'}};
+    op.durability = d;  // execution_id left empty: the library generates it
+  }
+  return ops;
+}
+
+// R1: a batch whose disk marks time out throws, and the results (with the ids the library
+// generated) are thrown away: the caller cannot tell which executions are queued, cancel them,
+// or retry without submitting them twice. submit() names its id in the same error.
+TEST(DaemonJournal, FourthReviewABatchThatTimesOutNamesTheExecutionsItQueued) {
+  Journaled j({});
+  j.daemon->start();
+  ipc::ClientOptions o;
+  o.segment = j.segment;
+  o.endpoint = j.daemon->endpoint();
+  o.timeout = 300ms;
+  std::string what;
+  {
+    FrozenWriter writer(j.daemon->pid());
+    ipc::Client client(o);
+    ASSERT_TRUE(client.shared_memory());
+    try {
+      client.submit_many(review_ops(3, ipc::protocol::Durability::kDisk));
+      ADD_FAILURE() << "confirmed while the journal could not write";
+    } catch (const ipc::ClientBatchError& e) {
+      what = e.what();
+      EXPECT_EQ(e.results().size(), 3u);
+      EXPECT_EQ(e.unconfirmed(), (std::vector<std::size_t>{0, 1, 2}));
+    } catch (const ipc::ClientError& e) {
+      what = e.what();
+      ADD_FAILURE() << "not a ClientBatchError: " << what;
+    }
+    writer.thaw();
+  }
+  Ingress ingress(j.daemon->endpoint());
+  const auto l = listing(ingress);
+  ASSERT_EQ(l.size(), 3u);
+  for (const auto& [id, state] : l) {
+    EXPECT_THAT(what, HasSubstr(id)) << "queued under an id the caller was never told";
+  }
+}
+
+// R2: a batch that falls back to the ingress part-way (the supervisor stopped: its durable
+// marks are off) and whose ingress call throws loses the results of the entries it already put
+// into the segment: they are queued, and the error says nothing of them.
+TEST(DaemonJournal, FourthReviewABatchWhoseIngressFallbackThrowsSaysWhatItAlreadyQueued) {
+  Journaled j({});
+  j.daemon->start();
+  ASSERT_EQ(j.daemon->signal(SIGTERM), 0);  // a clean stop: the segment stays, marks off
+  ipc::ClientOptions o;
+  o.segment = j.segment;
+  o.endpoint = j.daemon->endpoint();
+  o.timeout = 300ms;
+  ipc::Client client(o);
+  ASSERT_TRUE(client.shared_memory());
+  auto ops = review_ops(2, ipc::protocol::Durability::kMemory);
+  ops[1].durability = ipc::protocol::Durability::kDisk;  // -> the ingress, which is down
+  std::string what;
+  try {
+    client.submit_many(ops);
+    ADD_FAILURE() << "no error";
+  } catch (const ipc::ClientError& e) {
+    what = e.what();
+  }
+  auto seg = ipc::Segment::attach(j.segment);
+  ipc::Producer reader(seg);
+  const auto queued = reader.list(std::nullopt, 100);
+  ASSERT_EQ(queued.size(), 1u);
+  EXPECT_THAT(what, HasSubstr(queued[0].execution_id))
+      << "the batch's first execution is queued and the caller was never told its id";
+}
+
+// R3: journal_snapshot_min_bytes = -1 is taken as 2^64-1 (boost's unsigned parse), passes the
+// ">= 4096" check, and turns snapshots off: the journal grows without bound and is replayed
+// whole at every start. 4095 is refused; -1 should be too (and so for every unsigned setting).
+TEST(DaemonJournal, FourthReviewANegativeSnapshotMinimumIsRefused) {
+  {
+    Journaled j({"--journal-snapshot-min-bytes=4095"});
+    EXPECT_ANY_THROW(j.daemon->start());
+  }
+  {
+    Journaled j({"--max-queue-size=-1"});
+    EXPECT_ANY_THROW(j.daemon->start());
+  }
+  Journaled j({"--journal-snapshot-min-bytes=-1", "--max-payload-bytes=65536"});
+  bool started = true;
+  try {
+    j.daemon->start();
+  } catch (const std::exception&) {
+    started = false;
+  }
+  EXPECT_FALSE(started) << "journal_snapshot_min_bytes = -1 was accepted";
+  if (!started) return;
+  Ingress ingress(j.daemon->endpoint());
+  const std::string big(60000, 'x');
+  for (int i = 0; i < 200; ++i) {  // 12 MB of journal, 1 live execution at a time
+    const std::string id = "n" + std::to_string(i);
+    ASSERT_TRUE(ingress.call(submit_request(id, "u", "normal", big, "")).ok());
+    ingress.op("cancel", id);
+  }
+  std::uintmax_t bytes = 0;
+  for (const auto& f : j.journal_files()) bytes += fs::file_size(f);
+  ADD_FAILURE() << "journal: " << bytes
+                << " bytes, snapshots logged: " << occurrences(j.daemon->log_text(), "snapshot of");
+}
+
+// R4: the snapshot orders the queue by queue_position, a rank across levels computed slot by
+// slot while producers go on: a submit at a higher priority between the reads of two entries
+// of one level shifts the later-read one's rank. Read in slot order, with slots reused against
+// FIFO order, the later entry of a level can come first (a tie broken by slot order, or a
+// plain inversion), and a reboot restores that level out of FIFO order.
+TEST(DaemonJournal, FourthReviewASnapshotTakenWhileHigherLevelsGrowKeepsEachLevelsFifoOrder) {
+  Journaled j({"--max-active-executions=1", "--journal-snapshot-min-bytes=4096",
+               "--max-queue-size=400000", "--max-executions-per-user=400000"});
+  j.daemon->start();
+  Ingress ingress(j.daemon->endpoint());
+  auto seg = ipc::Segment::attach(j.segment);
+  ipc::Producer producer(seg);
+  const std::byte payload[1] = {std::byte{'p'}};
+  auto put = [&](const std::string& id, Priority p) {
+    ipc::SubmitRequest r;
+    r.execution_id = id;
+    r.user_id = "u";
+    r.priority = p;
+    r.payload = payload;
+    return producer.submit(r).accepted();
+  };
+  ASSERT_TRUE(ingress.call(submit_request("running", "u", "critical", "p", "")).ok());
+  wait_for_state(ingress, "running", "dispatched");
+  // Tombstones at the head of `critical`; the next dequeue passes them and frees their slots onto
+  // the free stack (LIFO): the low entries submitted next get slots in descending order.
+  constexpr int kLow = 3000;
+  for (int i = 0; i < kLow; ++i) ASSERT_TRUE(put("tmp-" + std::to_string(i), Priority::kCritical));
+  for (int i = 0; i < kLow; ++i) {
+    ASSERT_TRUE(ingress.op("cancel", "tmp-" + std::to_string(i)).ok());
+  }
+  ASSERT_TRUE(ingress.call(submit_request("running-2", "u", "critical", "p", "")).ok());
+  ASSERT_TRUE(ingress.complete("running").ok());
+  wait_for_state(ingress, "running-2", "dispatched");
+  char id[32];
+  std::size_t descending = 0;
+  std::uint32_t last_slot = 0;
+  for (int i = 0; i < kLow; ++i) {
+    std::snprintf(id, sizeof id, "low-%05d", i);
+    ipc::SubmitRequest r;
+    r.execution_id = id;
+    r.user_id = "u";
+    r.priority = Priority::kLow;
+    r.payload = payload;
+    const auto res = producer.submit(r);
+    ASSERT_TRUE(res.accepted());
+    if (i > 0 && res.slot < last_slot) ++descending;
+    last_slot = res.slot;
+  }
+  ASSERT_GT(descending, static_cast<std::size_t>(kLow / 2))
+      << "the slots were not reused backwards";
+  // Critical submits while the supervisor takes its snapshots.
+  const auto snapshots = [&] { return occurrences(j.daemon->log_text(), "snapshot of"); };
+  const std::size_t before = snapshots();
+  std::atomic<bool> stop{false};
+  std::thread hammer([&] {
+    ipc::Producer p(seg);
+    for (int i = 0; !stop; ++i) {
+      ipc::SubmitRequest r;
+      const std::string cid = "c-" + std::to_string(i);
+      r.execution_id = cid;
+      r.user_id = "h";
+      r.priority = Priority::kCritical;
+      r.payload = payload;
+      if (!p.submit(r).accepted()) break;
+    }
+  });
+  const auto deadline = Clock::now() + 20s;
+  while (snapshots() < before + 4 && Clock::now() < deadline) std::this_thread::sleep_for(20ms);
+  stop = true;
+  hammer.join();
+  ASSERT_GE(snapshots(), before + 1) << "no snapshot while the higher level grew";
+  // A disk submit is answered once everything recorded before it is on disk.
+  ASSERT_TRUE(ingress.call(submit_request("barrier", "u", "background", "p", "disk")).ok());
+  j.crash_and_reboot();
+  j.daemon->start();
+  auto seg2 = ipc::Segment::attach(j.segment);
+  ipc::Producer reader(seg2);
+  auto all = reader.list(std::nullopt, 1'000'000);
+  std::vector<std::pair<std::uint64_t, std::string>> low;
+  for (const auto& r : all) {
+    if (r.priority == Priority::kLow)
+      low.emplace_back(r.queue_position.value_or(0), r.execution_id);
+  }
+  std::sort(low.begin(), low.end());
+  ASSERT_EQ(low.size(), static_cast<std::size_t>(kLow));
+  std::size_t misplaced = 0;
+  std::string first;
+  for (int i = 0; i < kLow; ++i) {
+    std::snprintf(id, sizeof id, "low-%05d", i);
+    if (low[i].second != id) {
+      if (misplaced++ == 0) first = "place " + std::to_string(i) + ": " + low[i].second;
+    }
+  }
+  EXPECT_EQ(misplaced, 0u) << "the low level came back out of FIFO order; first: " << first;
+}
+
+// R5: a reload that changed journal_snapshot_min_bytes was taken silently and had no effect
+// (config_ said the new value, the journal kept the old one). It takes effect now.
+TEST(DaemonJournal, FourthReviewAReloadOfTheSnapshotMinimumTakesEffect) {
+  Journaled j({});
+  const std::string conf = j.dir + "/shmschedd.conf";
+  std::ofstream(conf) << "journal_snapshot_min_bytes = 67108864\n";
+  j.daemon->args().push_back("--config=" + conf);
+  j.daemon->start();
+  std::ofstream(conf) << "journal_snapshot_min_bytes = 4096\n";
+  j.daemon->signal(SIGHUP);
+  const auto deadline = Clock::now() + 10s;
+  while (j.daemon->log_text().find("configuration reloaded") == std::string::npos &&
+         Clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_THAT(j.daemon->log_text(), HasSubstr("configuration reloaded"));
+  Ingress ingress(j.daemon->endpoint());
+  for (int i = 0; i < 100; ++i) {  // ~30 KB of journal
+    ASSERT_TRUE(
+        ingress
+            .call(submit_request("r" + std::to_string(i), "u", "normal", std::string(300, 'x'), ""))
+            .ok());
+  }
+  const auto snapshot_by = Clock::now() + 10s;
+  while (j.daemon->log_text().find("snapshot of") == std::string::npos &&
+         Clock::now() < snapshot_by) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_THAT(j.daemon->log_text(), HasSubstr("snapshot of"))
+      << "the reload took journal_snapshot_min_bytes = 4096 without effect";
+}
+
+// A batch waiting while its supervisor is SIGKILLed and restarted on the same segment, with a
+// mixed batch (memory and disk): every one is answered, and the disk ones survive a reboot.
+TEST(DaemonJournal, FourthReviewABatchWaitsAcrossASupervisorKill) {
+  Journaled j({"--max-active-executions=4"});
+  j.daemon->start();
+  ipc::ClientOptions o;
+  o.segment = j.segment;
+  o.endpoint = j.daemon->endpoint();
+  o.timeout = 60s;
+  std::vector<ipc::ClientSubmitResult> results;
+  std::string error;
+  std::vector<ipc::protocol::SubmitOp> ops(30);
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    ops[i].execution_id = "k-" + std::to_string(i);
+    ops[i].user_id = "u";
+    ops[i].payload = {std::byte{'p'}};
+    ops[i].durability =
+        i % 3 == 0 ? ipc::protocol::Durability::kMemory : ipc::protocol::Durability::kDisk;
+  }
+  {
+    FrozenWriter writer(j.daemon->pid());
+    ipc::Client client(o);
+    ASSERT_TRUE(client.shared_memory());
+    std::thread submitter([&] {
+      try {
+        results = client.submit_many(ops);
+      } catch (const std::exception& e) {
+        error = e.what();
+      }
+    });
+    {
+      Ingress ingress(j.daemon->endpoint());
+      wait_for_state(ingress, "k-29", "queued");
+    }
+    writer.kill_process(*j.daemon);
+    j.daemon->start();
+    submitter.join();
+  }
+  ASSERT_TRUE(error.empty()) << error;
+  ASSERT_EQ(results.size(), 30u);
+  for (const auto& r : results) EXPECT_TRUE(r.result.accepted()) << r.result.message;
+  j.crash_and_reboot();
+  j.daemon->start();
+  Ingress ingress(j.daemon->endpoint());
+  const auto l = listing(ingress);
+  for (std::size_t i = 0; i < ops.size(); ++i) {
+    if (i % 3) {
+      EXPECT_TRUE(l.count("k-" + std::to_string(i))) << i;
+    }
+  }
+}
+
+// R6: at open the journal counts its whole size (the last snapshot included) as written since
+// the last snapshot, and the last snapshot's size as 0: a start over a journal larger than
+// journal_snapshot_min_bytes takes a full snapshot at once, even when nothing happened since.
+TEST(DaemonJournal, FourthReviewARestartWithNothingNewTakesNoSnapshot) {
+  Journaled j({"--journal-snapshot-min-bytes=65536", "--max-active-executions=1"});
+  j.daemon->start();
+  {
+    Ingress ingress(j.daemon->endpoint());
+    for (int i = 0; i < 300; ++i) {  // ~100 KB live: one snapshot is due past 64 KB
+      ASSERT_TRUE(ingress
+                      .call(submit_request("s" + std::to_string(i), "u" + std::to_string(i % 5),
+                                           "normal", std::string(300, 'x'), ""))
+                      .ok());
+    }
+    ASSERT_TRUE(ingress.call(submit_request("barrier", "u", "normal", "p", "disk")).ok());
+  }
+  ASSERT_GE(occurrences(j.daemon->log_text(), "snapshot of"), 1u);
+  for (int restart = 0; restart < 3; ++restart) {
+    ASSERT_EQ(j.daemon->signal(SIGTERM), 0);
+    j.daemon->start();  // the same segment, nothing new
+    {
+      // Answered by the loop, after its timers (where a due snapshot is taken) ran.
+      Ingress ingress(j.daemon->endpoint());
+      ASSERT_TRUE(ingress
+                      .call(submit_request("barrier-" + std::to_string(restart), "u", "normal", "p",
+                                           "disk"))
+                      .ok());
+    }
+    EXPECT_EQ(occurrences(j.daemon->log_text(), "snapshot of"), 0u)
+        << "restart " << restart << " rewrote the whole live set with nothing new to record";
+  }
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <type_traits>
 #include <sstream>
 
 #include "http_server.h"
@@ -17,6 +18,25 @@
 extern char** environ;
 
 namespace po = boost::program_options;
+
+// Unsigned settings: boost's own conversion (lexical_cast) takes "-1" for 2^64-1, which would
+// pass every "at least" check (a huge queue, snapshots off). Found by argument-dependent lookup
+// (boost::any's namespace) before boost's generic validate, for every unsigned option.
+namespace boost {
+template <class T>
+  requires(std::is_unsigned_v<T> && !std::is_same_v<T, bool>)
+void validate(boost::any& v, const std::vector<std::string>& values, T*, int) {
+  const std::string& s = program_options::validators::get_single_string(values);
+  if (!s.empty() && s.front() == '-') {
+    throw program_options::invalid_option_value(s);
+  }
+  try {
+    v = boost::any(boost::lexical_cast<T>(s));
+  } catch (const boost::bad_lexical_cast&) {
+    throw program_options::invalid_option_value(s);
+  }
+}
+}  // namespace boost
 
 namespace shmsched::daemon {
 namespace {
@@ -183,7 +203,7 @@ po::options_description describe(Config& c, Raw& raw) {
       po::value<std::uint64_t>(&c.journal_snapshot_min_bytes)
           ->default_value(c.journal_snapshot_min_bytes),
       "journal written between two snapshots, at least; a snapshot rewrites the live executions "
-      "and lets older files go (also due at twice the last snapshot; fixed at start)")(
+      "and lets older files go (also due at twice the last snapshot)")(
       "metrics_listen", po::value<std::string>(&c.metrics_listen)->default_value(c.metrics_listen),
       "host:port of the HTTP endpoint: /metrics (Prometheus), /healthz and the dashboard (off or "
       "empty = none; fixed at start)")(
@@ -354,8 +374,9 @@ void validate(Config& c, const Raw& raw) {
   require(raw.journal_salvage == "true" || raw.journal_salvage == "false", "journal_salvage",
           raw.journal_salvage, "true or false");
   c.journal_salvage = raw.journal_salvage == "true";
-  require(c.journal_snapshot_min_bytes >= 4096, "journal_snapshot_min_bytes",
-          c.journal_snapshot_min_bytes, "use at least 4096");
+  require(c.journal_snapshot_min_bytes >= 4096 && c.journal_snapshot_min_bytes <= (1ull << 40),
+          "journal_snapshot_min_bytes", c.journal_snapshot_min_bytes,
+          "use 4096 .. 1099511627776 (1 TiB)");
   if (raw.journal_dir.empty()) {
     const char* state = std::getenv("STATE_DIRECTORY");  // systemd's StateDirectory=
     c.journal_dir = state && *state ? std::string(state) + "/journal" : "";

@@ -273,21 +273,25 @@ void Supervisor::journal_snapshot() {
     return r.state == ipc::ExecutionState::kActive &&
            core::phase_of(r.annotation) == core::Phase::kFinished;
   });
-  // Dispatched first, then the queue in dequeue order (FIFO within each priority). The keys are
-  // sorted, not the records: moving a million records with their strings stalled the loop.
+  // Dispatched first, then the queue; FIFO within each priority, by the ring position (a rank,
+  // queue_position, moves while producers go on submitting to higher priorities, and the
+  // listing reads one slot after another). The keys are sorted, not the records: moving a
+  // million records with their strings stalled the loop.
   struct Key {
     bool queued;
+    Priority priority;
     std::uint64_t position;
-    std::uint32_t index;  // the listing's order breaks ties, as a stable sort would
+    std::uint32_t index;
     bool operator<(const Key& o) const {
-      return std::tie(queued, position, index) < std::tie(o.queued, o.position, o.index);
+      return std::tie(queued, priority, position, index) <
+             std::tie(o.queued, o.priority, o.position, o.index);
     }
   };
   std::vector<Key> order;
   order.reserve(records.size());
   for (std::uint32_t i = 0; i < records.size(); ++i) {
     const auto& r = records[i];
-    order.push_back(Key{r.state != ipc::ExecutionState::kActive, r.queue_position.value_or(0), i});
+    order.push_back(Key{r.state != ipc::ExecutionState::kActive, r.priority, r.ring_position, i});
   }
   std::sort(order.begin(), order.end());
   std::vector<journal::SnapshotRecord> out;

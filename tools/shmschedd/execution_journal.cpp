@@ -212,8 +212,13 @@ std::unique_ptr<ExecutionJournal> ExecutionJournal::open(const Options& options,
   wo.on_error = options.on_error;
   Replay replay;
   replay.reserve(records_estimate(options.dir));
-  auto writer =
-      journal::Writer::open(std::move(wo), [&](const journal::Record& r) { replay.apply(r); });
+  // What the journal holds, counted as append() and write_snapshot() count: the snapshot it
+  // starts from (if any) and what came after it. A start is no reason for a snapshot.
+  std::uint64_t snapshot_bytes = 0, since_snapshot = 0;
+  auto writer = journal::Writer::open(std::move(wo), [&](const journal::Record& r) {
+    (r.in_snapshot() ? snapshot_bytes : since_snapshot) += r.payload.size() + 32;
+    replay.apply(r);
+  });
   if (!writer) {
     std::string message = "journal_dir " + options.dir + ": " + writer.error().message;
     if (writer.error().code == journal::Errc::kCorrupt && !options.salvage) {
@@ -225,7 +230,8 @@ std::unique_ptr<ExecutionJournal> ExecutionJournal::open(const Options& options,
   }
   live = replay.take();
   std::unique_ptr<ExecutionJournal> j(new ExecutionJournal(options.dir, std::move(*writer)));
-  j->bytes_since_snapshot_ = j->stats().journal_bytes;
+  j->bytes_since_snapshot_ = since_snapshot;
+  j->last_snapshot_bytes_ = snapshot_bytes;
   j->snapshot_min_bytes_ = options.snapshot_min_bytes;
   return j;
 }

@@ -78,6 +78,7 @@ class ExecutionJournal {
   journal::Result<journal::Lsn> write_snapshot(std::span<const journal::SnapshotRecord> records);
   // True when the journal has grown well past its last snapshot: time for a new one.
   bool snapshot_due() const;
+  void set_snapshot_min_bytes(std::uint64_t bytes) { snapshot_min_bytes_ = bytes; }
 
   // The last LSN appended (everything the loop has recorded so far), and the durable one.
   journal::Lsn appended() const { return appended_; }

@@ -1027,6 +1027,7 @@ void Supervisor::reload() {
       spdlog::error("no transport is running after the reload: dispatch waits");
     }
     config_ = std::move(next);
+    if (journal_) journal_->set_snapshot_min_bytes(config_.journal_snapshot_min_bytes);
     set_default_durability();
     feed(core::input::Reload{policy(config_)});
     counters_.max_active = config_.max_active_executions;

@@ -482,6 +482,7 @@ bool snapshot(const SegmentView& v, std::uint32_t index, ExecutionRecord& out,
     decode_extras(std::span<const std::byte>(data).subspan(plen), out.required_capabilities,
                   out.metadata);
   }
+  out.ring_position = pos;
   if (st != SlotState::kActive) {
     out.queue_position = rank_at(v, level, pos);
   } else {

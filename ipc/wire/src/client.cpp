@@ -119,6 +119,8 @@ std::vector<ClientSubmitResult> Client::submit_many(std::span<const protocol::Su
   std::vector<ClientSubmitResult> out;
   out.reserve(ops.size());
   std::vector<std::size_t> to_await;  // accepted in shared memory, waiting for their marks
+  std::optional<std::string> failed;  // why the op at out.size() got no answer
+  std::string failed_id;
   for (const auto& op : ops) {
     const bool disk = wants_disk(op);
     if (producer_ && (!disk || producer_->durable_marks())) {
@@ -128,23 +130,54 @@ std::vector<ClientSubmitResult> Client::submit_many(std::span<const protocol::Su
       r.via_shared_memory = true;
       if (disk && r.result.accepted()) to_await.push_back(out.size());
       out.push_back(std::move(r));
-    } else {
-      out.push_back(submit(op));
+      continue;
+    }
+    // Its id is chosen here, so that the caller learns it even when no answer comes.
+    protocol::SubmitOp named = op;
+    if (named.execution_id.empty()) named.execution_id = protocol::new_uuid();
+    try {
+      out.push_back(submit(named));
+    } catch (const ClientError& e) {
+      // What went into the segment before it is still waited for and reported.
+      failed = std::string(e.what());
+      failed_id = named.execution_id;
+      break;
     }
   }
   // One deadline for the batch: the marks come per journal batch, so after the first wait the
   // rest are mostly there already.
   const auto deadline = std::chrono::steady_clock::now() + options_.timeout;
-  std::size_t unconfirmed = 0;
+  std::vector<std::size_t> unconfirmed;
   for (const auto i : to_await) {
-    if (!await_disk(out[i], deadline)) ++unconfirmed;
+    if (!await_disk(out[i], deadline)) unconfirmed.push_back(i);
   }
-  if (unconfirmed > 0) {
-    throw ClientError(not_confirmed(std::to_string(unconfirmed) + " of the batch's " +
-                                        std::to_string(ops.size()) + " executions are",
-                                    options_.timeout));
+  if (!failed && unconfirmed.empty()) return out;
+  std::string what;
+  if (failed) {
+    what = "op " + std::to_string(out.size()) + " of the batch, execution " + failed_id +
+           ", got no answer: " + *failed +
+           " (whether it is queued is not known: submitted again under the same id, it is "
+           "answered duplicate if it is); the " +
+           std::to_string(ops.size() - out.size() - 1) + " after it were not submitted";
   }
-  return out;
+  if (!unconfirmed.empty()) {
+    if (!what.empty()) what += ". ";
+    what += not_confirmed(std::to_string(unconfirmed.size()) + " of the batch's " +
+                              std::to_string(ops.size()) + " executions are",
+                          options_.timeout);
+  }
+  std::string queued;
+  std::size_t listed = 0;
+  for (const auto& r : out) {
+    if (!r.result.accepted()) continue;
+    if (listed++ == 20) {
+      queued += ", ...";
+      break;
+    }
+    queued += (queued.empty() ? "" : ", ") + r.execution_id;
+  }
+  if (!queued.empty()) what += ". Queued (see the exception's results()): " + queued;
+  throw ClientBatchError(what, std::move(out), std::move(unconfirmed));
 }
 
 bool Client::await_disk(ClientSubmitResult& out, std::chrono::steady_clock::time_point deadline) {

@@ -58,6 +58,10 @@ struct ExecutionRecord {
   std::vector<std::string> required_capabilities;
   Metadata metadata;
   std::optional<std::uint64_t> queue_position;  // when queued
+  // Its place in its priority's ring (for an active one: where it was queued from). Within one
+  // priority it grows in FIFO order and, unlike queue_position (a rank across priorities), does
+  // not move while other entries come and go.
+  std::uint64_t ring_position = 0;
   std::uint64_t annotation = 0;  // the owner's word (Consumer::annotate), active only
   // The worker number that claimed its current attempt (0: nobody), active only.
   std::uint32_t claimed_by = 0;

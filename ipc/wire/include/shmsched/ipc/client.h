@@ -37,6 +37,25 @@ struct ClientSubmitResult {
   bool via_shared_memory = false;
 };
 
+// Thrown by submit_many when it cannot answer for the whole batch: a timeout waiting for the
+// disk, or a submit over the ingress that failed. It carries what the batch did: the results of
+// the ops it submitted (the first results().size() ones, in order; execution_id filled in, also
+// when generated), and which of them are queued but not confirmed on disk. Its message names
+// the ids the caller must not lose.
+class ClientBatchError : public ClientError {
+ public:
+  ClientBatchError(const std::string& what, std::vector<ClientSubmitResult> results,
+                   std::vector<std::size_t> unconfirmed)
+      : ClientError(what), results_(std::move(results)), unconfirmed_(std::move(unconfirmed)) {}
+  const std::vector<ClientSubmitResult>& results() const { return results_; }
+  // Indices into results(): accepted (queued), the disk not confirmed within the timeout.
+  const std::vector<std::size_t>& unconfirmed() const { return unconfirmed_; }
+
+ private:
+  std::vector<ClientSubmitResult> results_;
+  std::vector<std::size_t> unconfirmed_;
+};
+
 struct ClientClaimResult {
   bool claimed = false;
   // The owner: its worker id over the ingress; through shared memory only its number
@@ -61,7 +80,8 @@ class Client {
   // order. Through shared memory every entry goes into the segment first and the disk ones are
   // then waited for together, so one fdatasync of the supervisor's journal answers the whole
   // batch (one wait instead of one per submit). Over the ingress they go one request at a time.
-  // A timeout throws ClientError naming how many of the batch are queued but not confirmed.
+  // A timeout, or a submit over the ingress that throws, throws ClientBatchError: it says which
+  // of the batch are queued (and not confirmed on disk), so that none is submitted twice.
   std::vector<ClientSubmitResult> submit_many(std::span<const protocol::SubmitOp> ops);
 
   // Claims a dispatched execution for a worker: through shared memory when this process may
