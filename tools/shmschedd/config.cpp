@@ -9,8 +9,8 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
-#include <type_traits>
 #include <sstream>
+#include <type_traits>
 
 #include "http_server.h"
 #include "shmsched/ipc/client.h"
@@ -24,8 +24,9 @@ namespace po = boost::program_options;
 // (boost::any's namespace) before boost's generic validate, for every unsigned option.
 namespace boost {
 template <class T>
-  requires(std::is_unsigned_v<T> && !std::is_same_v<T, bool>)
-void validate(boost::any& v, const std::vector<std::string>& values, T*, int) {
+requires(std::is_unsigned_v<T> &&
+         !std::is_same_v<T, bool>) void validate(boost::any& v,
+                                                 const std::vector<std::string>& values, T*, int) {
   const std::string& s = program_options::validators::get_single_string(values);
   if (!s.empty() && s.front() == '-') {
     throw program_options::invalid_option_value(s);
