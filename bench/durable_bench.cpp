@@ -695,7 +695,8 @@ int run(int argc, char** argv) {
     return 2;
   }
   // Room for the recovery's queue, and for what a round submits (it stays queued).
-  setup.capacity = std::max<std::uint64_t>(recovery_n + 1000, 1000000);
+  // Batches fill the queue (nothing is dispatched) at a few hundred thousand a second.
+  setup.capacity = std::max<std::uint64_t>(recovery_n + 1000, batch > 1 ? 3000000 : 1000000);
   const std::string segment = "shmsched-durbench-" + std::to_string(::getpid());
   struct stat st {};
   ::stat(setup.work.c_str(), &st);
