@@ -302,5 +302,26 @@ TEST(DaemonConfig, CheckConfigIsNotTakenFromTheEnvironment) {
   std::filesystem::remove_all(dir);
 }
 
+// Review: the unsigned validate overload dropped boost's check_first_occurrence: a setting
+// given twice is refused for every other type ("cannot be specified more than once") but an
+// unsigned one took the last value silently (on the command line and in the config file).
+TEST(DaemonConfig, FifthReviewAnUnsignedSettingGivenTwiceIsRefusedLikeAStringOne) {
+  const Output str = run_shmschedd({"--plugin-dir=" SHMSCHED_PLUGIN_DIR, "--log-level=info",
+                                    "--log-level=debug", "--check-config"});
+  EXPECT_EQ(str.code, 2) << str.text;
+  const Output flags = run_shmschedd({"--plugin-dir=" SHMSCHED_PLUGIN_DIR, "--max-queue-size=100",
+                                      "--max-queue-size=200000", "--check-config"});
+  EXPECT_EQ(flags.code, 2) << "taken silently: " << flags.text;
+  const std::string dir = temp_dir("twice");
+  {
+    std::ofstream f(dir + "/shmschedd.conf");
+    f << "max_queue_size = 100\nmax_queue_size = 200000\n";
+  }
+  const Output file = run_shmschedd({"--plugin-dir=" SHMSCHED_PLUGIN_DIR,
+                                     "--config=" + dir + "/shmschedd.conf", "--check-config"});
+  EXPECT_EQ(file.code, 2) << "taken silently: " << file.text;
+  std::filesystem::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace shmsched::test

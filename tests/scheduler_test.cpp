@@ -366,5 +366,33 @@ TEST(Scheduler, AWorkersRepeatedFailDuringTheRetryBackoffBurnsNoAttempt) {
   EXPECT_EQ(pubs[0].event.attempt, 2u);
 }
 
+// Review: the backoff rule also takes a worker's `complete` naming no attempt for a stale report.
+// Attempt 1 timed out (the scheduler failed it, with a retry); its worker then finishes. Before
+// bb15369 the complete applied (the execution completed); now it is answered ignored, the result
+// is dropped and attempt 2 runs the work again. No `fail` was repeated here.
+TEST(Scheduler, FifthReviewALateCompleteDuringTheBackoffAfterATimeoutIsNotDropped) {
+  SchedulerConfig c;
+  c.max_attempts = 3;
+  c.retry_backoff_ms = 10'000;
+  c.default_timeout_seconds = 1;
+  c.timeout_grace_seconds = 0;
+  Harness h(c);
+  h.in(input::TransportUp{1, "zeromq"});
+  const auto p = h.take("e1", 7);
+  h.in(input::Delivery{1, p.token, true});
+  h.t.mono_ns += 2 * kSec;
+  h.advance();  // attempt 1 timed out: attempt 2 waits out the backoff
+  ASSERT_EQ(h.all<action::SetAttempt>().size(), 1u);
+  h.in(input::Complete{2, "e1", std::string("w1"), std::nullopt, 0, std::nullopt});
+  const auto answers = h.all<action::Answer>();
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_TRUE(answers[0].reply.fields.empty() || answers[0].reply.fields[0].first != "ignored")
+      << "the worker's completion was ignored";
+  EXPECT_EQ(h.all<action::Release>().size(), 1u) << "the execution did not complete";
+  h.t.mono_ns += 20 * kSec;
+  h.advance();
+  EXPECT_TRUE(h.all<action::Publish>().empty()) << "attempt 2 runs work that completed";
+}
+
 }  // namespace
 }  // namespace shmsched::core

@@ -158,7 +158,7 @@ Scheduler::Exec& Scheduler::admit(const std::string& id) {
   e.live = true;
   e.slot = 0;
   e.phase = Phase::kUnknown;
-  e.retry_wait = false;
+  e.retry_failed_by.clear();
   e.level = 2;
   e.ready_at = 0;
   e.publish_failures = 0;
@@ -423,7 +423,7 @@ void Scheduler::on(const input::CancelResult& in, Time now, std::vector<Action>&
 Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
                                      std::optional<std::uint32_t> attempt,
                                      const std::optional<std::string>& worker,
-                                     const std::optional<std::string>& as_user,
+                                     const std::optional<std::string>& as_user, bool fail_report,
                                      std::vector<Action>& out) {
   Exec* found = find(id);
   if (!found) {
@@ -452,10 +452,13 @@ Scheduler::Exec* Scheduler::reported(OpId op, const std::string& id,
                                            "' and nobody has claimed it: claim it first"));
     return nullptr;
   }
-  // A worker's report that names no attempt, while the execution waits out the backoff before
-  // its next attempt (not published since the failure): no worker has that attempt, so the
-  // report is about an earlier one (a repeated fail would otherwise burn the next).
-  if ((attempt && *attempt != e.info.attempt) || (worker && !attempt && e.retry_wait)) {
+  // A worker's fail that names no attempt, from the worker whose own fail started the backoff
+  // the next attempt waits out (not published since): nobody has that attempt, so it is the
+  // same report again (taken, it would burn the next attempt). A complete is never taken for
+  // one: after a retry the scheduler decided (a timeout, a lost worker), it is the result.
+  const bool repeated_fail = fail_report && worker && !attempt && !e.retry_failed_by.empty() &&
+                             *worker == e.retry_failed_by;
+  if ((attempt && *attempt != e.info.attempt) || repeated_fail) {
     ++counters_.stale_reports;
     answer(out, op,
            Reply::success()
@@ -486,7 +489,7 @@ void Scheduler::report_complete(const input::Complete& in, bool asked, Time now,
     ask_claim_word(*e, in.op, 0, std::move(pc), out);
     return;
   }
-  Exec* found = reported(in.op, in.execution_id, in.attempt, in.worker_id, in.as_user, out);
+  Exec* found = reported(in.op, in.execution_id, in.attempt, in.worker_id, in.as_user, false, out);
   if (!found) return;
   Exec& e = *found;
   ++counters_.completed;
@@ -514,9 +517,11 @@ void Scheduler::report_fail(const input::Fail& in, bool asked, Time now, std::ve
     ask_claim_word(*e, in.op, 0, std::move(pc), out);
     return;
   }
-  Exec* e = reported(in.op, in.execution_id, in.attempt, in.worker_id, in.as_user, out);
+  Exec* e = reported(in.op, in.execution_id, in.attempt, in.worker_id, in.as_user, true, out);
   if (!e) return;
+  const bool again = in.retry && e->info.attempt < config_.max_attempts;
   fail(*e, in.error, std::nullopt, in.worker_id, in.retry, now, out);
+  if (again && in.worker_id) e->retry_failed_by = *in.worker_id;  // held, not released
   answer(out, in.op, Reply::success());
 }
 
@@ -541,7 +546,7 @@ void Scheduler::fail(Exec& e, std::string error, std::optional<std::string> reas
     e.publish_failures = 0;
     ++e.info.attempt;
     hold(e, now.mono_ns + backoff_ns(config_.retry_backoff_ms, e.info.attempt - 1), true, out);
-    e.retry_wait = true;
+    e.retry_failed_by.clear();  // set by report_fail when a worker's own fail caused it
     e.acked.clear();
     out.push_back(action::SetAttempt{e.slot, e.info.attempt});
   }
@@ -789,7 +794,7 @@ void Scheduler::publish_dispatch(Exec& e, Time now, std::vector<Action>& out) {
     p.to.push_back(id);
   }
   set_phase(e, Phase::kDispatching, out);
-  e.retry_wait = false;
+  e.retry_failed_by.clear();
   if (e.dispatched_at == 0) {
     e.dispatched_at = now.mono_ns;
     arm_timeout(e, now);

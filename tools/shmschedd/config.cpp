@@ -27,6 +27,8 @@ template <class T>
 requires(std::is_unsigned_v<T> &&
          !std::is_same_v<T, bool>) void validate(boost::any& v,
                                                  const std::vector<std::string>& values, T*, int) {
+  // As boost's own: a setting given twice is refused, not silently the last one.
+  program_options::validators::check_first_occurrence(v);
   const std::string& s = program_options::validators::get_single_string(values);
   if (!s.empty() && s.front() == '-') {
     throw program_options::invalid_option_value(s);

@@ -177,7 +177,7 @@ std::vector<ClientSubmitResult> Client::submit_many(std::span<const protocol::Su
     queued += (queued.empty() ? "" : ", ") + r.execution_id;
   }
   if (!queued.empty()) what += ". Queued (see the exception's results()): " + queued;
-  throw ClientBatchError(what, std::move(out), std::move(unconfirmed));
+  throw ClientBatchError(what, std::move(out), std::move(unconfirmed), failed_id);
 }
 
 bool Client::await_disk(ClientSubmitResult& out, std::chrono::steady_clock::time_point deadline) {

@@ -457,8 +457,10 @@ class Scheduler {
     std::uint32_t owner_no = 0;     // the owner's worker number, as the claim word says
     bool owner_wait = false;        // held until its owner (not a live worker) registers again
     bool closing = false;           // parked, its claims being closed (see park())
-    bool retry_wait = false;        // failed, its next attempt held for the backoff, unpublished
-    std::uint64_t claim_seq = 0;    // invalidates older entries of the claim heap
+    // The worker whose own fail (with retry) started the backoff the next attempt waits out;
+    // cleared once that attempt is published. Empty when the scheduler decided the retry.
+    std::string retry_failed_by;
+    std::uint64_t claim_seq = 0;  // invalidates older entries of the claim heap
   };
   using ExecIndex = std::uint32_t;
   struct FinishedRecord {
@@ -511,7 +513,8 @@ class Scheduler {
 
   Exec* reported(OpId op, const std::string& id, std::optional<std::uint32_t> attempt,
                  const std::optional<std::string>& worker,
-                 const std::optional<std::string>& as_user, std::vector<Action>& out);
+                 const std::optional<std::string>& as_user, bool fail_report,
+                 std::vector<Action>& out);
   Exec* find(const std::string& id);
   ExecIndex index_of(const Exec& e) const { return static_cast<ExecIndex>(&e - execs_.data()); }
   // A fresh pool entry for `id` (an old one of the same id is reused: cannot happen, ids are

@@ -45,15 +45,22 @@ struct ClientSubmitResult {
 class ClientBatchError : public ClientError {
  public:
   ClientBatchError(const std::string& what, std::vector<ClientSubmitResult> results,
-                   std::vector<std::size_t> unconfirmed)
-      : ClientError(what), results_(std::move(results)), unconfirmed_(std::move(unconfirmed)) {}
+                   std::vector<std::size_t> unconfirmed, std::string unanswered_id)
+      : ClientError(what),
+        results_(std::move(results)),
+        unconfirmed_(std::move(unconfirmed)),
+        unanswered_id_(std::move(unanswered_id)) {}
   const std::vector<ClientSubmitResult>& results() const { return results_; }
   // Indices into results(): accepted (queued), the disk not confirmed within the timeout.
   const std::vector<std::size_t>& unconfirmed() const { return unconfirmed_; }
+  // The id of the op at results().size() when its submit over the ingress got no answer (it may
+  // be queued: submit it again under this id), else empty.
+  const std::string& unanswered_id() const { return unanswered_id_; }
 
  private:
   std::vector<ClientSubmitResult> results_;
   std::vector<std::size_t> unconfirmed_;
+  std::string unanswered_id_;
 };
 
 struct ClientClaimResult {
