@@ -1638,9 +1638,10 @@ TEST(DaemonJournal, FourthReviewASnapshotTakenWhileHigherLevelsGrowKeepsEachLeve
   std::atomic<int> refused{0};
   std::thread hammer([&] {
     ipc::Producer p(seg);
-    // Bounded, so that the queue never fills (the barrier below must be taken) and a slow
-    // (sanitized) build ends too: three snapshots come within some 40,000 of them.
-    for (int i = 0; !stop && i < 100'000; ++i) {
+    // Paced (bursts of 200, then 2 ms), so that the supervisor keeps up and snapshots while
+    // submits go on, also in a slow (sanitized) build; bounded, so that the queue never fills
+    // (the barrier below must be taken).
+    for (int i = 0; !stop && i < 300'000; ++i) {
       ipc::SubmitRequest r;
       const std::string cid = "c-" + std::to_string(i);
       r.execution_id = cid;
@@ -1648,14 +1649,16 @@ TEST(DaemonJournal, FourthReviewASnapshotTakenWhileHigherLevelsGrowKeepsEachLeve
       r.priority = Priority::kCritical;
       r.payload = payload;
       if (!p.submit(r).accepted()) ++refused;
+      if (i % 200 == 199) std::this_thread::sleep_for(2ms);
     }
     done = true;
   });
   while (snapshots() < before + 3 && !done) std::this_thread::sleep_for(20ms);
+  const std::size_t during = snapshots() - before;
   stop = true;
   hammer.join();
   ASSERT_EQ(refused.load(), 0);
-  ASSERT_GE(snapshots(), before + 1) << "no snapshot while the higher level grew";
+  ASSERT_GE(during, 1u) << "no snapshot while the higher level grew";
   // A disk submit is answered once everything recorded before it is on disk.
   ASSERT_TRUE(ingress.call(submit_request("barrier", "u", "background", "p", "disk")).ok());
   j.crash_and_reboot();
