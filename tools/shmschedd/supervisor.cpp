@@ -232,6 +232,9 @@ core::Time Supervisor::now() const {
 void Supervisor::feed(const core::Input& in) {
   auto out = action_lists_.lease();
   core_.handle(in, now(), *out);
+  // Before the actions go out: a client that sees an event and asks `stats` finds the state
+  // that produced it (an execution dispatched beside one left waiting for a worker).
+  if (!out->empty()) publish_counters();
   carry_out(*out);
 }
 
@@ -242,6 +245,7 @@ void Supervisor::advance() {
     core_.advance(now(), *out);
     if (out->empty()) break;
     worked_ = true;
+    publish_counters();  // before the actions go out, as in feed()
     carry_out(*out);
   }
   publish_counters();
